@@ -1,0 +1,73 @@
+// Communicator: the all-to-all-v every token byte goes through.
+//
+// Built from a bootstrap and a cluster map; owns the transports (MPI, UCX, NCCL behind
+// comm/transport.h) and picks the algorithm: flat (every rank to every rank) or hierarchical
+// (gather per remote node onto the rail rank, one inter-node message per remote node between
+// peers of equal local rank, scatter inside the destination node). Both give byte-identical
+// results. Every wait has the deadline LOCMOE_TIMEOUT_S (or CommConfig::timeout_s); a peer that
+// dies or stops answering gives Code::kTimeout / kPeerFailure naming the peer rank, its host and
+// the operation.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "locmoe/core/bootstrap.h"
+#include "locmoe/core/status.h"
+#include "locmoe/topology/cluster.h"
+
+namespace locmoe {
+
+enum class MemoryKind : int32_t { kHost = 0, kDevice = 1 };
+enum class A2AAlgo : int32_t { kAuto = 0, kFlat = 1, kHierarchical = 2 };
+
+struct CommConfig {
+  std::string transport;        // "mpi" | "ucx" | "nccl"; empty = LOCMOE_TRANSPORT
+  std::string intra_transport;  // transport inside a node; empty = LOCMOE_INTRA_TRANSPORT / same
+  A2AAlgo algo = A2AAlgo::kAuto;  // kAuto = LOCMOE_A2A_ALGO, then flat on one node, hier across
+  uint64_t chunk_bytes = 0;       // 0 = LOCMOE_CHUNK_BYTES
+  double timeout_s = 0;           // 0 = LOCMOE_TIMEOUT_S
+};
+
+// What the last exchange moved, from this rank's point of view (payload bytes only).
+struct ExchangeStats {
+  uint64_t bytes_sent = 0;
+  uint64_t bytes_received = 0;
+  uint64_t internode_bytes_sent = 0;  // bytes this rank put on inter-node links
+  uint64_t internode_msgs_sent = 0;   // messages this rank sent to another node
+  uint64_t intranode_bytes_sent = 0;  // bytes to other ranks of its node (forwarding included)
+  uint64_t msgs_sent = 0;
+};
+
+class Communicator {
+ public:
+  // Collective over `bootstrap`'s ranks. `bootstrap` and `cluster` must outlive the communicator.
+  static Result<std::unique_ptr<Communicator>> create(Bootstrap& bootstrap, const ClusterMap& cluster,
+                                                      const CommConfig& config = {});
+  virtual ~Communicator() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual const ClusterMap& cluster() const = 0;
+  virtual A2AAlgo algo() const = 0;            // resolved algorithm (never kAuto)
+  virtual std::string transport_name() const = 0;
+
+  // recv_counts[r] = bytes rank r sends to this rank, from every rank's send_counts. Checked:
+  // the exchange itself fails if any rank later sends a count other than announced.
+  virtual Status exchange_counts(const uint64_t* send_counts, uint64_t* recv_counts) = 0;
+
+  // All-to-all-v in bytes: send_counts[r] bytes at send + send_displs[r] go to rank r, which
+  // receives them at recv + recv_displs[this rank]. recv_counts must match what the peers send
+  // (exchange_counts gives them); recv_capacity is the size of `recv`: any placement past it is
+  // an error before anything is written. `mem` says where both buffers live; kDevice needs the
+  // NCCL transport and runs on `stream` (a cudaStream_t; nullptr = default stream).
+  virtual Status alltoallv(const void* send, const uint64_t* send_counts, const uint64_t* send_displs,
+                           void* recv, const uint64_t* recv_counts, const uint64_t* recv_displs,
+                           uint64_t recv_capacity, MemoryKind mem = MemoryKind::kHost,
+                           void* stream = nullptr) = 0;
+
+  virtual const ExchangeStats& last_stats() const = 0;
+};
+
+}  // namespace locmoe

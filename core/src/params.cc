@@ -1,0 +1,160 @@
+#include "locmoe/core/params.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <mutex>
+#include <optional>
+#include <string_view>
+#include <vector>
+
+namespace locmoe::params {
+namespace {
+
+constexpr Info kInfos[] = {
+#define LOCMOE_PARAM(id, env, type, def, allowed, desc) {Id::id, env, Type::type, def, allowed, desc},
+#include "locmoe/core/params.def"
+#undef LOCMOE_PARAM
+};
+static_assert(std::size(kInfos) == static_cast<size_t>(Id::kCount));
+
+struct State {
+  std::mutex mu;
+  std::optional<std::string> api[static_cast<size_t>(Id::kCount)];
+};
+State& state() {
+  static State s;
+  return s;
+}
+
+// Text of the value after precedence, and where it came from.
+std::pair<std::string, const char*> lookup(Id id) {
+  State& s = state();
+  {
+    std::lock_guard<std::mutex> lock(s.mu);
+    if (const auto& v = s.api[static_cast<size_t>(id)]) return {*v, "api"};
+  }
+  if (const char* env = std::getenv(info(id).env)) return {env, "env"};
+  return {info(id).def, "default"};
+}
+
+Status bad(const Info& i, std::string_view value, std::string_view expected) {
+  return error(Code::kInvalidArgument, "{}='{}' is not valid: expected {}", i.env, value, expected);
+}
+
+bool allowed(const Info& i, std::string_view value) {
+  std::string_view list = i.allowed;
+  if (list.empty()) return true;
+  size_t start = 0;
+  while (true) {
+    size_t bar = list.find('|', start);
+    if (list.substr(start, bar - start) == value) return true;
+    if (bar == std::string_view::npos) return false;
+    start = bar + 1;
+  }
+}
+
+Status parse(const Info& i, const std::string& text) {
+  switch (i.type) {
+    case Type::Int: {
+      errno = 0;
+      char* end = nullptr;
+      std::strtoll(text.c_str(), &end, 10);
+      if (text.empty() || *end != '\0' || errno == ERANGE) return bad(i, text, "an integer");
+      return ok_status();
+    }
+    case Type::Float: {
+      errno = 0;
+      char* end = nullptr;
+      double v = std::strtod(text.c_str(), &end);
+      if (text.empty() || *end != '\0' || errno == ERANGE || !std::isfinite(v))
+        return bad(i, text, "a finite number");
+      return ok_status();
+    }
+    case Type::Bool: {
+      static const char* kWords[] = {"1", "0", "true", "false", "yes", "no", "on", "off"};
+      for (const char* w : kWords)
+        if (text == w) return ok_status();
+      return bad(i, text, "1/0, true/false, yes/no or on/off");
+    }
+    case Type::String:
+      if (!allowed(i, text)) return bad(i, text, fmt::format("one of '{}'", i.allowed));
+      return ok_status();
+  }
+  return ok_status();
+}
+
+Result<std::string> checked(Id id, Type type) {
+  const Info& i = info(id);
+  if (i.type != type) return error(Code::kInternal, "{} is a {}, read as {}", i.env, type_name(i.type), type_name(type));
+  auto [text, src] = lookup(id);
+  Status st = parse(i, text);
+  if (!st.ok()) return st;
+  return text;
+}
+
+}  // namespace
+
+std::span<const Info> all() { return kInfos; }
+const Info& info(Id id) { return kInfos[static_cast<size_t>(id)]; }
+
+const char* type_name(Type type) {
+  switch (type) {
+    case Type::Int: return "int";
+    case Type::Float: return "float";
+    case Type::String: return "string";
+    case Type::Bool: return "bool";
+  }
+  return "?";
+}
+
+Result<int64_t> get_int(Id id) {
+  auto text = checked(id, Type::Int);
+  if (!text.ok()) return text.status();
+  return static_cast<int64_t>(std::strtoll(text->c_str(), nullptr, 10));
+}
+
+Result<double> get_float(Id id) {
+  auto text = checked(id, Type::Float);
+  if (!text.ok()) return text.status();
+  return std::strtod(text->c_str(), nullptr);
+}
+
+Result<bool> get_bool(Id id) {
+  auto text = checked(id, Type::Bool);
+  if (!text.ok()) return text.status();
+  return *text == "1" || *text == "true" || *text == "yes" || *text == "on";
+}
+
+Result<std::string> get_string(Id id) { return checked(id, Type::String); }
+
+const char* source(Id id) { return lookup(id).second; }
+std::string raw_value(Id id) { return lookup(id).first; }
+
+Status set(std::string_view env_name, std::string_view value) {
+  for (const Info& i : kInfos) {
+    if (env_name != i.env) continue;
+    std::string text(value);
+    Status st = parse(i, text);
+    if (!st.ok()) return st;
+    std::lock_guard<std::mutex> lock(state().mu);
+    state().api[static_cast<size_t>(i.id)] = std::move(text);
+    return ok_status();
+  }
+  return error(Code::kNotFound, "unknown parameter '{}' (see locmoe-info --params)", env_name);
+}
+
+void reset() {
+  std::lock_guard<std::mutex> lock(state().mu);
+  for (auto& v : state().api) v.reset();
+}
+
+Status validate_all() {
+  for (const Info& i : kInfos) {
+    Status st = parse(i, lookup(i.id).first);
+    if (!st.ok()) return st;
+  }
+  return ok_status();
+}
+
+}  // namespace locmoe::params
