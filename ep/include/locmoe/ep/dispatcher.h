@@ -1,0 +1,165 @@
+// Dispatcher: the expert-parallel API a trainer plugs in (docs: /EP_DESIGN.md data flow).
+//
+//   dispatch(x, plan)        local tokens x[T,H] -> rows grouped per LOCAL expert (expert-major,
+//                            each expert's segment padded to a multiple of `align` rows), per-expert
+//                            counts, and a DispatchHandle recording every layout of the step;
+//   combine(y, handle)       expert outputs y (same layout) -> out[T,H] in the original token
+//                            order, out[t] = sum_j plan.weight[t,j] * y[row of (t,j)];
+//   dispatch_backward(g, h)  d loss/d expert_in -> d loss/d x[T,H] (a combine without weights);
+//   combine_backward(g, h)   d loss/d out -> d loss/d y (same layout as y) and d loss/d weight[T,k].
+//
+// Memory: every buffer is sized by a query up front (max_expert_rows(), Dispatcher::create
+// allocates its workspace once, make_handle() allocates a handle's layout arrays once); a step
+// allocates nothing. MemoryKind::kHost buffers go through the communicator's host transport
+// (MPI/UCX); kDevice buffers through NCCL on the caller's CUDA stream (the plan stays on the host).
+//
+// Every call is collective over the communicator's ranks (all ranks call dispatch/combine/... in
+// the same order), a rank with no tokens included. Sums have a fixed order (slot order on the
+// receiver, rank order on the source), so results are deterministic run to run.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "locmoe/comm/communicator.h"
+#include "locmoe/core/bootstrap.h"
+#include "locmoe/core/status.h"
+#include "locmoe/router/plan.h"
+
+namespace locmoe {
+
+// Element type of token rows. Values cross the C API (locmoe_dtype_t).
+enum class TokenDType : int32_t { kFloat32 = 0, kBFloat16 = 1 };
+size_t token_dtype_size(TokenDType dtype) noexcept;
+const char* token_dtype_name(TokenDType dtype) noexcept;
+
+struct DispatcherConfig {
+  int32_t experts_per_rank = 0;  // L: local experts of every rank (same on all ranks)
+  int64_t hidden = 0;            // H: elements per token row (same on all ranks, checked)
+  TokenDType dtype = TokenDType::kFloat32;  // rows of x, expert_in/out, out and gradients
+  int32_t max_tokens = 0;        // most local tokens T any call of this rank passes
+  int32_t top_k = 0;             // most slots per token k any plan passes
+  int32_t align = 1;             // each expert's segment is padded to a multiple of this (>= 1)
+  // Most rows this rank may receive in one dispatch (one per (source token, this rank) pair).
+  // 0 = the worst case, size() * max_tokens (every rank sends every token here).
+  int64_t max_recv_rows = 0;
+  MemoryKind memory = MemoryKind::kHost;  // where x, expert_in/out, out and gradients live
+};
+
+// What one dispatch saw, from this rank's point of view.
+struct DispatchStats {
+  int64_t tokens = 0;            // T
+  int64_t accepted_slots = 0;    // (token, slot) pairs of the plan sent to an expert
+  int64_t dropped_slots = 0;     // slots the plan marks dropped (slot_dropped = 1)
+  int64_t dropped_tokens = 0;    // tokens with no accepted slot (their output rows are 0)
+  int64_t copies_sent = 0;       // rows sent: one per (token, destination rank)
+  int64_t rows_received = 0;     // N
+  int64_t slots_received = 0;    // (row, slot) pairs placed in expert_in
+  uint64_t bytes_sent = 0;       // payload bytes of the row exchange (metadata excluded)
+  uint64_t internode_bytes_sent = 0;  // of those, bytes this rank put on inter-node links
+};
+
+// The layouts of one dispatch, reused by combine and both backwards. Created by
+// Dispatcher::make_handle() with capacity for the dispatcher's limits; refilled by every
+// dispatch() that takes it. Host arrays (the plan is on the host); device copies are kept inside
+// for MemoryKind::kDevice.
+class DispatchHandle {
+ public:
+  ~DispatchHandle();
+  DispatchHandle(const DispatchHandle&) = delete;
+  DispatchHandle& operator=(const DispatchHandle&) = delete;
+
+  bool valid() const { return valid_; }            // filled by a successful dispatch
+  int32_t num_tokens() const { return T_; }        // T of the dispatched plan
+  int32_t k() const { return k_; }                 // slots per token of the dispatched plan
+  int64_t num_recv_rows() const { return N_; }     // N: rows received (before the expert split)
+  int64_t expert_rows() const { return expert_offset_.back(); }  // rows of expert_in incl. padding
+  // [L] rows of each local expert (without padding) and [L+1] offsets of its padded segment.
+  std::span<const int64_t> expert_count() const { return expert_count_; }
+  std::span<const int64_t> expert_offset() const { return expert_offset_; }
+  const DispatchStats& stats() const { return stats_; }
+
+ private:
+  friend class Dispatcher;
+  DispatchHandle() = default;
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+  bool valid_ = false;
+  int32_t T_ = 0, k_ = 0;
+  int64_t N_ = 0;
+  std::vector<int64_t> expert_count_, expert_offset_;
+  DispatchStats stats_;
+};
+
+class Dispatcher {
+ public:
+  // Collective over the communicator's ranks. Checks that every rank passed the same hidden size,
+  // dtype, experts_per_rank and memory kind (a clear kMismatch error naming the first rank that
+  // differs), then allocates the workspace. `bootstrap` and `comm` must outlive the dispatcher.
+  static Result<std::unique_ptr<Dispatcher>> create(Bootstrap& bootstrap, Communicator& comm,
+                                                    const DispatcherConfig& config);
+  ~Dispatcher();
+  Dispatcher(const Dispatcher&) = delete;
+  Dispatcher& operator=(const Dispatcher&) = delete;
+
+  const DispatcherConfig& config() const { return config_; }
+  int rank() const;
+  int num_ranks() const;
+  size_t row_bytes() const { return static_cast<size_t>(config_.hidden) * token_dtype_size(config_.dtype); }
+  // Rows expert_in / expert_out / grad buffers need: max_recv_rows * min(top_k, L) plus padding.
+  int64_t max_expert_rows() const;
+  // Bytes of workspace this dispatcher holds (for reports).
+  size_t workspace_bytes() const;
+
+  // A handle with capacity for this dispatcher's limits (allocates; do it once, reuse per step).
+  Result<std::unique_ptr<DispatchHandle>> make_handle() const;
+
+  // x: [plan.num_tokens, H] rows of `dtype` in `memory` (read only). plan: this rank's finalized
+  // plan (finalize_plan), with num_ranks / experts_per_rank / rank matching the communicator and
+  // this dispatcher, num_tokens <= max_tokens, k <= top_k. expert_in: caller-owned buffer of
+  // `expert_in_rows` rows (>= handle.expert_rows() after the call; max_expert_rows() always
+  // suffices), written in expert-major order, padding rows zeroed. Fills `handle`.
+  // stream: cudaStream_t for kDevice (nullptr = default stream), ignored for kHost.
+  Status dispatch(const void* x, const RoutingPlan& plan, DispatchHandle& handle, void* expert_in,
+                  int64_t expert_in_rows, void* stream = nullptr);
+
+  // expert_out: [handle.expert_rows(), H] (expert_in's layout; padding rows ignored). out:
+  // [handle.num_tokens(), H], overwritten: out[t] = sum over t's accepted slots j, in slot order
+  // per rank then rank order, of weight[t,j] * expert_out[row of (t,j)]; 0 for dropped tokens.
+  Status combine(const void* expert_out, const DispatchHandle& handle, void* out, void* stream = nullptr);
+
+  // grad_expert_in: [handle.expert_rows(), H]. grad_x: [handle.num_tokens(), H], overwritten with
+  // sum over t's accepted slots of grad_expert_in[row of (t,j)] (no weights).
+  Status dispatch_backward(const void* grad_expert_in, const DispatchHandle& handle, void* grad_x,
+                           void* stream = nullptr);
+
+  // grad_out: [handle.num_tokens(), H] (d loss / d out). expert_out: the y given to combine
+  // (needed for the weight gradient). grad_expert_out: [handle.expert_rows(), H], overwritten:
+  // row of (t,j) = weight[t,j] * grad_out[t], padding rows 0. grad_weights: [num_tokens, k] fp32
+  // (host memory for kHost, device memory for kDevice), overwritten: <grad_out[t], y[row of
+  // (t,j)]> for accepted slots, 0 elsewhere. Either output may be nullptr to skip writing it
+  // (the exchanges still run: they are collective).
+  Status combine_backward(const void* grad_out, const DispatchHandle& handle, const void* expert_out,
+                          void* grad_expert_out, float* grad_weights, void* stream = nullptr);
+
+ private:
+  Dispatcher() = default;
+  struct Work;
+  Status check_handle(const DispatchHandle& h, const char* op) const;
+  // Source side of combine: reduce expert rows per received row, send back, sum per token.
+  Status reduce_and_return(const void* rows, const DispatchHandle& h, bool weighted, void* out,
+                           void* stream);
+  // Sends `send_rows` (the handle's copies in send order) to their ranks; the received rows land
+  // in the receive buffer. Accumulates the exchange's bytes into `stats` when given.
+  Status exchange_rows(const void* send_rows, void* recv_rows, const DispatchHandle& h, bool forward,
+                       size_t bytes_per_row, MemoryKind mem, void* stream, DispatchStats* stats);
+
+  DispatcherConfig config_;
+  Bootstrap* bootstrap_ = nullptr;
+  Communicator* comm_ = nullptr;
+  std::unique_ptr<Work> work_;
+};
+
+}  // namespace locmoe
