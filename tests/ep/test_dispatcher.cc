@@ -27,7 +27,7 @@ struct Case {
   uint32_t seed = 1;
   bool unit_weights = false;
   bool identity_experts = false;
-  TokenDType dtype = TokenDType::kFloat32;
+  TokenDType dtype = TokenDType::kF32;
   std::function<int(int rank)> tokens = [](int r) { return 5 + 3 * r; };
   std::function<void(RoutingPlan&)> edit;  // changes a plan before finalize
 };
@@ -57,9 +57,9 @@ RankData make_rank_data(const Case& c, const ClusterMap& cm, int r) {
 float f_expert(const Case& c, int e, float x) { return c.identity_experts ? x : expert_a(e) * x + expert_b(e); }
 
 std::vector<unsigned char> to_dtype(const std::vector<float>& v, TokenDType dt) {
-  std::vector<unsigned char> out(v.size() * token_dtype_size(dt));
+  std::vector<unsigned char> out(v.size() * kernels::dtype_size(dt));
   for (size_t i = 0; i < v.size(); ++i) {
-    if (dt == TokenDType::kFloat32) {
+    if (dt == TokenDType::kF32) {
       std::memcpy(out.data() + 4 * i, &v[i], 4);
     } else {  // test values are exact in bf16: truncation is the conversion
       uint32_t u;
@@ -73,7 +73,7 @@ std::vector<unsigned char> to_dtype(const std::vector<float>& v, TokenDType dt) 
 std::vector<float> from_dtype(const std::vector<unsigned char>& v, TokenDType dt, size_t n) {
   std::vector<float> out(n);
   for (size_t i = 0; i < n; ++i) {
-    if (dt == TokenDType::kFloat32) {
+    if (dt == TokenDType::kF32) {
       std::memcpy(&out[i], v.data() + 4 * i, 4);
     } else {
       uint16_t b;
@@ -115,7 +115,7 @@ RunResult run(const Case& c, Group& g, const RankData& mine) {
   RoutingPlan plan = mine.plan;
   res.status = finalize_plan(plan, g.bootstrap.get());
   if (!res.status.ok()) return res;
-  const size_t H = static_cast<size_t>(c.H), esz = token_dtype_size(c.dtype);
+  const size_t H = static_cast<size_t>(c.H), esz = kernels::dtype_size(c.dtype);
   const int64_t cap = (*d)->max_expert_rows();
   std::vector<unsigned char> x = to_dtype(mine.x, c.dtype), ein(cap * H * esz);
   std::fill(ein.begin(), ein.end(), 0xAB);  // padding must be overwritten with zeros
@@ -135,7 +135,7 @@ RunResult run(const Case& c, Group& g, const RankData& mine) {
       for (size_t h2 = 0; h2 < H; ++h2) y[r * H + h2] = f_expert(c, e, res.expert_in[r * H + h2]);
   }
   std::vector<unsigned char> yb = to_dtype(y, c.dtype), out(T * H * esz), gout = to_dtype(mine.g, c.dtype);
-  if (c.dtype == TokenDType::kBFloat16) yb = to_dtype(from_dtype(yb, c.dtype, y.size()), c.dtype);
+  if (c.dtype == TokenDType::kBF16) yb = to_dtype(from_dtype(yb, c.dtype, y.size()), c.dtype);
   res.status = (*d)->combine(yb.data(), hd, out.data());
   if (!res.status.ok()) return res;
   res.out = from_dtype(out, c.dtype, T * H);
@@ -215,7 +215,7 @@ void check_against_reference(const Case& c, Group& g, const RunResult& res, doub
     std::sort(got_in.begin(), got_in.end());
     std::sort(want_in[l].begin(), want_in[l].end());
     EXPECT_EQ(got_in, want_in[l]) << "rows of local expert " << l;
-    if (c.dtype == TokenDType::kFloat32) {
+    if (c.dtype == TokenDType::kF32) {
       std::sort(got_gy.begin(), got_gy.end());
       std::sort(want_gy[l].begin(), want_gy[l].end());
       EXPECT_EQ(got_gy, want_gy[l]) << "grad_expert_out rows of local expert " << l;
@@ -289,7 +289,7 @@ TEST_F(DispatcherTest, TopFourWithDrops) {
 
 TEST_F(DispatcherTest, Bf16RowsIdentityExperts) {
   Case c;
-  c.dtype = TokenDType::kBFloat16;
+  c.dtype = TokenDType::kBF16;
   c.unit_weights = true;
   c.identity_experts = true;
   c.H = 16;

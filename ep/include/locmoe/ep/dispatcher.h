@@ -26,19 +26,18 @@
 #include "locmoe/comm/communicator.h"
 #include "locmoe/core/bootstrap.h"
 #include "locmoe/core/status.h"
+#include "locmoe/kernels/dtype.h"
 #include "locmoe/router/plan.h"
 
 namespace locmoe {
 
-// Element type of token rows. Values cross the C API (locmoe_dtype_t).
-enum class TokenDType : int32_t { kFloat32 = 0, kBFloat16 = 1 };
-size_t token_dtype_size(TokenDType dtype) noexcept;
-const char* token_dtype_name(TokenDType dtype) noexcept;
+// Element type of token rows (kernels::DType: kF32, kBF16). Values cross the C API (locmoe_dtype_t).
+using TokenDType = kernels::DType;
 
 struct DispatcherConfig {
   int32_t experts_per_rank = 0;  // L: local experts of every rank (same on all ranks)
   int64_t hidden = 0;            // H: elements per token row (same on all ranks, checked)
-  TokenDType dtype = TokenDType::kFloat32;  // rows of x, expert_in/out, out and gradients
+  TokenDType dtype = TokenDType::kF32;  // rows of x, expert_in/out, out and gradients
   int32_t max_tokens = 0;        // most local tokens T any call of this rank passes
   int32_t top_k = 0;             // most slots per token k any plan passes
   int32_t align = 1;             // each expert's segment is padded to a multiple of this (>= 1)
@@ -107,7 +106,7 @@ class Dispatcher {
   const DispatcherConfig& config() const { return config_; }
   int rank() const;
   int num_ranks() const;
-  size_t row_bytes() const { return static_cast<size_t>(config_.hidden) * token_dtype_size(config_.dtype); }
+  size_t row_bytes() const { return static_cast<size_t>(config_.hidden) * kernels::dtype_size(config_.dtype); }
   // Rows expert_in / expert_out / grad buffers need: max_recv_rows * min(top_k, L) plus padding.
   int64_t max_expert_rows() const;
   // Bytes of workspace this dispatcher holds (for reports).
