@@ -1,0 +1,405 @@
+// The C API (include/locmoe/locmoe.h) over the C++ layers. Every entry point turns a Status into
+// its code plus the thread-local last-error string, and catches every exception.
+#include "locmoe/locmoe.h"
+
+#include <mpi.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <memory>
+#include <string>
+
+#include "locmoe/comm/bootstrap.h"
+#include "locmoe/comm/communicator.h"
+#include "locmoe/core/check.h"
+#include "locmoe/core/params.h"
+#include "locmoe/ep/dispatcher.h"
+#include "locmoe/router/finalize.h"
+#include "locmoe/topology/cluster.h"
+
+struct locmoe_group_s {
+  std::unique_ptr<locmoe::Bootstrap> bootstrap;
+  locmoe::ClusterMap cluster;
+  std::unique_ptr<locmoe::Communicator> comm;
+};
+struct locmoe_plan_s {
+  locmoe::RoutingPlan plan;
+};
+struct locmoe_dispatcher_s {
+  locmoe_group_t group = nullptr;
+  std::unique_ptr<locmoe::Dispatcher> d;
+};
+struct locmoe_handle_s {
+  locmoe_dispatcher_t owner = nullptr;
+  std::unique_ptr<locmoe::DispatchHandle> h;
+};
+
+namespace {
+
+using locmoe::Code;
+using locmoe::Status;
+
+thread_local std::string g_last_error;
+
+locmoe_status_t fail(const Status& s) {
+  g_last_error = s.to_string();
+  return static_cast<locmoe_status_t>(s.code());
+}
+
+// Runs `f` (returning Status), mapping errors and exceptions to a code plus the message.
+template <typename F>
+locmoe_status_t guarded(const char* fn, F&& f) noexcept {
+  try {
+    Status s = f();
+    if (s.ok()) return LOCMOE_OK;
+    s.with_context(fn);
+    return fail(s);
+  } catch (const std::bad_alloc&) {
+    return fail(locmoe::error(Code::kSystemError, "{}: out of memory", fn));
+  } catch (const std::exception& e) {
+    return fail(locmoe::error(Code::kInternal, "{}: unexpected exception: {}", fn, e.what()));
+  } catch (...) {
+    return fail(locmoe::error(Code::kInternal, "{}: unexpected exception", fn));
+  }
+}
+
+// Copies a caller's size-prefixed struct over the defaults: fields past its struct_size keep
+// their default (an older, shorter struct); a struct_size below the first version's fields or
+// larger than ours (a newer header) is rejected.
+template <typename T>
+Status read_config(const T* in, T& out, size_t min_size, const char* what) {
+  if (in == nullptr) return locmoe::ok_status();
+  LOCMOE_CHECK_ARG(in->struct_size >= min_size && in->struct_size <= sizeof(T),
+                   "{}.struct_size {} must be in [{}, {}] (initialize it with the _INIT macro)", what,
+                   in->struct_size, min_size, sizeof(T));
+  std::memcpy(&out, in, in->struct_size);
+  return locmoe::ok_status();
+}
+
+// Writes an info struct back within the caller's struct_size.
+template <typename T>
+Status write_info(const T& value, T* out, const char* what) {
+  LOCMOE_CHECK_ARG(out != nullptr, "{} is NULL", what);
+  LOCMOE_CHECK_ARG(out->struct_size >= sizeof(uint32_t) && out->struct_size <= sizeof(T),
+                   "{}.struct_size {} must be in [4, {}] (initialize it with the _INIT macro)", what,
+                   out->struct_size, sizeof(T));
+  const uint32_t n = out->struct_size;
+  std::memcpy(static_cast<void*>(out), &value, n);
+  out->struct_size = n;
+  return locmoe::ok_status();
+}
+
+bool launched_by_mpi() {
+  for (const char* v : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"})
+    if (std::getenv(v) != nullptr) return true;
+  int init = 0;
+  MPI_Initialized(&init);
+  return init != 0;
+}
+
+void finalize_mpi_at_exit() {
+  int fin = 0;
+  MPI_Finalized(&fin);
+  if (!fin) MPI_Finalize();
+}
+
+Status ensure_mpi() {
+  int init = 0;
+  MPI_Initialized(&init);
+  if (init) return locmoe::ok_status();
+  int provided = 0;
+  LOCMOE_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided) == MPI_SUCCESS,
+               Code::kSystemError, "MPI_Init_thread failed");
+  std::atexit(finalize_mpi_at_exit);
+  return locmoe::ok_status();
+}
+
+Status create_group(const locmoe_group_config_t* config, locmoe_group_t* out) {
+  LOCMOE_CHECK_ARG(out != nullptr, "out is NULL");
+  locmoe_group_config_t c = LOCMOE_GROUP_CONFIG_INIT;
+  LOCMOE_RETURN_IF_ERROR(read_config(config, c, sizeof(uint32_t) + sizeof(int32_t), "config"));
+  locmoe_bootstrap_t kind = c.bootstrap;
+  if (kind == LOCMOE_BOOTSTRAP_AUTO) {
+    LOCMOE_ASSIGN_OR_RETURN(const std::string name, locmoe::params::get_string(locmoe::params::Id::bootstrap));
+    LOCMOE_CHECK(name != "tcp", Code::kUnsupported,
+                 "LOCMOE_BOOTSTRAP=tcp: the C API group supports mpi and self bootstraps");
+    kind = name == "mpi" ? LOCMOE_BOOTSTRAP_MPI
+           : name == "self" ? LOCMOE_BOOTSTRAP_SELF
+                            : (launched_by_mpi() ? LOCMOE_BOOTSTRAP_MPI : LOCMOE_BOOTSTRAP_SELF);
+  }
+  LOCMOE_CHECK_ARG(kind == LOCMOE_BOOTSTRAP_MPI || kind == LOCMOE_BOOTSTRAP_SELF,
+                   "config.bootstrap {} must be AUTO (0), MPI (1) or SELF (2)", kind);
+  LOCMOE_CHECK_ARG(c.a2a_algo >= LOCMOE_A2A_AUTO && c.a2a_algo <= LOCMOE_A2A_HIERARCHICAL,
+                   "config.a2a_algo {} must be 0, 1 or 2", c.a2a_algo);
+  auto g = std::make_unique<locmoe_group_s>();
+  if (kind == LOCMOE_BOOTSTRAP_MPI) {
+    LOCMOE_RETURN_IF_ERROR(ensure_mpi());
+    LOCMOE_ASSIGN_OR_RETURN(g->bootstrap, locmoe::make_mpi_bootstrap(MPI_COMM_WORLD));
+  } else {
+    g->bootstrap = std::make_unique<locmoe::SelfBootstrap>();
+  }
+  locmoe::RankDescriptor mine;
+  LOCMOE_ASSIGN_OR_RETURN(mine.host_id, locmoe::local_host_id());
+  LOCMOE_ASSIGN_OR_RETURN(g->cluster, locmoe::exchange_cluster_map(*g->bootstrap, mine));
+  locmoe::CommConfig cc;
+  if (c.transport != nullptr) cc.transport = c.transport;
+  cc.algo = static_cast<locmoe::A2AAlgo>(c.a2a_algo);
+  cc.timeout_s = c.timeout_s;
+  LOCMOE_ASSIGN_OR_RETURN(g->comm, locmoe::Communicator::create(*g->bootstrap, g->cluster, cc));
+  *out = g.release();
+  return locmoe::ok_status();
+}
+
+Status check_group(locmoe_group_t g) {
+  LOCMOE_CHECK_ARG(g != nullptr, "group is NULL");
+  return locmoe::ok_status();
+}
+
+Status create_plan(locmoe_group_t g, int32_t T, int32_t k, int32_t L, const int32_t* expert,
+                   const float* weight, const uint8_t* dropped, locmoe_plan_t* out) {
+  LOCMOE_RETURN_IF_ERROR(check_group(g));
+  LOCMOE_CHECK_ARG(out != nullptr, "out is NULL");
+  LOCMOE_CHECK_ARG(T >= 0 && k > 0 && L > 0, "num_tokens {} must be >= 0, k {} and experts_per_rank {} > 0",
+                   T, k, L);
+  LOCMOE_CHECK_ARG(T == 0 || (expert != nullptr && weight != nullptr), "expert or weight is NULL with {} tokens",
+                   T);
+  auto p = std::make_unique<locmoe_plan_s>();
+  locmoe::RoutingPlan& plan = p->plan;
+  const int R = g->cluster.size();
+  const size_t n = static_cast<size_t>(T) * static_cast<size_t>(k);
+  plan.num_tokens = T;
+  plan.k = k;
+  plan.num_ranks = R;
+  plan.num_nodes = g->cluster.num_nodes();
+  plan.experts_per_rank = L;
+  plan.num_experts = L * R;
+  plan.rank = g->cluster.my_rank;
+  for (int r = 0; r < R; ++r) plan.node_of_rank.push_back(g->cluster.node_of(r));
+  plan.expert.assign(expert, expert + n);
+  plan.weight.assign(weight, weight + n);
+  plan.slot_dropped.assign(n, 0);
+  if (dropped != nullptr) plan.slot_dropped.assign(dropped, dropped + n);
+  // Unused slots carry weight 0 (the plan contract), whatever the caller left there.
+  for (size_t s = 0; s < n; ++s)
+    if (plan.expert[s] == -1) plan.weight[s] = 0.0f;
+  LOCMOE_RETURN_IF_ERROR(locmoe::finalize_plan(plan, g->bootstrap.get()));
+  *out = p.release();
+  return locmoe::ok_status();
+}
+
+Status check_dispatcher(locmoe_dispatcher_t d) {
+  LOCMOE_CHECK_ARG(d != nullptr && d->d != nullptr, "dispatcher is NULL");
+  return locmoe::ok_status();
+}
+Status check_pair(locmoe_dispatcher_t d, locmoe_handle_t h) {
+  LOCMOE_RETURN_IF_ERROR(check_dispatcher(d));
+  LOCMOE_CHECK_ARG(h != nullptr && h->h != nullptr, "handle is NULL");
+  LOCMOE_CHECK_ARG(h->owner == d, "the handle belongs to another dispatcher");
+  return locmoe::ok_status();
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* locmoe_last_error(void) { return g_last_error.c_str(); }
+
+const char* locmoe_status_name(locmoe_status_t status) {
+  if (status < 0 || status > LOCMOE_ERR_INTERNAL) return "unknown status";
+  return locmoe::code_name(static_cast<Code>(status));
+}
+
+locmoe_status_t locmoe_group_create(const locmoe_group_config_t* config, locmoe_group_t* out) {
+  return guarded("locmoe_group_create", [&] { return create_group(config, out); });
+}
+void locmoe_group_destroy(locmoe_group_t group) { delete group; }
+
+locmoe_status_t locmoe_group_rank(locmoe_group_t g, int32_t* rank) {
+  return guarded("locmoe_group_rank", [&] {
+    LOCMOE_RETURN_IF_ERROR(check_group(g));
+    LOCMOE_CHECK_ARG(rank != nullptr, "rank is NULL");
+    *rank = g->cluster.my_rank;
+    return locmoe::ok_status();
+  });
+}
+locmoe_status_t locmoe_group_size(locmoe_group_t g, int32_t* size) {
+  return guarded("locmoe_group_size", [&] {
+    LOCMOE_RETURN_IF_ERROR(check_group(g));
+    LOCMOE_CHECK_ARG(size != nullptr, "size is NULL");
+    *size = g->cluster.size();
+    return locmoe::ok_status();
+  });
+}
+locmoe_status_t locmoe_group_num_nodes(locmoe_group_t g, int32_t* num_nodes) {
+  return guarded("locmoe_group_num_nodes", [&] {
+    LOCMOE_RETURN_IF_ERROR(check_group(g));
+    LOCMOE_CHECK_ARG(num_nodes != nullptr, "num_nodes is NULL");
+    *num_nodes = g->cluster.num_nodes();
+    return locmoe::ok_status();
+  });
+}
+locmoe_status_t locmoe_group_node_of(locmoe_group_t g, int32_t rank, int32_t* node) {
+  return guarded("locmoe_group_node_of", [&] {
+    LOCMOE_RETURN_IF_ERROR(check_group(g));
+    LOCMOE_CHECK_ARG(node != nullptr, "node is NULL");
+    LOCMOE_CHECK_RANGE(rank >= 0 && rank < g->cluster.size(), "rank {} out of range [0, {})", rank,
+                       g->cluster.size());
+    *node = g->cluster.node_of(rank);
+    return locmoe::ok_status();
+  });
+}
+locmoe_status_t locmoe_group_allreduce_sum(locmoe_group_t g, double* values, int64_t count) {
+  return guarded("locmoe_group_allreduce_sum", [&] {
+    LOCMOE_RETURN_IF_ERROR(check_group(g));
+    LOCMOE_CHECK_ARG(count >= 0 && (count == 0 || values != nullptr), "values NULL or count {} < 0", count);
+    return g->bootstrap->allreduce(values, values, static_cast<size_t>(count), locmoe::DataType::kFloat64,
+                                   locmoe::ReduceOp::kSum);
+  });
+}
+
+locmoe_status_t locmoe_plan_create(locmoe_group_t group, int32_t num_tokens, int32_t k, int32_t experts_per_rank,
+                                   const int32_t* expert, const float* weight, const uint8_t* slot_dropped,
+                                   locmoe_plan_t* out) {
+  return guarded("locmoe_plan_create", [&] {
+    return create_plan(group, num_tokens, k, experts_per_rank, expert, weight, slot_dropped, out);
+  });
+}
+void locmoe_plan_destroy(locmoe_plan_t plan) { delete plan; }
+
+locmoe_status_t locmoe_plan_info(locmoe_plan_t plan, locmoe_plan_info_t* info) {
+  return guarded("locmoe_plan_info", [&] {
+    LOCMOE_CHECK_ARG(plan != nullptr, "plan is NULL");
+    const locmoe::RoutingPlan& p = plan->plan;
+    locmoe_plan_info_t v = LOCMOE_PLAN_INFO_INIT;
+    v.num_tokens = p.num_tokens;
+    v.k = p.k;
+    v.num_experts = p.num_experts;
+    v.dropped_slots = p.dropped_slots;
+    v.dropped_tokens = p.dropped_tokens;
+    for (int i = 0; i < 3; ++i) v.copies[i] = p.copies[i];
+    return write_info(v, info, "info");
+  });
+}
+locmoe_status_t locmoe_plan_slots(locmoe_plan_t plan, int32_t* expert, float* weight) {
+  return guarded("locmoe_plan_slots", [&] {
+    LOCMOE_CHECK_ARG(plan != nullptr, "plan is NULL");
+    const locmoe::RoutingPlan& p = plan->plan;
+    if (expert) std::copy(p.expert.begin(), p.expert.end(), expert);
+    if (weight) std::copy(p.weight.begin(), p.weight.end(), weight);
+    return locmoe::ok_status();
+  });
+}
+
+locmoe_status_t locmoe_dispatcher_create(locmoe_group_t group, const locmoe_dispatcher_config_t* config,
+                                         locmoe_dispatcher_t* out) {
+  return guarded("locmoe_dispatcher_create", [&] {
+    LOCMOE_RETURN_IF_ERROR(check_group(group));
+    LOCMOE_CHECK_ARG(config != nullptr && out != nullptr, "config or out is NULL");
+    locmoe_dispatcher_config_t c = LOCMOE_DISPATCHER_CONFIG_INIT;
+    LOCMOE_RETURN_IF_ERROR(read_config(config, c, sizeof(c), "config"));
+    locmoe::DispatcherConfig dc;
+    dc.experts_per_rank = c.experts_per_rank;
+    dc.hidden = c.hidden;
+    dc.dtype = static_cast<locmoe::TokenDType>(c.dtype);
+    dc.max_tokens = c.max_tokens;
+    dc.top_k = c.top_k;
+    dc.align = c.align;
+    dc.max_recv_rows = c.max_recv_rows;
+    dc.memory = static_cast<locmoe::MemoryKind>(c.memory);
+    auto d = std::make_unique<locmoe_dispatcher_s>();
+    d->group = group;
+    LOCMOE_ASSIGN_OR_RETURN(d->d, locmoe::Dispatcher::create(*group->bootstrap, *group->comm, dc));
+    *out = d.release();
+    return locmoe::ok_status();
+  });
+}
+void locmoe_dispatcher_destroy(locmoe_dispatcher_t d) { delete d; }
+
+locmoe_status_t locmoe_dispatcher_max_expert_rows(locmoe_dispatcher_t d, int64_t* rows) {
+  return guarded("locmoe_dispatcher_max_expert_rows", [&] {
+    LOCMOE_RETURN_IF_ERROR(check_dispatcher(d));
+    LOCMOE_CHECK_ARG(rows != nullptr, "rows is NULL");
+    *rows = d->d->max_expert_rows();
+    return locmoe::ok_status();
+  });
+}
+
+locmoe_status_t locmoe_handle_create(locmoe_dispatcher_t d, locmoe_handle_t* out) {
+  return guarded("locmoe_handle_create", [&] {
+    LOCMOE_RETURN_IF_ERROR(check_dispatcher(d));
+    LOCMOE_CHECK_ARG(out != nullptr, "out is NULL");
+    auto h = std::make_unique<locmoe_handle_s>();
+    h->owner = d;
+    LOCMOE_ASSIGN_OR_RETURN(h->h, d->d->make_handle());
+    *out = h.release();
+    return locmoe::ok_status();
+  });
+}
+void locmoe_handle_destroy(locmoe_handle_t h) { delete h; }
+
+locmoe_status_t locmoe_handle_info(locmoe_handle_t h, locmoe_handle_info_t* info) {
+  return guarded("locmoe_handle_info", [&] {
+    LOCMOE_CHECK_ARG(h != nullptr && h->h != nullptr, "handle is NULL");
+    LOCMOE_CHECK_ARG(h->h->valid(), "the handle holds no dispatch yet");
+    const locmoe::DispatchHandle& d = *h->h;
+    const locmoe::DispatchStats& s = d.stats();
+    locmoe_handle_info_t v = LOCMOE_HANDLE_INFO_INIT;
+    v.num_tokens = d.num_tokens();
+    v.k = d.k();
+    v.num_local_experts = static_cast<int32_t>(d.expert_count().size());
+    v.expert_rows = d.expert_rows();
+    v.recv_rows = d.num_recv_rows();
+    v.accepted_slots = s.accepted_slots;
+    v.dropped_slots = s.dropped_slots;
+    v.dropped_tokens = s.dropped_tokens;
+    v.slots_received = s.slots_received;
+    v.bytes_sent = s.bytes_sent;
+    v.internode_bytes_sent = s.internode_bytes_sent;
+    return write_info(v, info, "info");
+  });
+}
+
+locmoe_status_t locmoe_handle_expert_counts(locmoe_handle_t h, int64_t* counts, int64_t* offsets) {
+  return guarded("locmoe_handle_expert_counts", [&] {
+    LOCMOE_CHECK_ARG(h != nullptr && h->h != nullptr, "handle is NULL");
+    LOCMOE_CHECK_ARG(h->h->valid(), "the handle holds no dispatch yet");
+    if (counts) std::copy(h->h->expert_count().begin(), h->h->expert_count().end(), counts);
+    if (offsets) std::copy(h->h->expert_offset().begin(), h->h->expert_offset().end(), offsets);
+    return locmoe::ok_status();
+  });
+}
+
+locmoe_status_t locmoe_dispatch(locmoe_dispatcher_t d, const void* x, locmoe_plan_t plan, locmoe_handle_t h,
+                                void* expert_in, int64_t expert_in_rows, void* stream) {
+  return guarded("locmoe_dispatch", [&] {
+    LOCMOE_RETURN_IF_ERROR(check_pair(d, h));
+    LOCMOE_CHECK_ARG(plan != nullptr, "plan is NULL");
+    return d->d->dispatch(x, plan->plan, *h->h, expert_in, expert_in_rows, stream);
+  });
+}
+locmoe_status_t locmoe_combine(locmoe_dispatcher_t d, const void* expert_out, locmoe_handle_t h, void* out,
+                               void* stream) {
+  return guarded("locmoe_combine", [&] {
+    LOCMOE_RETURN_IF_ERROR(check_pair(d, h));
+    return d->d->combine(expert_out, *h->h, out, stream);
+  });
+}
+locmoe_status_t locmoe_dispatch_backward(locmoe_dispatcher_t d, const void* grad_expert_in, locmoe_handle_t h,
+                                         void* grad_x, void* stream) {
+  return guarded("locmoe_dispatch_backward", [&] {
+    LOCMOE_RETURN_IF_ERROR(check_pair(d, h));
+    return d->d->dispatch_backward(grad_expert_in, *h->h, grad_x, stream);
+  });
+}
+locmoe_status_t locmoe_combine_backward(locmoe_dispatcher_t d, const void* grad_out, locmoe_handle_t h,
+                                        const void* expert_out, void* grad_expert_out, float* grad_weights,
+                                        void* stream) {
+  return guarded("locmoe_combine_backward", [&] {
+    LOCMOE_RETURN_IF_ERROR(check_pair(d, h));
+    return d->d->combine_backward(grad_out, *h->h, expert_out, grad_expert_out, grad_weights, stream);
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,212 @@
+/* locmoe C API: expert-parallel dispatch and combine of Mixture-of-Experts tokens.
+ *
+ * Conventions (every function below follows them):
+ *  - Every function returns a locmoe_status_t (LOCMOE_OK = 0, the other values are those of
+ *    locmoe::Code). On an error, locmoe_last_error() returns a message naming the bad value; it
+ *    is thread-local and stays valid until the next failing call on the same thread. No C++
+ *    exception crosses this API (an unexpected one becomes LOCMOE_ERR_INTERNAL).
+ *  - Objects are opaque handles created by locmoe_*_create and released by locmoe_*_destroy
+ *    (which accept NULL). Out-parameters are written only on success.
+ *  - Config structs start with `struct_size`: initialize them with their _INIT macro (which sets
+ *    it to sizeof the struct this header declares) and change the fields you need. A library built
+ *    from a newer header accepts the older, shorter struct and uses defaults for the missing fields.
+ *  - Collective: functions marked so must be called by every rank of the group in the same order
+ *    (a rank with no tokens too); a rank that never arrives makes the others fail with
+ *    LOCMOE_ERR_TIMEOUT after LOCMOE_TIMEOUT_S seconds instead of hanging.
+ *  - Rows: a [rows, hidden] block of tokens is contiguous, row-major, of the dispatcher's dtype
+ *    (LOCMOE_DTYPE_F32: float; LOCMOE_DTYPE_BF16: bfloat16 as uint16_t bits). Buffers are owned
+ *    by the caller and live in the dispatcher's memory kind (host memory for LOCMOE_MEMORY_HOST,
+ *    CUDA device memory for LOCMOE_MEMORY_DEVICE, where `stream` is the cudaStream_t the work is
+ *    enqueued on; NULL = the default stream; ignored on the host).
+ */
+#ifndef LOCMOE_LOCMOE_H_
+#define LOCMOE_LOCMOE_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- Status ------------------------------------------------------------------------------ */
+typedef int32_t locmoe_status_t;
+#define LOCMOE_OK 0
+#define LOCMOE_ERR_INVALID_ARGUMENT 1 /* a caller-supplied value is wrong (shape, id, NULL) */
+#define LOCMOE_ERR_OUT_OF_RANGE 2     /* an index or size outside what is allowed */
+#define LOCMOE_ERR_NOT_FOUND 3
+#define LOCMOE_ERR_PARSE 4
+#define LOCMOE_ERR_UNSUPPORTED 5      /* valid request this build or machine cannot serve */
+#define LOCMOE_ERR_MISMATCH 6         /* ranks disagree (hidden size, dtype, counts) */
+#define LOCMOE_ERR_TIMEOUT 7          /* a peer did not arrive within LOCMOE_TIMEOUT_S */
+#define LOCMOE_ERR_PEER_FAILURE 8
+#define LOCMOE_ERR_SYSTEM 9           /* an OS / MPI / CUDA call failed */
+#define LOCMOE_ERR_INTERNAL 10        /* a locmoe bug */
+
+/* Message of the last failing call on this thread ("" when none). Owned by the library. */
+const char* locmoe_last_error(void);
+/* Short name of a status ("ok", "invalid argument", ...). Static string. */
+const char* locmoe_status_name(locmoe_status_t status);
+/* Library version, "MAJOR.MINOR.PATCH". Static string. */
+const char* locmoe_library_version(void);
+
+/* ---- Enumerations -------------------------------------------------------------------------- */
+typedef int32_t locmoe_dtype_t;
+#define LOCMOE_DTYPE_F32 0  /* float */
+#define LOCMOE_DTYPE_BF16 1 /* bfloat16 stored as uint16_t (the upper half of a float) */
+
+typedef int32_t locmoe_memory_t;
+#define LOCMOE_MEMORY_HOST 0
+#define LOCMOE_MEMORY_DEVICE 1
+
+typedef int32_t locmoe_bootstrap_t;
+#define LOCMOE_BOOTSTRAP_AUTO 0 /* LOCMOE_BOOTSTRAP; its "auto": MPI when launched by mpirun or
+                                   when MPI is initialized, else one process */
+#define LOCMOE_BOOTSTRAP_MPI 1  /* MPI_COMM_WORLD; MPI is initialized here when the caller did not */
+#define LOCMOE_BOOTSTRAP_SELF 2 /* this process alone */
+
+typedef int32_t locmoe_a2a_algo_t;
+#define LOCMOE_A2A_AUTO 0
+#define LOCMOE_A2A_FLAT 1
+#define LOCMOE_A2A_HIERARCHICAL 2
+
+/* ---- Group: the ranks of one expert-parallel group ------------------------------------------ */
+typedef struct locmoe_group_s* locmoe_group_t;
+
+typedef struct locmoe_group_config_t {
+  uint32_t struct_size;         /* sizeof(locmoe_group_config_t) (set by the _INIT macro) */
+  locmoe_bootstrap_t bootstrap; /* how ranks find each other */
+  locmoe_a2a_algo_t a2a_algo;   /* all-to-all algorithm (AUTO: LOCMOE_A2A_ALGO) */
+  const char* transport;        /* "mpi" | "ucx" | "nccl"; NULL = LOCMOE_TRANSPORT. Borrowed. */
+  double timeout_s;             /* deadline of every wait on a peer; 0 = LOCMOE_TIMEOUT_S */
+} locmoe_group_config_t;
+#define LOCMOE_GROUP_CONFIG_INIT \
+  { (uint32_t)sizeof(locmoe_group_config_t), LOCMOE_BOOTSTRAP_AUTO, LOCMOE_A2A_AUTO, NULL, 0.0 }
+
+/* Collective. Builds the bootstrap, the cluster map (LOCMOE_HOSTID emulates nodes) and the
+ * communicator. `config` may be NULL (defaults). *out: a new group; destroy it before MPI is
+ * finalized (MPI initialized by this call is finalized at process exit). */
+locmoe_status_t locmoe_group_create(const locmoe_group_config_t* config, locmoe_group_t* out);
+void locmoe_group_destroy(locmoe_group_t group);
+/* This rank, the number of ranks, the number of nodes, and the node of rank `rank`. */
+locmoe_status_t locmoe_group_rank(locmoe_group_t group, int32_t* rank);
+locmoe_status_t locmoe_group_size(locmoe_group_t group, int32_t* size);
+locmoe_status_t locmoe_group_num_nodes(locmoe_group_t group, int32_t* num_nodes);
+locmoe_status_t locmoe_group_node_of(locmoe_group_t group, int32_t rank, int32_t* node);
+/* Collective: sum of `count` doubles over the group, in place (`values`: host memory [count]). */
+locmoe_status_t locmoe_group_allreduce_sum(locmoe_group_t group, double* values, int64_t count);
+
+/* ---- Plan: where each local token goes ----------------------------------------------------- */
+typedef struct locmoe_plan_s* locmoe_plan_t;
+
+/* Collective (sums the expert counts over the group). A plan for this rank's `num_tokens` tokens
+ * with `k` slots each, experts placed `experts_per_rank` per rank (expert e on rank
+ * e / experts_per_rank). expert: int32 [num_tokens*k], the global expert of slot j of token t at
+ * t*k+j, -1 = no expert; weight: float [num_tokens*k], combine weights (finite, >= 0; ignored for
+ * -1 slots); slot_dropped: uint8 [num_tokens*k] or NULL, 1 marks a slot that capacity dropped
+ * (counted in the statistics). All three host memory, copied (the caller keeps ownership). */
+locmoe_status_t locmoe_plan_create(locmoe_group_t group, int32_t num_tokens, int32_t k,
+                                   int32_t experts_per_rank, const int32_t* expert,
+                                   const float* weight, const uint8_t* slot_dropped,
+                                   locmoe_plan_t* out);
+void locmoe_plan_destroy(locmoe_plan_t plan);
+
+typedef struct locmoe_plan_info_t {
+  uint32_t struct_size; /* sizeof(locmoe_plan_info_t) */
+  int32_t num_tokens;
+  int32_t k;
+  int32_t num_experts;
+  int64_t dropped_slots;  /* slots marked dropped */
+  int64_t dropped_tokens; /* tokens with no accepted slot */
+  int64_t copies[3];      /* token copies sent to: [0] this rank, [1] its node, [2] other nodes */
+} locmoe_plan_info_t;
+#define LOCMOE_PLAN_INFO_INIT { (uint32_t)sizeof(locmoe_plan_info_t), 0, 0, 0, 0, 0, { 0, 0, 0 } }
+locmoe_status_t locmoe_plan_info(locmoe_plan_t plan, locmoe_plan_info_t* info);
+/* Copies the plan's slots out: expert int32 [T*k], weight float [T*k] (either may be NULL). */
+locmoe_status_t locmoe_plan_slots(locmoe_plan_t plan, int32_t* expert, float* weight);
+
+/* ---- Dispatcher ------------------------------------------------------------------------------ */
+typedef struct locmoe_dispatcher_s* locmoe_dispatcher_t;
+typedef struct locmoe_handle_s* locmoe_handle_t;
+
+typedef struct locmoe_dispatcher_config_t {
+  uint32_t struct_size;     /* sizeof(locmoe_dispatcher_config_t) */
+  int32_t experts_per_rank; /* L (> 0, same on every rank) */
+  int64_t hidden;           /* H: elements per token row (> 0, same on every rank) */
+  locmoe_dtype_t dtype;     /* row element type (same on every rank) */
+  int32_t max_tokens;       /* largest T a plan of this rank may have */
+  int32_t top_k;            /* k: slots per token of every plan (> 0, same on every rank) */
+  int32_t align;            /* pad each expert's rows to a multiple of this (>= 1) */
+  int64_t max_recv_rows;    /* most rows this rank receives per dispatch; 0 = size * max_tokens */
+  locmoe_memory_t memory;   /* where token buffers live */
+} locmoe_dispatcher_config_t;
+#define LOCMOE_DISPATCHER_CONFIG_INIT                                                         \
+  { (uint32_t)sizeof(locmoe_dispatcher_config_t), 0, 0, LOCMOE_DTYPE_F32, 0, 0, 1, 0,         \
+    LOCMOE_MEMORY_HOST }
+
+/* Collective. Checks that every rank passed the same hidden, dtype, experts_per_rank, top_k and
+ * memory (LOCMOE_ERR_MISMATCH naming the rank that differs) and allocates the workspace once.
+ * `group` must outlive the dispatcher. */
+locmoe_status_t locmoe_dispatcher_create(locmoe_group_t group,
+                                         const locmoe_dispatcher_config_t* config,
+                                         locmoe_dispatcher_t* out);
+void locmoe_dispatcher_destroy(locmoe_dispatcher_t dispatcher);
+/* Rows an expert-major buffer (expert_in, expert_out, their gradients) needs in the worst case. */
+locmoe_status_t locmoe_dispatcher_max_expert_rows(locmoe_dispatcher_t dispatcher, int64_t* rows);
+
+/* A handle records one dispatch's layouts for combine and the backwards. Allocated once (sized
+ * by the dispatcher's limits) and refilled by every locmoe_dispatch that takes it. */
+locmoe_status_t locmoe_handle_create(locmoe_dispatcher_t dispatcher, locmoe_handle_t* out);
+void locmoe_handle_destroy(locmoe_handle_t handle);
+
+typedef struct locmoe_handle_info_t {
+  uint32_t struct_size;    /* sizeof(locmoe_handle_info_t) */
+  int32_t num_tokens;      /* T of the dispatched plan */
+  int32_t k;
+  int32_t num_local_experts;
+  int64_t expert_rows;     /* M: rows of expert_in / expert_out, padding included */
+  int64_t recv_rows;       /* N: rows received (one per (source token, this rank)) */
+  int64_t accepted_slots;  /* (token, slot) pairs of this rank's plan sent to an expert */
+  int64_t dropped_slots;   /* slots the plan marks dropped */
+  int64_t dropped_tokens;  /* tokens with no accepted slot (their output rows are 0) */
+  int64_t slots_received;  /* (row, slot) pairs placed in expert_in on this rank */
+  uint64_t bytes_sent;     /* payload bytes of the token exchange */
+  uint64_t internode_bytes_sent; /* of those, bytes put on inter-node links */
+} locmoe_handle_info_t;
+#define LOCMOE_HANDLE_INFO_INIT \
+  { (uint32_t)sizeof(locmoe_handle_info_t), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+/* Fails with LOCMOE_ERR_INVALID_ARGUMENT before a successful dispatch on the handle. */
+locmoe_status_t locmoe_handle_info(locmoe_handle_t handle, locmoe_handle_info_t* info);
+/* counts: int64 [L] data rows of each local expert; offsets: int64 [L+1] start of each expert's
+ * padded segment (offsets[L] = expert_rows). Host memory; either may be NULL. */
+locmoe_status_t locmoe_handle_expert_counts(locmoe_handle_t handle, int64_t* counts,
+                                            int64_t* offsets);
+
+/* Collective. x: [plan T, H] (read). expert_in: [expert_in_rows, H] (written: local expert 0's
+ * rows, then expert 1's, ..., each segment's padding rows zeroed; expert_in_rows must be >= the
+ * handle's expert_rows afterwards; max_expert_rows always suffices). Fills `handle`. */
+locmoe_status_t locmoe_dispatch(locmoe_dispatcher_t dispatcher, const void* x, locmoe_plan_t plan,
+                                locmoe_handle_t handle, void* expert_in, int64_t expert_in_rows,
+                                void* stream);
+/* Collective. expert_out: [expert_rows, H] (expert_in's layout; padding rows ignored).
+ * out: [T, H] (written): out[t] = sum over token t's accepted slots of weight * expert row, in a
+ * fixed order (deterministic), fp32 accumulation; 0 for tokens with no accepted slot. */
+locmoe_status_t locmoe_combine(locmoe_dispatcher_t dispatcher, const void* expert_out,
+                               locmoe_handle_t handle, void* out, void* stream);
+/* Collective. grad_expert_in: [expert_rows, H]; grad_x: [T, H] (written): the sum over token t's
+ * accepted slots of grad_expert_in rows (no weights). */
+locmoe_status_t locmoe_dispatch_backward(locmoe_dispatcher_t dispatcher, const void* grad_expert_in,
+                                         locmoe_handle_t handle, void* grad_x, void* stream);
+/* Collective. grad_out: [T, H]; expert_out: the rows given to locmoe_combine ([expert_rows, H]).
+ * grad_expert_out: [expert_rows, H] or NULL (written: weight * grad_out[t] at the row of (t, j),
+ * padding rows 0). grad_weights: float [T*k] or NULL, in the dispatcher's memory kind (written:
+ * <grad_out[t], expert_out[row of (t, j)]> for accepted slots, 0 elsewhere). */
+locmoe_status_t locmoe_combine_backward(locmoe_dispatcher_t dispatcher, const void* grad_out,
+                                        locmoe_handle_t handle, const void* expert_out,
+                                        void* grad_expert_out, float* grad_weights, void* stream);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* LOCMOE_LOCMOE_H_ */
