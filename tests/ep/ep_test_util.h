@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
+#include <string>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -67,9 +69,12 @@ class MpiOracleComm final : public Communicator {
   ExchangeStats stats_;
 };
 
-// Bootstrap + cluster map (LOCMOE_HOSTID emulates nodes) + oracle communicator over MPI_COMM_WORLD.
+// Bootstrap + cluster map (LOCMOE_HOSTID emulates nodes) + a communicator over MPI_COMM_WORLD:
+// the comm layer's Communicator when the environment has EP_TEST_COMM=communicator, else the
+// MPI_Alltoallv oracle.
 struct Group {
   std::unique_ptr<Bootstrap> bootstrap;
+  std::unique_ptr<ClusterMap> cluster;  // referenced by the comm layer's Communicator: stays put
   std::unique_ptr<Communicator> comm;
   int rank = 0, size = 1;
 };
@@ -85,6 +90,13 @@ inline Group make_group() {
   if (!cm.ok()) return g;
   g.rank = cm->my_rank;
   g.size = cm->size();
+  const char* which = std::getenv("EP_TEST_COMM");
+  if (which != nullptr && std::string(which) == "communicator") {
+    g.cluster = std::make_unique<ClusterMap>(std::move(cm).value());
+    auto c = Communicator::create(*g.bootstrap, *g.cluster);
+    if (c.ok()) g.comm = std::move(c).value();
+    return g;
+  }
   g.comm = std::make_unique<MpiOracleComm>(MPI_COMM_WORLD, std::move(cm).value());
   return g;
 }
