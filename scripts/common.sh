@@ -26,6 +26,19 @@ install_packages() {
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
+  install_python_packages
+}
+
+# PyPI packages of the Python module, for the python3 first on PATH (pyenv's, not Debian's):
+# nanobind builds the module, numpy and pytest run its tests. Skipped when already importable.
+LOCMOE_PIP_PACKAGES=(nanobind numpy pytest)
+install_python_packages() {
+  command -v python3 >/dev/null || return 0
+  if ! python3 -c "import nanobind, numpy, pytest" 2>/dev/null; then
+    log "pip installing for $(python3 -c 'import sys; print(sys.executable)'): ${LOCMOE_PIP_PACKAGES[*]}"
+    python3 -m pip install -q "${LOCMOE_PIP_PACKAGES[@]}" ||
+      log "pip install failed: the Python module will be off (see the configure summary)"
+  fi
 }
 
 # configure_and_build BUILD_DIR [cmake args...]

@@ -1,0 +1,187 @@
+"""Tests of the locmoe Python module with numpy on the CPU (pytest or unittest).
+
+Run as one process, or under mpirun (every rank runs every test; each test is collective). The
+references are computed from this rank's own plan: expert e is y = (1 + e/8) * x, so
+out[t] = sum_j w[t,j] (1 + e_j/8) x[t], d w[t,j] = <g[t], y_j(x[t])>, d x[t] = sum_j w (1 + e_j/8) g[t].
+"""
+import unittest
+
+import numpy as np
+
+import locmoe
+
+GROUP = None
+
+
+def group():
+    global GROUP
+    if GROUP is None:
+        GROUP = locmoe.Group()
+    return GROUP
+
+
+def expert_scale(e):
+    return 1.0 + e / 8.0
+
+
+def random_plan(rng, T, k, E, p_drop=0.25):
+    expert = np.full((T, k), -1, dtype=np.int32)
+    weight = np.zeros((T, k), dtype=np.float32)
+    dropped = np.zeros((T, k), dtype=np.uint8)
+    for t in range(T):
+        chosen = rng.permutation(E)[: min(k, E)]
+        n = 0
+        for j, e in enumerate(chosen):
+            if j > 0 and rng.random() < p_drop:
+                continue
+            expert[t, n] = e
+            weight[t, n] = 0.1 + rng.random()
+            n += 1
+        dropped[t, n:len(chosen)] = 1
+    return expert, weight, dropped
+
+
+def run_layer(d, g, plan_arrays, x, grad, L):
+    """dispatch -> experts -> combine -> combine_backward -> experts' backward -> dispatch_backward."""
+    expert, weight, dropped = plan_arrays
+    plan = locmoe.Plan(g, expert, weight, experts_per_rank=L, slot_dropped=dropped)
+    h = d.make_handle()
+    ein = d.dispatch(x, plan, h)
+    offs, counts = h.expert_offsets, h.expert_counts
+    y = np.zeros_like(ein)
+    scale = np.zeros((ein.shape[0], 1), dtype=np.float32)
+    for l in range(L):
+        e = g.rank * L + l
+        rows = slice(offs[l], offs[l] + counts[l])
+        scale[rows] = expert_scale(e)
+    y = ein * scale
+    out = d.combine(y, h)
+    gy, gw = d.combine_backward(grad, h, y)
+    gx = d.dispatch_backward(np.ascontiguousarray(gy * scale), h)
+    return plan, h, ein, out, gw, gx
+
+
+class LocmoeTest(unittest.TestCase):
+    def setUp(self):
+        self.g = group()
+        self.rng = np.random.default_rng(17 + self.g.rank)
+
+    def make(self, T, H=8, k=2, L=2, align=1, max_tokens=None):
+        max_tokens = max_tokens if max_tokens is not None else max(T, 1)
+        d = locmoe.Dispatcher(self.g, experts_per_rank=L, hidden=H, max_tokens=max_tokens, top_k=k,
+                              align=align, max_recv_rows=64 * self.g.size)
+        return d
+
+    def check_reference(self, plan_arrays, x, grad, out, gw, gx):
+        expert, weight, _ = plan_arrays
+        T, k = expert.shape
+        ref_out = np.zeros_like(x, dtype=np.float64)
+        ref_gx = np.zeros_like(x, dtype=np.float64)
+        ref_gw = np.zeros((T, k))
+        for t in range(T):
+            for j in range(k):
+                e = expert[t, j]
+                if e < 0:
+                    continue
+                y = expert_scale(e) * x[t].astype(np.float64)
+                ref_out[t] += weight[t, j] * y
+                ref_gx[t] += weight[t, j] * expert_scale(e) * grad[t]
+                ref_gw[t, j] = np.dot(grad[t], y)
+        np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(gx, ref_gx, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(gw, ref_gw, rtol=1e-5, atol=1e-4)
+
+    def test_forward_backward_match_reference(self):
+        T, H, k, L = 7 + self.g.rank, 8, 2, 2
+        d = self.make(T, H, k, L, align=4, max_tokens=16)
+        arrays = random_plan(self.rng, T, k, L * self.g.size)
+        x = self.rng.standard_normal((T, H)).astype(np.float32)
+        grad = self.rng.standard_normal((T, H)).astype(np.float32)
+        plan, h, ein, out, gw, gx = run_layer(d, self.g, arrays, x, grad, L)
+        self.assertEqual(h.expert_offsets[-1] % 4, 0)
+        self.assertEqual(sum(h.expert_counts), h.slots_received)
+        self.assertEqual(h.dropped_slots, int(arrays[2].sum()))
+        self.check_reference(arrays, x, grad, out, gw, gx)
+        # Conservation over the group: accepted slots sent = slots received.
+        tot = np.array([h.accepted_slots, h.slots_received], dtype=np.float64)
+        self.g.allreduce_sum(tot)
+        self.assertEqual(tot[0], tot[1])
+
+    def test_identity_unit_weights_return_input(self):
+        T, H, k, L = 6, 5, 1, 3
+        d = self.make(T, H, k, L)
+        expert = self.rng.integers(0, L * self.g.size, size=(T, k)).astype(np.int32)
+        weight = np.ones((T, k), dtype=np.float32)
+        plan = locmoe.Plan(self.g, expert, weight, experts_per_rank=L)
+        h = d.make_handle()
+        x = self.rng.standard_normal((T, H)).astype(np.float32)
+        out = d.combine(d.dispatch(x, plan, h), h)
+        np.testing.assert_array_equal(out, x)
+
+    def test_bf16_bits_round_trip(self):
+        T, H, k, L = 4, 16, 2, 1
+        d = locmoe.Dispatcher(self.g, experts_per_rank=L, hidden=H, max_tokens=T, top_k=k, dtype="bfloat16")
+        E = L * self.g.size
+        expert = np.full((T, k), -1, dtype=np.int32)
+        expert[:, 0] = self.rng.integers(0, E, size=T)
+        weight = (expert >= 0).astype(np.float32)
+        plan = locmoe.Plan(self.g, expert, weight, experts_per_rank=L)
+        h = d.make_handle()
+        xf = self.rng.integers(-8, 8, size=(T, H)).astype(np.float32)  # exact in bf16
+        bits = (xf.view(np.uint32) >> 16).astype(np.uint16)
+        out = d.combine(d.dispatch(bits, plan, h), h)
+        self.assertEqual(out.dtype, np.uint16)
+        np.testing.assert_array_equal(out, bits)
+
+    def test_rank_without_tokens(self):
+        T = 0 if self.g.rank == 0 else 5
+        H, k, L = 4, 2, 2
+        d = self.make(T, H, k, L, max_tokens=8)
+        arrays = random_plan(self.rng, T, k, L * self.g.size)
+        x = self.rng.standard_normal((T, H)).astype(np.float32)
+        grad = self.rng.standard_normal((T, H)).astype(np.float32)
+        _, _, _, out, gw, gx = run_layer(d, self.g, arrays, x, grad, L)
+        self.assertEqual(out.shape, (T, H))
+        self.check_reference(arrays, x, grad, out, gw, gx)
+
+    def test_all_dropped(self):
+        T, H, k, L = 3, 4, 2, 1
+        d = self.make(T, H, k, L)
+        expert = np.full((T, k), -1, dtype=np.int32)
+        weight = np.zeros((T, k), dtype=np.float32)
+        plan = locmoe.Plan(self.g, expert, weight, experts_per_rank=L, slot_dropped=np.ones((T, k), np.uint8))
+        self.assertEqual(plan.dropped_tokens, T)
+        h = d.make_handle()
+        out = d.combine(d.dispatch(np.ones((T, H), np.float32), plan, h), h)
+        np.testing.assert_array_equal(out, np.zeros((T, H), np.float32))
+        self.assertEqual(h.dropped_slots, T * k)
+
+    def test_bad_arrays_raise_value_error(self):
+        d = self.make(4, 8, 2, 2)
+        expert = np.zeros((4, 2), dtype=np.int32)
+        expert[:, 1] = -1
+        plan = locmoe.Plan(self.g, expert, np.ones((4, 2), np.float32), experts_per_rank=2)
+        h = d.make_handle()
+        buf = np.empty((d.max_expert_rows, 8), np.float32)
+        with self.assertRaises(ValueError):
+            d.dispatch_into(np.zeros((4, 8), np.float64), plan, h, buf)  # wrong dtype
+        with self.assertRaises(ValueError):
+            d.dispatch_into(np.zeros((4, 7), np.float32), plan, h, buf)  # wrong hidden
+        with self.assertRaises(ValueError):
+            d.dispatch_into(np.zeros((3, 8), np.float32), plan, h, buf)  # wrong token count
+        with self.assertRaises(locmoe.Error):
+            d.combine(buf, h)  # no dispatch on the handle yet
+        with self.assertRaises(ValueError):
+            locmoe.Dispatcher(self.g, experts_per_rank=2, hidden=8, max_tokens=4, top_k=2, device="tpu")
+
+    def test_mismatched_hidden_is_clear_error(self):
+        if self.g.size < 2:
+            self.skipTest("needs 2 ranks")
+        H = 16 if self.g.rank == 1 else 8
+        with self.assertRaises(locmoe.Error) as ctx:
+            locmoe.Dispatcher(self.g, experts_per_rank=1, hidden=H, max_tokens=4, top_k=1)
+        self.assertIn("hidden size", str(ctx.exception))
+
+
+if __name__ == "__main__":
+    unittest.main()
