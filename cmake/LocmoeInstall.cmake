@@ -24,6 +24,9 @@ foreach(t IN LISTS LOCMOE_LAYER_TARGETS)
 endforeach()
 target_link_options(locmoe PRIVATE "LINKER:--whole-archive" ${_whole} "LINKER:--no-whole-archive")
 target_link_libraries(locmoe PRIVATE ${LOCMOE_LAYER_TARGETS} PUBLIC fmt::fmt MPI::MPI_CXX)
+# Export only the C API (locmoe_*) and namespace locmoe (cmake/locmoe.map).
+target_link_options(locmoe PRIVATE "LINKER:--version-script=${PROJECT_SOURCE_DIR}/cmake/locmoe.map")
+set_target_properties(locmoe PROPERTIES LINK_DEPENDS ${PROJECT_SOURCE_DIR}/cmake/locmoe.map)
 target_include_directories(locmoe PUBLIC $<INSTALL_INTERFACE:${CMAKE_INSTALL_INCLUDEDIR}>)
 
 install(TARGETS locmoe EXPORT locmoeTargets
