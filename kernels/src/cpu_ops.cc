@@ -159,26 +159,17 @@ Status expert_unpack(const ExpertLayout& l, ConstRows recv, const float* w, Rows
     gather_copy(l.row_src, l.k, recv, expert_in, rows);
     return ok_status();
   }
-  detail::RowList list;
-  list.index = l.row_src;
-  list.index_div = l.k;
-  list.weight = w;
-  list.weight_by_index = true;
+  const detail::RowList list = detail::weighted_unpack_list(l, w);
   return gather_sum_rows(list, recv, expert_in, rows);
 }
 
 Status slot_reduce(const ExpertLayout& l, ConstRows expert_out, const float* w, Rows back) {
-  detail::RowList list;
-  list.stride = l.k;
-  list.index = l.recv_pos;
-  list.weight = w;
+  const detail::RowList list = detail::slot_reduce_list(l, w);
   return gather_sum_rows(list, expert_out, back, l.num_recv);
 }
 
 Status token_combine(const DispatchLayout& l, ConstRows returned, Rows out) {
-  detail::RowList list;
-  list.offsets = l.token_copy_offset;
-  list.index = l.token_copy;
+  const detail::RowList list = detail::token_combine_list(l);
   return gather_sum_rows(list, returned, out, l.num_tokens);
 }
 

@@ -71,7 +71,7 @@ DispatchLayout carve_dispatch(char* base, int32_t max_tokens, int32_t k, int32_t
   l.token_copy_offset = c.take<int32_t>(static_cast<int64_t>(max_tokens) + 1);
   l.token_copy = c.take<int32_t>(l.max_copies);
   l.workspace_bytes =
-      sort_workspace_words(max_tokens, static_cast<int64_t>(num_ranks) * experts_per_rank) * 4;
+      gpu::sort_workspace_words(max_tokens, static_cast<int64_t>(num_ranks) * experts_per_rank) * 4;
   l.workspace = c.take<char>(l.workspace_bytes);
   *used = c.used();
   return l;
@@ -100,7 +100,7 @@ ExpertLayout carve_expert(char* base, int32_t max_recv, int32_t k, int32_t num_l
   l.expert_offset = c.take<int32_t>(num_local_experts + 1);
   l.recv_pos = c.take<int32_t>(static_cast<int64_t>(max_recv) * k);
   l.row_src = c.take<int32_t>(l.max_rows);
-  l.workspace_bytes = sort_workspace_words(max_recv, num_local_experts) * 4;
+  l.workspace_bytes = gpu::sort_workspace_words(max_recv, num_local_experts) * 4;
   l.workspace = c.take<char>(l.workspace_bytes);
   *used = c.used();
   return l;

@@ -23,33 +23,10 @@
 #include "locmoe/core/status.h"
 #include "locmoe/kernels/dtype.h"
 #include "locmoe/kernels/layout.h"
+#include "locmoe/kernels/types.h"
 #include "locmoe/router/plan.h"
 
 namespace locmoe::kernels {
-
-enum class Device : int32_t { kCpu = 0, kCuda = 1 };
-
-// Where an operation runs. stream is a cudaStream_t (ignored on the CPU).
-struct Exec {
-  Device device = Device::kCpu;
-  void* stream = nullptr;
-};
-
-// A read-only block of rows.
-struct ConstRows {
-  const void* data = nullptr;
-  int32_t rows = 0;
-  int32_t hidden = 0;
-  DType dtype = DType::kF32;
-};
-// A writable block of rows.
-struct Rows {
-  void* data = nullptr;
-  int32_t rows = 0;
-  int32_t hidden = 0;
-  DType dtype = DType::kF32;
-  operator ConstRows() const { return ConstRows{data, rows, hidden, dtype}; }  // NOLINT
-};
 
 // Step 1. Lays out the copies of `plan` (T = plan.num_tokens <= layout.max_tokens; k, R and
 // experts_per_rank must equal the layout's). Writes every output array of `layout` and
