@@ -5,10 +5,10 @@
 
 #include <cstdint>
 
-#include "locmoe/core/check.h"
-#include "locmoe/kernels/ops.h"
 #include "dtype_switch.h"
 #include "gpu_launch.h"
+#include "locmoe/core/check.h"
+#include "locmoe/kernels/ops.h"
 
 namespace locmoe::kernels {
 

@@ -33,7 +33,8 @@ void gather_sum(const detail::RowList& list, const T* in, int32_t hidden, int32_
       const T* row = in + static_cast<int64_t>(s) * hidden;
       if (list.weight) {
         const float w = list.w(e);
-        for (int32_t h = 0; h < hidden; ++h) acc[h] = detail::weighted_add(acc[h], w, to_float(row[h]));
+        for (int32_t h = 0; h < hidden; ++h)
+          acc[h] = detail::weighted_add(acc[h], w, to_float(row[h]));
       } else {
         for (int32_t h = 0; h < hidden; ++h) acc[h] += to_float(row[h]);
       }
@@ -196,8 +197,7 @@ Status slot_dot(const ExpertLayout& l, ConstRows grad, ConstRows expert_out, flo
 Status gather_slot_grads(const DispatchLayout& l, const float* dw_copy, float* grad_weight) {
   const int32_t k = l.k;
   for (int32_t t = 0; t < l.num_tokens; ++t)
-    for (int32_t j = 0; j < k; ++j)
-      grad_weight[t * k + j] = slot_grad(l, dw_copy, t, j);
+    for (int32_t j = 0; j < k; ++j) grad_weight[t * k + j] = slot_grad(l, dw_copy, t, j);
   return ok_status();
 }
 

@@ -5,7 +5,6 @@
 
 #include <cstdint>
 
-
 namespace locmoe::kernels::gpu {
 
 inline cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }

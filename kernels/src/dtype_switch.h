@@ -9,8 +9,10 @@ namespace locmoe::kernels {
 template <typename F, typename U>
 auto dispatch_dtype(DType dtype, F&& f, U&& unsupported) {
   switch (dtype) {
-    case DType::kF32: return f(float{});
-    case DType::kBF16: return f(bf16{});
+    case DType::kF32:
+      return f(float{});
+    case DType::kBF16:
+      return f(bf16{});
   }
   return unsupported();
 }

@@ -32,8 +32,8 @@ int expert_layout(const int32_t* recv_slot_expert, int32_t num_recv, const Exper
 int gather_copy(const int32_t* index, int32_t div, const int32_t* count, ConstRows in, Rows out,
                 void* stream);
 // RowList gather-sum (row_lists.h) over r < min(*count, out.rows).
-int gather_sum(const detail::RowList& list, const int32_t* count, ConstRows in,
-               Rows out, void* stream);
+int gather_sum(const detail::RowList& list, const int32_t* count, ConstRows in, Rows out,
+               void* stream);
 int slot_dot(const ExpertLayout& layout, ConstRows grad, ConstRows expert_out, float* dw,
              void* stream);
 int gather_slot_grads(const DispatchLayout& layout, const float* dw_copy, float* grad_weight,

@@ -20,10 +20,10 @@ constexpr int kScanThreads = 1024;
 
 struct SortArgs {
   int32_t rows, k, buckets, align, chunks;
-  int32_t* hist;          // [buckets * chunks] bucket-major
-  int32_t* chunk_items;   // [chunks]
-  int32_t* bucket_count;  // [buckets]
-  int32_t* bucket_offset; // [buckets + 1]
+  int32_t* hist;           // [buckets * chunks] bucket-major
+  int32_t* chunk_items;    // [chunks]
+  int32_t* bucket_count;   // [buckets]
+  int32_t* bucket_offset;  // [buckets + 1]
 };
 
 template <class Keys>
@@ -248,8 +248,8 @@ int dispatch_layout(const PlanView& plan, const DispatchLayout& layout, void* st
 
 int expert_layout(const int32_t* recv_slot_expert, int32_t num_recv, const ExpertLayout& layout,
                   void* stream) {
-  SortArgs a = sort_args(num_recv, layout.k, layout.num_local_experts, layout.align,
-                         layout.workspace);
+  SortArgs a =
+      sort_args(num_recv, layout.k, layout.num_local_experts, layout.align, layout.workspace);
   a.bucket_count = layout.expert_count;
   a.bucket_offset = layout.expert_offset;
   return run_sort(ExpertKeys{recv_slot_expert, layout}, a, stream);

@@ -65,9 +65,8 @@ Status slot_reduce(const ExpertLayout& l, ConstRows expert_out, const float* w, 
 }
 
 Status token_combine(const DispatchLayout& l, ConstRows returned, Rows out, void* stream) {
-  return launched(
-      launch::gather_sum(detail::token_combine_list(l), nullptr, returned, out, stream),
-      "token_combine");
+  return launched(launch::gather_sum(detail::token_combine_list(l), nullptr, returned, out, stream),
+                  "token_combine");
 }
 
 Status slot_dot(const ExpertLayout& l, ConstRows grad, ConstRows expert_out, float* dw,

@@ -4,6 +4,8 @@
 // row_lists.h, the same order and rounding as the CPU reference.
 #include <algorithm>
 #include <cstring>
+#include <initializer_list>
+#include <type_traits>
 
 #include "cuda_util.h"
 #include "dtype_switch.h"
@@ -103,6 +105,26 @@ __device__ void store_f(T* p, const float* f) {
   }
 }
 
+// Launches f(T{}, std::integral_constant<int, N>{}) for the element type T of `dtype`, with N
+// the elements of a 16-byte vector when the row size and every pointer allow it, else 1.
+template <typename F>
+int with_rows(DType dtype, int32_t hidden, std::initializer_list<const void*> ptrs, F&& f) {
+  return dispatch_dtype(
+      dtype,
+      [&](auto tag) {
+        constexpr int kVec = 16 / sizeof(tag);
+        bool vec = hidden % kVec == 0;
+        for (const void* p : ptrs) vec = vec && aligned16(p);
+        if (vec) {
+          f(tag, std::integral_constant<int, kVec>{});
+        } else {
+          f(tag, std::integral_constant<int, 1>{});
+        }
+        return last_launch();
+      },
+      [] { return static_cast<int>(cudaErrorInvalidValue); });
+}
+
 // out[r] = sum over list entries of w * in[src] (RowList order, fp32).
 template <typename T, int N>
 __global__ void gather_sum_kernel(T* __restrict__ out, const T* __restrict__ in, int32_t hidden,
@@ -142,22 +164,13 @@ namespace launch {
 
 int gather_sum(const RowList& list, const int32_t* count, ConstRows in, Rows out, void* stream) {
   if (out.rows == 0) return 0;
-  return dispatch_dtype(in.dtype, [&](auto tag) {
+  return with_rows(in.dtype, in.hidden, {in.data, out.data}, [&](auto tag, auto width) {
     using T = decltype(tag);
-    constexpr int kVec = 16 / sizeof(T);
-    const unsigned blocks = row_blocks(out.rows);
-    const cudaStream_t s = as_stream(stream);
-    const T* src = static_cast<const T*>(in.data);
-    T* dst = static_cast<T*>(out.data);
-    if (in.hidden % kVec == 0 && aligned16(src) && aligned16(dst)) {
-      gather_sum_kernel<T, kVec><<<blocks, kRowThreads, 0, s>>>(dst, src, in.hidden, list, count,
-                                                                 out.rows);
-    } else {
-      gather_sum_kernel<T, 1><<<blocks, kRowThreads, 0, s>>>(dst, src, in.hidden, list, count,
-                                                              out.rows);
-    }
-    return last_launch();
-  }, [] { return static_cast<int>(cudaErrorInvalidValue); });
+    constexpr int N = decltype(width)::value;
+    gather_sum_kernel<T, N><<<row_blocks(out.rows), kRowThreads, 0, as_stream(stream)>>>(
+        static_cast<T*>(out.data), static_cast<const T*>(in.data), in.hidden, list, count,
+        out.rows);
+  });
 }
 
 }  // namespace launch
@@ -166,9 +179,9 @@ namespace {
 
 // dw[i*k+j] = <grad[i], y[recv_pos[i*k+j]]>: lane-strided partial sums, then a fixed xor tree.
 template <typename T, int N>
-__global__ void slot_dot_kernel(const T* __restrict__ grad, const T* __restrict__ y,
-                                int32_t hidden, const int32_t* __restrict__ recv_pos, int32_t k,
-                                int32_t rows, float* __restrict__ dw) {
+__global__ void slot_dot_kernel(const T* __restrict__ grad, const T* __restrict__ y, int32_t hidden,
+                                const int32_t* __restrict__ recv_pos, int32_t k, int32_t rows,
+                                float* __restrict__ dw) {
   const int lane = threadIdx.x % kWarp;
   const int32_t vecs = hidden / N;
   for (int32_t i = blockIdx.x * kRowWarps + threadIdx.x / kWarp; i < rows;
@@ -205,25 +218,16 @@ __global__ void gather_slot_grads_kernel(DispatchLayout l, const float* __restri
 
 namespace launch {
 
-int slot_dot(const ExpertLayout& l, ConstRows grad, ConstRows expert_out, float* dw,
-             void* stream) {
+int slot_dot(const ExpertLayout& l, ConstRows grad, ConstRows expert_out, float* dw, void* stream) {
   if (l.num_recv == 0) return 0;
-  return dispatch_dtype(grad.dtype, [&](auto tag) {
+  const auto ptrs = {grad.data, expert_out.data};
+  return with_rows(grad.dtype, grad.hidden, ptrs, [&](auto tag, auto width) {
     using T = decltype(tag);
-    constexpr int kVec = 16 / sizeof(T);
-    const unsigned blocks = row_blocks(l.num_recv);
-    const cudaStream_t s = as_stream(stream);
-    const T* g = static_cast<const T*>(grad.data);
-    const T* y = static_cast<const T*>(expert_out.data);
-    if (grad.hidden % kVec == 0 && aligned16(g) && aligned16(y)) {
-      slot_dot_kernel<T, kVec><<<blocks, kRowThreads, 0, s>>>(g, y, grad.hidden, l.recv_pos, l.k,
-                                                               l.num_recv, dw);
-    } else {
-      slot_dot_kernel<T, 1><<<blocks, kRowThreads, 0, s>>>(g, y, grad.hidden, l.recv_pos, l.k,
-                                                            l.num_recv, dw);
-    }
-    return last_launch();
-  }, [] { return static_cast<int>(cudaErrorInvalidValue); });
+    constexpr int N = decltype(width)::value;
+    slot_dot_kernel<T, N><<<row_blocks(l.num_recv), kRowThreads, 0, as_stream(stream)>>>(
+        static_cast<const T*>(grad.data), static_cast<const T*>(expert_out.data), grad.hidden,
+        l.recv_pos, l.k, l.num_recv, dw);
+  });
 }
 
 int gather_slot_grads(const DispatchLayout& l, const float* dw_copy, float* grad_weight,

@@ -25,8 +25,10 @@ Status check_rows(const char* what, ConstRows r) {
   LOCMOE_CHECK(dtype_size(r.dtype) != 0, Code::kUnsupported,
                "{}: dtype {} is not supported (f32 = 0, bf16 = 1)", what,
                static_cast<int32_t>(r.dtype));
-  LOCMOE_CHECK_ARG(r.rows >= 0 && r.hidden >= 1, "{}: shape [{}, {}] must have rows >= 0 and "
-                   "hidden >= 1", what, r.rows, r.hidden);
+  LOCMOE_CHECK_ARG(r.rows >= 0 && r.hidden >= 1,
+                   "{}: shape [{}, {}] must have rows >= 0 and "
+                   "hidden >= 1",
+                   what, r.rows, r.hidden);
   LOCMOE_CHECK_ARG(r.rows == 0 || r.data != nullptr, "{}: data is null for {} rows", what, r.rows);
   return ok_status();
 }
@@ -37,14 +39,14 @@ Status check_same(const char* what_a, ConstRows a, const char* what_b, ConstRows
   LOCMOE_RETURN_IF_ERROR(check_rows(what_b, b));
   LOCMOE_CHECK_ARG(a.hidden == b.hidden, "{} has hidden size {} but {} has {}", what_b, b.hidden,
                    what_a, a.hidden);
-  LOCMOE_CHECK_ARG(a.dtype == b.dtype, "{} has dtype {} but {} has {}", what_b,
-                   dtype_name(b.dtype), what_a, dtype_name(a.dtype));
+  LOCMOE_CHECK_ARG(a.dtype == b.dtype, "{} has dtype {} but {} has {}", what_b, dtype_name(b.dtype),
+                   what_a, dtype_name(a.dtype));
   return ok_status();
 }
 
 Status check_rows_eq(const char* what, ConstRows r, int32_t expected, const char* of) {
-  LOCMOE_CHECK_ARG(r.rows == expected, "{} has {} rows, expected {} ({})", what, r.rows,
-                   expected, of);
+  LOCMOE_CHECK_ARG(r.rows == expected, "{} has {} rows, expected {} ({})", what, r.rows, expected,
+                   of);
   return ok_status();
 }
 
@@ -53,8 +55,7 @@ Status check_rows_eq(const char* what, ConstRows r, int32_t expected, const char
 Status check_capacity(const Exec& exec, const char* what, ConstRows r, const int32_t* count,
                       const char* of) {
   if (exec.device != Device::kCpu) return ok_status();
-  LOCMOE_CHECK_RANGE(r.rows >= *count, "{} has {} rows, {} needed ({})", what, r.rows, *count,
-                     of);
+  LOCMOE_CHECK_RANGE(r.rows >= *count, "{} has {} rows, {} needed ({})", what, r.rows, *count, of);
   return ok_status();
 }
 
@@ -84,8 +85,8 @@ Status dispatch_layout(const Exec& exec, const PlanView& plan, DispatchLayout& l
   LOCMOE_CHECK_ARG(plan.num_ranks == layout.num_ranks, "plan num_ranks {} != layout num_ranks {}",
                    plan.num_ranks, layout.num_ranks);
   LOCMOE_CHECK_ARG(plan.experts_per_rank == layout.experts_per_rank,
-                   "plan experts_per_rank {} != layout experts_per_rank {}",
-                   plan.experts_per_rank, layout.experts_per_rank);
+                   "plan experts_per_rank {} != layout experts_per_rank {}", plan.experts_per_rank,
+                   layout.experts_per_rank);
   LOCMOE_CHECK_ARG(plan.num_experts == plan.num_ranks * plan.experts_per_rank,
                    "plan num_experts {} != num_ranks {} * experts_per_rank {}", plan.num_experts,
                    plan.num_ranks, plan.experts_per_rank);
@@ -100,8 +101,8 @@ Status dispatch_pack(const Exec& exec, const DispatchLayout& layout, ConstRows x
   LOCMOE_RETURN_IF_ERROR(check_dispatch(layout));
   LOCMOE_RETURN_IF_ERROR(check_same("x", x, "send", send));
   LOCMOE_RETURN_IF_ERROR(check_rows_eq("x", x, layout.num_tokens, "tokens of the plan"));
-  LOCMOE_RETURN_IF_ERROR(check_capacity(exec, "send", send,
-                                        layout.send_rank_offset + layout.num_ranks, "copies"));
+  LOCMOE_RETURN_IF_ERROR(
+      check_capacity(exec, "send", send, layout.send_rank_offset + layout.num_ranks, "copies"));
   if (exec.device == Device::kCpu) return cpu::dispatch_pack(layout, x, send);
   return LOCMOE_GPU_CALL(gpu::dispatch_pack(layout, x, send, exec.stream));
 }
@@ -145,8 +146,7 @@ Status slot_reduce(const Exec& exec, const ExpertLayout& layout, ConstRows exper
   return LOCMOE_GPU_CALL(gpu::slot_reduce(layout, expert_out, slot_weight, back, exec.stream));
 }
 
-Status token_combine(const Exec& exec, const DispatchLayout& layout, ConstRows returned,
-                     Rows out) {
+Status token_combine(const Exec& exec, const DispatchLayout& layout, ConstRows returned, Rows out) {
   LOCMOE_RETURN_IF_ERROR(check_exec(exec));
   LOCMOE_RETURN_IF_ERROR(check_dispatch(layout));
   LOCMOE_RETURN_IF_ERROR(check_same("returned", returned, "out", out));
@@ -157,8 +157,8 @@ Status token_combine(const Exec& exec, const DispatchLayout& layout, ConstRows r
   return LOCMOE_GPU_CALL(gpu::token_combine(layout, returned, out, exec.stream));
 }
 
-Status slot_dot(const Exec& exec, const ExpertLayout& layout, ConstRows grad,
-                ConstRows expert_out, float* dw) {
+Status slot_dot(const Exec& exec, const ExpertLayout& layout, ConstRows grad, ConstRows expert_out,
+                float* dw) {
   LOCMOE_RETURN_IF_ERROR(check_exec(exec));
   LOCMOE_RETURN_IF_ERROR(check_expert(layout));
   LOCMOE_RETURN_IF_ERROR(check_same("expert_out", expert_out, "grad", grad));

@@ -44,8 +44,7 @@ struct HostFlow {
     // Local ids over R*L experts so every slot has a row (all ranks' experts "local").
     for (int32_t c = 0; c < copies; ++c)
       for (int32_t j = 0; j < s.k; ++j)
-        if (global[c * s.k + j] >= 0)
-          global[c * s.k + j] = plan.expert[dl.copy_token[c] * s.k + j];
+        if (global[c * s.k + j] >= 0) global[c * s.k + j] = plan.expert[dl.copy_token[c] * s.k + j];
     (void)expert_layout(kCpu, global.data(), copies, el);
     rows = el.expert_offset[el.num_local_experts];
     expert_rows = ones(rows);

@@ -1,8 +1,7 @@
 // GPU kernels in GB/s beside a device-to-device cudaMemcpy of the same bytes, same run (bytes
 // as in bench_kernels.cc). Timed with CUDA events around each launch (manual time).
-#include <cuda_runtime_api.h>
-
 #include <benchmark/benchmark.h>
+#include <cuda_runtime_api.h>
 
 #include <functional>
 #include <string>

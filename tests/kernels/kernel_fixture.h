@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "locmoe/kernels/ops.h"
@@ -34,6 +35,33 @@ struct Case {
   Routing routing = Routing::kRandom;
   uint32_t seed = 1;
 };
+
+// A case in one line: R ranks (2 per node), L experts per rank, k slots, T tokens per rank,
+// H elements per row, alignment, dtype.
+inline Case mk(int32_t R, int32_t L, int32_t k, int32_t T, int32_t H, int32_t align, DType d,
+               Routing routing = Routing::kRandom, uint32_t seed = 1) {
+  Case c;
+  c.ranks = R;
+  c.ranks_per_node = 2;
+  c.experts_per_rank = L;
+  c.k = k;
+  c.tokens = T;
+  c.hidden = H;
+  c.align = align;
+  c.dtype = d;
+  c.routing = routing;
+  c.seed = seed;
+  return c;
+}
+
+// Test-name suffix of a case.
+inline std::string case_name(const Case& c) {
+  const char* routing[] = {"random", "one_expert", "all_dropped"};
+  return std::string(routing[static_cast<int>(c.routing)]) + "_R" + std::to_string(c.ranks) + "_L" +
+         std::to_string(c.experts_per_rank) + "_k" + std::to_string(c.k) + "_T" +
+         std::to_string(c.tokens) + "_H" + std::to_string(c.hidden) + "_a" +
+         std::to_string(c.align) + "_" + dtype_name(c.dtype);
+}
 
 // Plan of `rank`: accepted slots first (distinct experts, random order, weights in [0.1, 1)),
 // then unused slots, some marked dropped. Roughly 1 in 8 tokens has no accepted slot at all.
@@ -82,7 +110,10 @@ struct HostRows {
 
   HostRows() = default;
   HostRows(int32_t r, int32_t h, DType d)
-      : rows(r), hidden(h), dtype(d), bytes(static_cast<size_t>(r) * h * dtype_size(d) + 16, 0xAB) {}
+      : rows(r),
+        hidden(h),
+        dtype(d),
+        bytes(static_cast<size_t>(r) * h * dtype_size(d) + 16, 0xAB) {}
   float get(int64_t r, int64_t h) const {
     const int64_t i = r * hidden + h;
     if (dtype == DType::kF32) {

@@ -47,7 +47,8 @@ struct Flow {
       const Status st = expert_layout(kCpu, rv[d].slot_expert.data(), n, el[d]->l);
       EXPECT_TRUE(st.ok()) << st.to_string();
       expert_in.emplace_back(el[d]->rows(), c.hidden, c.dtype);
-      EXPECT_TRUE(expert_unpack(kCpu, el[d]->l, rv[d].x.cview(), nullptr, expert_in[d].view()).ok());
+      EXPECT_TRUE(
+          expert_unpack(kCpu, el[d]->l, rv[d].x.cview(), nullptr, expert_in[d].view()).ok());
     }
   }
 
@@ -84,14 +85,6 @@ struct Flow {
     return out;
   }
 };
-
-std::string case_name(const Case& c) {
-  const char* routing[] = {"random", "one_expert", "all_dropped"};
-  return std::string(routing[static_cast<int>(c.routing)]) + "_R" + std::to_string(c.ranks) +
-         "_L" + std::to_string(c.experts_per_rank) + "_k" + std::to_string(c.k) + "_T" +
-         std::to_string(c.tokens) + "_H" + std::to_string(c.hidden) + "_a" +
-         std::to_string(c.align) + "_" + dtype_name(c.dtype);
-}
 
 class KernelsCpu : public testing::TestWithParam<Case> {};
 
@@ -205,8 +198,7 @@ TEST_P(KernelsCpu, TokenConservation) {
         EXPECT_EQ(it == seen.end() ? 0 : it->second, acc ? 1 : 0) << "rank " << s << " token " << t;
       }
       no_copy_tokens += accepted == 0;
-      no_copy_layout +=
-          f.dl[s]->l.token_copy_offset[t + 1] == f.dl[s]->l.token_copy_offset[t];
+      no_copy_layout += f.dl[s]->l.token_copy_offset[t + 1] == f.dl[s]->l.token_copy_offset[t];
     }
     EXPECT_EQ(no_copy_layout, no_copy_tokens);
     if (c.routing == Routing::kAllDropped) {
@@ -317,7 +309,8 @@ TEST_P(KernelsCpu, DispatchBackwardMatchesReference) {
   const Case c = GetParam();
   Flow f(c);
   std::vector<HostRows> gin;
-  for (int32_t d = 0; d < c.ranks; ++d) gin.push_back(make_rows(f.el[d]->rows(), c.hidden, c.dtype, 50 + d));
+  for (int32_t d = 0; d < c.ranks; ++d)
+    gin.push_back(make_rows(f.el[d]->rows(), c.hidden, c.dtype, 50 + d));
   const std::vector<HostRows> gx = f.combine(gin, /*weighted=*/false);
   for (int32_t s = 0; s < c.ranks; ++s) {
     std::vector<double> want(static_cast<size_t>(c.tokens) * c.hidden, 0.0);
@@ -338,30 +331,14 @@ TEST_P(KernelsCpu, DispatchBackwardMatchesReference) {
   }
 }
 
-Case mk(int32_t R, int32_t L, int32_t k, int32_t T, int32_t H, int32_t align, DType d,
-        Routing routing = Routing::kRandom, uint32_t seed = 1) {
-  Case c;
-  c.ranks = R;
-  c.ranks_per_node = 2;
-  c.experts_per_rank = L;
-  c.k = k;
-  c.tokens = T;
-  c.hidden = H;
-  c.align = align;
-  c.dtype = d;
-  c.routing = routing;
-  c.seed = seed;
-  return c;
-}
-
 INSTANTIATE_TEST_SUITE_P(
     Cases, KernelsCpu,
     testing::Values(mk(4, 3, 3, 37, 24, 1, DType::kF32), mk(4, 3, 3, 37, 24, 1, DType::kBF16),
-                    mk(1, 4, 2, 50, 16, 1, DType::kF32),           // single rank
+                    mk(1, 4, 2, 50, 16, 1, DType::kF32),                       // single rank
                     mk(3, 2, 6, 29, 7, 1, DType::kBF16, Routing::kRandom, 5),  // k > R, odd H
-                    mk(4, 2, 2, 40, 8, 8, DType::kF32),            // alignment padding
+                    mk(4, 2, 2, 40, 8, 8, DType::kF32),                        // alignment padding
                     mk(2, 4, 4, 33, 12, 4, DType::kBF16, Routing::kRandom, 9),
-                    mk(4, 3, 3, 0, 16, 4, DType::kF32),            // zero tokens
+                    mk(4, 3, 3, 0, 16, 4, DType::kF32),  // zero tokens
                     mk(4, 3, 2, 25, 16, 1, DType::kF32, Routing::kAllToOneExpert),
                     mk(4, 3, 2, 25, 16, 2, DType::kBF16, Routing::kAllDropped),
                     mk(8, 8, 8, 64, 40, 16, DType::kF32, Routing::kRandom, 3)),
@@ -427,7 +404,7 @@ TEST(KernelsDtype, Bf16RoundsToNearestEven) {
     EXPECT_EQ(bf16::from_float(f).bits, want) << std::hex << u;
     const float back = bf16::from_float(f).to_float();
     if (std::isfinite(back) && std::fabs(f) >= 1.17549435e-38f) {  // normal: relative bound
-      EXPECT_LE(std::fabs(back - f), std::fabs(f) / 256.0f);  // half ulp of 8 bits
+      EXPECT_LE(std::fabs(back - f), std::fabs(f) / 256.0f);       // half ulp of 8 bits
     }
   }
   EXPECT_TRUE(std::isnan(bf16::from_float(std::nanf("")).to_float()));

@@ -26,12 +26,15 @@ struct Dev {
   Dev(const Dev&) = delete;
   Dev& operator=(const Dev&) = delete;
   template <typename T>
-  T* as() const { return static_cast<T*>(p); }
+  T* as() const {
+    return static_cast<T*>(p);
+  }
   template <typename T>
   std::vector<T> get(size_t count, size_t offset_bytes = 0) const {
     std::vector<T> v(count);
-    if (count) cudaMemcpy(v.data(), static_cast<char*>(p) + offset_bytes, count * sizeof(T),
-                          cudaMemcpyDeviceToHost);
+    if (count)
+      cudaMemcpy(v.data(), static_cast<char*>(p) + offset_bytes, count * sizeof(T),
+                 cudaMemcpyDeviceToHost);
     return v;
   }
 };
@@ -56,7 +59,8 @@ class KernelsGpu : public testing::TestWithParam<Case> {
 
 template <typename T>
 void expect_same(const T* cpu, const std::vector<T>& gpu, size_t n, const char* what) {
-  for (size_t i = 0; i < n; ++i) ASSERT_EQ(0, std::memcmp(&cpu[i], &gpu[i], sizeof(T))) << what << "[" << i << "]";
+  for (size_t i = 0; i < n; ++i)
+    ASSERT_EQ(0, std::memcmp(&cpu[i], &gpu[i], sizeof(T))) << what << "[" << i << "]";
 }
 
 TEST_P(KernelsGpu, EveryOpMatchesCpu) {
@@ -90,12 +94,17 @@ TEST_P(KernelsGpu, EveryOpMatchesCpu) {
       using T = decltype(tag);
       return d_lay.get<T>(count, static_cast<const char*>(dev_ptr) - static_cast<char*>(d_lay.p));
     };
-    expect_same(hd.l.send_rank_count, dev_arr(dl->send_rank_count, c.ranks, int32_t{}), c.ranks, "send_rank_count");
-    expect_same(hd.l.send_rank_offset, dev_arr(dl->send_rank_offset, c.ranks + 1, int32_t{}), c.ranks + 1, "send_rank_offset");
+    expect_same(hd.l.send_rank_count, dev_arr(dl->send_rank_count, c.ranks, int32_t{}), c.ranks,
+                "send_rank_count");
+    expect_same(hd.l.send_rank_offset, dev_arr(dl->send_rank_offset, c.ranks + 1, int32_t{}),
+                c.ranks + 1, "send_rank_offset");
     expect_same(hd.l.copy_token, dev_arr(dl->copy_token, C, int32_t{}), C, "copy_token");
-    expect_same(hd.l.copy_slot_expert, dev_arr(dl->copy_slot_expert, size_t(C) * k, int32_t{}), size_t(C) * k, "copy_slot_expert");
-    expect_same(hd.l.copy_slot_weight, dev_arr(dl->copy_slot_weight, size_t(C) * k, float{}), size_t(C) * k, "copy_slot_weight");
-    expect_same(hd.l.token_copy_offset, dev_arr(dl->token_copy_offset, c.tokens + 1, int32_t{}), c.tokens + 1, "token_copy_offset");
+    expect_same(hd.l.copy_slot_expert, dev_arr(dl->copy_slot_expert, size_t(C) * k, int32_t{}),
+                size_t(C) * k, "copy_slot_expert");
+    expect_same(hd.l.copy_slot_weight, dev_arr(dl->copy_slot_weight, size_t(C) * k, float{}),
+                size_t(C) * k, "copy_slot_weight");
+    expect_same(hd.l.token_copy_offset, dev_arr(dl->token_copy_offset, c.tokens + 1, int32_t{}),
+                c.tokens + 1, "token_copy_offset");
     expect_same(hd.l.token_copy, dev_arr(dl->token_copy, C, int32_t{}), C, "token_copy");
     if (HasFatalFailure()) return;
 
@@ -106,9 +115,11 @@ TEST_P(KernelsGpu, EveryOpMatchesCpu) {
     Dev d_x(x.bytes.data(), x.bytes.size());
     Dev d_send(size_t(C) * H * esz + 16);
     ASSERT_TRUE(dispatch_pack(gpu_, *dl, ConstRows{d_x.p, c.tokens, H, c.dtype},
-                              Rows{d_send.p, C, H, c.dtype}).ok());
+                              Rows{d_send.p, C, H, c.dtype})
+                    .ok());
     sync();
-    expect_same(send.bytes.data(), d_send.get<uint8_t>(size_t(C) * H * esz), size_t(C) * H * esz, "send");
+    expect_same(send.bytes.data(), d_send.get<uint8_t>(size_t(C) * H * esz), size_t(C) * H * esz,
+                "send");
 
     // Receiver side on this rank's own copies (rows as if received), with padding.
     const int32_t N = C;
@@ -126,7 +137,8 @@ TEST_P(KernelsGpu, EveryOpMatchesCpu) {
     ASSERT_TRUE(expert_layout(gpu_, d_se.as<int32_t>(), N, *el).ok());
     sync();
     auto edev = [&](const void* dev_ptr, size_t count) {
-      return d_elay.get<int32_t>(count, static_cast<const char*>(dev_ptr) - static_cast<char*>(d_elay.p));
+      return d_elay.get<int32_t>(count,
+                                 static_cast<const char*>(dev_ptr) - static_cast<char*>(d_elay.p));
     };
     expect_same(he.l.expert_count, edev(el->expert_count, L), L, "expert_count");
     expect_same(he.l.expert_offset, edev(el->expert_offset, L + 1), L + 1, "expert_offset");
@@ -135,35 +147,43 @@ TEST_P(KernelsGpu, EveryOpMatchesCpu) {
     if (HasFatalFailure()) return;
 
     const size_t mbytes = size_t(M) * H * esz;
-    for (const float* w : {static_cast<const float*>(nullptr), static_cast<const float*>(sw.data())}) {
+    for (const float* w :
+         {static_cast<const float*>(nullptr), static_cast<const float*>(sw.data())}) {
       HostRows ein(M, H, c.dtype);
       ASSERT_TRUE(expert_unpack(kCpu, he.l, send.cview(), w, ein.view()).ok());
       Dev d_ein(mbytes + 16);
       ASSERT_TRUE(expert_unpack(gpu_, *el, ConstRows{d_send.p, N, H, c.dtype},
-                                w ? d_sw.as<float>() : nullptr, Rows{d_ein.p, M, H, c.dtype}).ok());
+                                w ? d_sw.as<float>() : nullptr, Rows{d_ein.p, M, H, c.dtype})
+                      .ok());
       sync();
-      expect_same(ein.bytes.data(), d_ein.get<uint8_t>(mbytes), mbytes, w ? "expert_in weighted" : "expert_in");
+      expect_same(ein.bytes.data(), d_ein.get<uint8_t>(mbytes), mbytes,
+                  w ? "expert_in weighted" : "expert_in");
     }
 
     // Expert outputs: arbitrary rows; reductions back.
     HostRows y = make_rows(M, H, c.dtype, 77 + s);
     Dev d_y(y.bytes.data(), y.bytes.size());
-    for (const float* w : {static_cast<const float*>(nullptr), static_cast<const float*>(sw.data())}) {
+    for (const float* w :
+         {static_cast<const float*>(nullptr), static_cast<const float*>(sw.data())}) {
       HostRows back(N, H, c.dtype);
       ASSERT_TRUE(slot_reduce(kCpu, he.l, y.cview(), w, back.view()).ok());
       Dev d_back(size_t(N) * H * esz + 16);
       ASSERT_TRUE(slot_reduce(gpu_, *el, ConstRows{d_y.p, M, H, c.dtype},
-                              w ? d_sw.as<float>() : nullptr, Rows{d_back.p, N, H, c.dtype}).ok());
+                              w ? d_sw.as<float>() : nullptr, Rows{d_back.p, N, H, c.dtype})
+                      .ok());
       sync();
-      expect_same(back.bytes.data(), d_back.get<uint8_t>(size_t(N) * H * esz), size_t(N) * H * esz, "slot_reduce");
+      expect_same(back.bytes.data(), d_back.get<uint8_t>(size_t(N) * H * esz), size_t(N) * H * esz,
+                  "slot_reduce");
 
       HostRows out(c.tokens, H, c.dtype);
       ASSERT_TRUE(token_combine(kCpu, hd.l, back.cview(), out.view()).ok());
       Dev d_out(size_t(c.tokens) * H * esz + 16);
       ASSERT_TRUE(token_combine(gpu_, *dl, ConstRows{d_back.p, N, H, c.dtype},
-                                Rows{d_out.p, c.tokens, H, c.dtype}).ok());
+                                Rows{d_out.p, c.tokens, H, c.dtype})
+                      .ok());
       sync();
-      expect_same(out.bytes.data(), d_out.get<uint8_t>(size_t(c.tokens) * H * esz), size_t(c.tokens) * H * esz, "token_combine");
+      expect_same(out.bytes.data(), d_out.get<uint8_t>(size_t(c.tokens) * H * esz),
+                  size_t(c.tokens) * H * esz, "token_combine");
     }
 
     // slot_dot and the slot-gradient gather.
@@ -172,8 +192,9 @@ TEST_P(KernelsGpu, EveryOpMatchesCpu) {
     std::vector<float> dw(size_t(N) * k);
     ASSERT_TRUE(slot_dot(kCpu, he.l, g.cview(), y.cview(), dw.data()).ok());
     Dev d_dw(dw.size() * 4 + 16);
-    ASSERT_TRUE(slot_dot(gpu_, *el, ConstRows{d_g.p, N, H, c.dtype}, ConstRows{d_y.p, M, H, c.dtype},
-                         d_dw.as<float>()).ok());
+    ASSERT_TRUE(slot_dot(gpu_, *el, ConstRows{d_g.p, N, H, c.dtype},
+                         ConstRows{d_y.p, M, H, c.dtype}, d_dw.as<float>())
+                    .ok());
     sync();
     const std::vector<float> gdw = d_dw.get<float>(dw.size());
     for (size_t i = 0; i < dw.size(); ++i) {
@@ -214,23 +235,11 @@ TEST_P(KernelsGpu, MisalignedRowsMatchCpu) {
   Dev d_x(x.bytes.size() + 16), d_send(size_t(C) * H * 4 + 32);
   CUDA_OK(cudaMemcpy(d_x.as<char>() + 4, x.bytes.data(), x.bytes.size(), cudaMemcpyHostToDevice));
   ASSERT_TRUE(dispatch_pack(gpu_, *dl, ConstRows{d_x.as<char>() + 4, c.tokens, H, c.dtype},
-                            Rows{d_send.as<char>() + 4, C, H, c.dtype}).ok());
+                            Rows{d_send.as<char>() + 4, C, H, c.dtype})
+                  .ok());
   sync();
-  expect_same(send.bytes.data(), d_send.get<uint8_t>(size_t(C) * H * 4, 4), size_t(C) * H * 4, "send");
-}
-
-Case mk(int32_t R, int32_t L, int32_t k, int32_t T, int32_t H, int32_t align, DType d,
-        Routing routing = Routing::kRandom) {
-  Case c;
-  c.ranks = R;
-  c.experts_per_rank = L;
-  c.k = k;
-  c.tokens = T;
-  c.hidden = H;
-  c.align = align;
-  c.dtype = d;
-  c.routing = routing;
-  return c;
+  expect_same(send.bytes.data(), d_send.get<uint8_t>(size_t(C) * H * 4, 4), size_t(C) * H * 4,
+              "send");
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -238,11 +247,12 @@ INSTANTIATE_TEST_SUITE_P(
     testing::Values(mk(4, 3, 3, 37, 24, 1, DType::kF32), mk(4, 3, 3, 37, 24, 1, DType::kBF16),
                     mk(8, 4, 8, 1000, 64, 16, DType::kBF16),  // several sort chunks, vectors
                     mk(8, 4, 8, 1000, 64, 16, DType::kF32),
-                    mk(2, 16, 6, 700, 7, 4, DType::kBF16),    // odd H: element-wise path
-                    mk(1, 8, 2, 300, 32, 1, DType::kF32),     // single rank
-                    mk(4, 3, 3, 0, 16, 4, DType::kF32),       // zero tokens
+                    mk(2, 16, 6, 700, 7, 4, DType::kBF16),  // odd H: element-wise path
+                    mk(1, 8, 2, 300, 32, 1, DType::kF32),   // single rank
+                    mk(4, 3, 3, 0, 16, 4, DType::kF32),     // zero tokens
                     mk(4, 3, 2, 513, 16, 8, DType::kF32, Routing::kAllToOneExpert),
-                    mk(4, 3, 2, 300, 16, 2, DType::kBF16, Routing::kAllDropped)));
+                    mk(4, 3, 2, 300, 16, 2, DType::kBF16, Routing::kAllDropped)),
+    [](const testing::TestParamInfo<Case>& i) { return case_name(i.param); });
 
 }  // namespace
 }  // namespace ktest

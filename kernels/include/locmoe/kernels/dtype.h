@@ -21,8 +21,10 @@ enum class DType : int32_t {
 // Bytes per element; 0 for a value outside the enum.
 LOCMOE_HD int32_t dtype_size(DType d) {
   switch (d) {
-    case DType::kF32: return 4;
-    case DType::kBF16: return 2;
+    case DType::kF32:
+      return 4;
+    case DType::kBF16:
+      return 2;
   }
   return 0;
 }
@@ -68,16 +70,24 @@ LOCMOE_HD float to_float(bf16 v) { return v.to_float(); }
 template <typename T>
 LOCMOE_HD T from_float(float v);
 template <>
-LOCMOE_HD float from_float<float>(float v) { return v; }
+LOCMOE_HD float from_float<float>(float v) {
+  return v;
+}
 template <>
-LOCMOE_HD bf16 from_float<bf16>(float v) { return bf16::from_float(v); }
+LOCMOE_HD bf16 from_float<bf16>(float v) {
+  return bf16::from_float(v);
+}
 
 // The DType of a C++ element type.
 template <typename T>
 struct dtype_of;
 template <>
-struct dtype_of<float> { static constexpr DType value = DType::kF32; };
+struct dtype_of<float> {
+  static constexpr DType value = DType::kF32;
+};
 template <>
-struct dtype_of<bf16> { static constexpr DType value = DType::kBF16; };
+struct dtype_of<bf16> {
+  static constexpr DType value = DType::kBF16;
+};
 
 }  // namespace locmoe::kernels

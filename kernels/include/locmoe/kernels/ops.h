@@ -59,13 +59,12 @@ Status slot_reduce(const Exec& exec, const ExpertLayout& layout, ConstRows exper
 
 // Step 8. out[t] = sum over token t's copies in rank order of returned[c] (fp32 sum); 0 for a
 // token with no copy. returned: [>= C, H] in copy order; out: [T, H] same H and dtype.
-Status token_combine(const Exec& exec, const DispatchLayout& layout, ConstRows returned,
-                     Rows out);
+Status token_combine(const Exec& exec, const DispatchLayout& layout, ConstRows returned, Rows out);
 
 // Backward of the weights (receiver). dw[i*k+j] = <grad[i], expert_out[recv_pos[i*k+j]]>
 // (fp32 dot), 0 where recv_pos is -1. grad: [N, H]; expert_out: [>= M, H]; dw: float[N*k].
-Status slot_dot(const Exec& exec, const ExpertLayout& layout, ConstRows grad,
-                ConstRows expert_out, float* dw);
+Status slot_dot(const Exec& exec, const ExpertLayout& layout, ConstRows grad, ConstRows expert_out,
+                float* dw);
 
 // Backward of the weights (source). dw_copy: float[C*k], copy c's slot gradients in copy order
 // (slot_dot's output sent back). grad_weight[t*k+j] = dw_copy[c*k+j] for the copy c of token t

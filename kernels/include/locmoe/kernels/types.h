@@ -60,14 +60,14 @@ struct DispatchLayout {
   int32_t num_tokens = 0;
 
   // Outputs of dispatch_layout() (C = send_rank_offset[R] = copies actually made):
-  int32_t* send_rank_count = nullptr;   // [R] rows for each destination rank
-  int32_t* send_rank_offset = nullptr;  // [R+1] exclusive prefix sum of send_rank_count
-  int32_t* copy_token = nullptr;        // [max_copies], first C valid: source token of copy c
-  int32_t* copy_slot_expert = nullptr;  // [max_copies*k]: for copy c and token slot j, the LOCAL
-                                        // expert id on c's rank when slot j goes there, else -1
-  float* copy_slot_weight = nullptr;    // [max_copies*k]: plan weight of those slots, else 0
-  int32_t* token_copy_offset = nullptr; // [max_tokens+1], first T+1 valid: token t's copies are
-  int32_t* token_copy = nullptr;        // token_copy[token_copy_offset[t] .. [t+1]), rank order
+  int32_t* send_rank_count = nullptr;    // [R] rows for each destination rank
+  int32_t* send_rank_offset = nullptr;   // [R+1] exclusive prefix sum of send_rank_count
+  int32_t* copy_token = nullptr;         // [max_copies], first C valid: source token of copy c
+  int32_t* copy_slot_expert = nullptr;   // [max_copies*k]: for copy c and token slot j, the LOCAL
+                                         // expert id on c's rank when slot j goes there, else -1
+  float* copy_slot_weight = nullptr;     // [max_copies*k]: plan weight of those slots, else 0
+  int32_t* token_copy_offset = nullptr;  // [max_tokens+1], first T+1 valid: token t's copies are
+  int32_t* token_copy = nullptr;         // token_copy[token_copy_offset[t] .. [t+1]), rank order
   // Scratch of dispatch_layout() (counting-sort histograms); contents undefined between calls.
   void* workspace = nullptr;
   int64_t workspace_bytes = 0;
