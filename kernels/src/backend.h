@@ -32,6 +32,9 @@ Status slot_reduce(const ExpertLayout& layout, ConstRows expert_out, const float
 Status token_combine(const DispatchLayout& layout, ConstRows returned, Rows out);
 Status slot_dot(const ExpertLayout& layout, ConstRows grad, ConstRows expert_out, float* dw);
 Status gather_slot_grads(const DispatchLayout& layout, const float* dw_copy, float* grad_weight);
+Status dispatch_pack_fp8(const DispatchLayout& layout, ConstRows x, Fp8Rows send);
+Status expert_unpack_fp8(const ExpertLayout& layout, ConstFp8Rows recv, const float* slot_weight,
+                         Rows expert_in);
 }  // namespace cpu
 
 namespace gpu {
@@ -48,6 +51,9 @@ Status slot_dot(const ExpertLayout& layout, ConstRows grad, ConstRows expert_out
                 void* stream);
 Status gather_slot_grads(const DispatchLayout& layout, const float* dw_copy, float* grad_weight,
                          void* stream);
+Status dispatch_pack_fp8(const DispatchLayout& layout, ConstRows x, Fp8Rows send, void* stream);
+Status expert_unpack_fp8(const ExpertLayout& layout, ConstFp8Rows recv, const float* slot_weight,
+                         Rows expert_in, void* stream);
 }  // namespace gpu
 
 }  // namespace locmoe::kernels

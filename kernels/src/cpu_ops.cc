@@ -202,3 +202,47 @@ Status gather_slot_grads(const DispatchLayout& l, const float* dw_copy, float* g
 }
 
 }  // namespace locmoe::kernels::cpu
+
+namespace locmoe::kernels::cpu {
+
+Status dispatch_pack_fp8(const DispatchLayout& l, ConstRows x, Fp8Rows send) {
+  return with_dtype(x.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t H = x.hidden;
+    const int32_t C = l.send_rank_offset[l.num_ranks];
+    for (int32_t c = 0; c < C; ++c) {
+      const T* row = static_cast<const T*>(x.data) + l.copy_token[c] * H;
+      float amax = 0.0f;
+      for (int64_t h = 0; h < H; ++h) amax = fp8_amax_step(amax, to_float(row[h]));
+      const float mul = fp8_quant_mul(amax);
+      uint8_t* q = send.data + c * H;
+      for (int64_t h = 0; h < H; ++h) q[h] = fp8e4m3_from_float(to_float(row[h]) * mul);
+      send.scale[c] = fp8_scale(amax);
+    }
+    return ok_status();
+  });
+}
+
+Status expert_unpack_fp8(const ExpertLayout& l, ConstFp8Rows recv, const float* w, Rows expert_in) {
+  return with_dtype(expert_in.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t H = recv.hidden;
+    const int32_t M = l.expert_offset[l.num_local_experts];
+    for (int32_t m = 0; m < M; ++m) {
+      T* out = static_cast<T*>(expert_in.data) + m * H;
+      const int32_t src = l.row_src[m];
+      const int64_t i = src < 0 ? 0 : src / l.k;
+      for (int64_t h = 0; h < H; ++h) {
+        float v = 0.0f;
+        if (src >= 0) {
+          v = fp8e4m3_to_float(recv.data[i * H + h]) * recv.scale[i];
+          if (w) v = v * w[src];
+        }
+        out[h] = from_float<T>(v);
+      }
+    }
+    return ok_status();
+  });
+}
+
+}  // namespace locmoe::kernels::cpu

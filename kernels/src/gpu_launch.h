@@ -38,6 +38,9 @@ int slot_dot(const ExpertLayout& layout, ConstRows grad, ConstRows expert_out, f
              void* stream);
 int gather_slot_grads(const DispatchLayout& layout, const float* dw_copy, float* grad_weight,
                       void* stream);
+int dispatch_pack_fp8(const DispatchLayout& layout, ConstRows x, Fp8Rows send, void* stream);
+int expert_unpack_fp8(const ExpertLayout& layout, ConstFp8Rows recv, const float* slot_weight,
+                      Rows expert_in, void* stream);
 }  // namespace launch
 
 }  // namespace locmoe::kernels::gpu

@@ -79,4 +79,13 @@ Status gather_slot_grads(const DispatchLayout& l, const float* dw_copy, float* g
   return launched(launch::gather_slot_grads(l, dw_copy, grad_weight, stream), "gather_slot_grads");
 }
 
+Status dispatch_pack_fp8(const DispatchLayout& l, ConstRows x, Fp8Rows send, void* stream) {
+  return launched(launch::dispatch_pack_fp8(l, x, send, stream), "dispatch_pack_fp8");
+}
+
+Status expert_unpack_fp8(const ExpertLayout& l, ConstFp8Rows recv, const float* w, Rows expert_in,
+                         void* stream) {
+  return launched(launch::expert_unpack_fp8(l, recv, w, expert_in, stream), "expert_unpack_fp8");
+}
+
 }  // namespace locmoe::kernels::gpu

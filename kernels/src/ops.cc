@@ -73,6 +73,17 @@ Status check_expert(const ExpertLayout& l) {
   return ok_status();
 }
 
+Status check_fp8(const char* what, const void* data, const float* scale, int32_t rows,
+                 int32_t hidden) {
+  LOCMOE_CHECK_ARG(rows >= 0 && hidden >= 1,
+                   "{}: shape [{}, {}] must have rows >= 0 and hidden "
+                   ">= 1",
+                   what, rows, hidden);
+  LOCMOE_CHECK_ARG(rows == 0 || (data != nullptr && scale != nullptr),
+                   "{}: data or scale is null for {} rows", what, rows);
+  return ok_status();
+}
+
 }  // namespace
 
 Status dispatch_layout(const Exec& exec, const PlanView& plan, DispatchLayout& layout) {
@@ -183,6 +194,40 @@ Status gather_slot_grads(const Exec& exec, const DispatchLayout& layout, const f
                    "dw_copy is null for {} copies", layout.send_rank_offset[layout.num_ranks]);
   if (exec.device == Device::kCpu) return cpu::gather_slot_grads(layout, dw_copy, grad_weight);
   return LOCMOE_GPU_CALL(gpu::gather_slot_grads(layout, dw_copy, grad_weight, exec.stream));
+}
+
+Status dispatch_pack_fp8(const Exec& exec, const DispatchLayout& layout, ConstRows x,
+                         Fp8Rows send) {
+  LOCMOE_RETURN_IF_ERROR(check_exec(exec));
+  LOCMOE_RETURN_IF_ERROR(check_dispatch(layout));
+  LOCMOE_RETURN_IF_ERROR(check_rows("x", x));
+  LOCMOE_RETURN_IF_ERROR(check_fp8("send", send.data, send.scale, send.rows, send.hidden));
+  LOCMOE_CHECK_ARG(send.hidden == x.hidden, "send has hidden size {} but x has {}", send.hidden,
+                   x.hidden);
+  LOCMOE_RETURN_IF_ERROR(check_rows_eq("x", x, layout.num_tokens, "tokens of the plan"));
+  LOCMOE_RETURN_IF_ERROR(check_capacity(exec, "send", ConstRows{send.data, send.rows, send.hidden},
+                                        layout.send_rank_offset + layout.num_ranks, "copies"));
+  if (exec.device == Device::kCpu) return cpu::dispatch_pack_fp8(layout, x, send);
+  return LOCMOE_GPU_CALL(gpu::dispatch_pack_fp8(layout, x, send, exec.stream));
+}
+
+Status expert_unpack_fp8(const Exec& exec, const ExpertLayout& layout, ConstFp8Rows recv,
+                         const float* slot_weight, Rows expert_in) {
+  LOCMOE_RETURN_IF_ERROR(check_exec(exec));
+  LOCMOE_RETURN_IF_ERROR(check_expert(layout));
+  LOCMOE_RETURN_IF_ERROR(check_fp8("recv", recv.data, recv.scale, recv.rows, recv.hidden));
+  LOCMOE_RETURN_IF_ERROR(check_rows("expert_in", expert_in));
+  LOCMOE_CHECK_ARG(recv.hidden == expert_in.hidden, "expert_in has hidden size {} but recv has {}",
+                   expert_in.hidden, recv.hidden);
+  LOCMOE_CHECK_ARG(recv.rows == layout.num_recv, "recv has {} rows, expected {} (received rows)",
+                   recv.rows, layout.num_recv);
+  LOCMOE_RETURN_IF_ERROR(check_capacity(exec, "expert_in", expert_in,
+                                        layout.expert_offset + layout.num_local_experts,
+                                        "expert-major rows"));
+  if (exec.device == Device::kCpu) {
+    return cpu::expert_unpack_fp8(layout, recv, slot_weight, expert_in);
+  }
+  return LOCMOE_GPU_CALL(gpu::expert_unpack_fp8(layout, recv, slot_weight, expert_in, exec.stream));
 }
 
 }  // namespace locmoe::kernels

@@ -417,3 +417,124 @@ TEST(KernelsDtype, Bf16RoundsToNearestEven) {
 
 }  // namespace
 }  // namespace ktest
+
+namespace ktest {
+namespace {
+
+// ---- fp8 e4m3 ------------------------------------------------------------------------------
+
+// Value of an e4m3 code from its definition (bias 7, 3 mantissa bits, exponent 0 subnormal).
+double e4m3_value(int code) {
+  const int sign = code & 0x80 ? -1 : 1, e = (code >> 3) & 0xf, m = code & 7;
+  if (e == 0) return sign * std::ldexp(m, -9);
+  return sign * std::ldexp(1.0 + m / 8.0, e - 7);
+}
+bool e4m3_nan(int code) { return (code & 0x7f) == 0x7f; }
+
+// Nearest finite code by brute force; ties go to the even code (mantissa bit 0); beyond 448
+// saturates to +-448.
+int e4m3_nearest(float f) {
+  int best = -1;
+  double best_d = 0;
+  for (int c = 0; c < 256; ++c) {
+    if (e4m3_nan(c)) continue;
+    if ((c & 0x80) != (std::signbit(f) ? 0x80 : 0)) continue;
+    const double d = std::fabs(e4m3_value(c) - double{f});
+    if (best < 0 || d < best_d || (d == best_d && (c & 1) == 0)) {
+      best = c;
+      best_d = d;
+    }
+  }
+  return best;
+}
+
+TEST(KernelsFp8, CodecMatchesDefinition) {
+  for (int c = 0; c < 256; ++c) {
+    if (e4m3_nan(c)) {
+      EXPECT_TRUE(std::isnan(fp8e4m3_to_float(static_cast<uint8_t>(c))));
+      continue;
+    }
+    EXPECT_EQ(double{fp8e4m3_to_float(static_cast<uint8_t>(c))}, e4m3_value(c)) << c;
+    EXPECT_EQ(fp8e4m3_from_float(static_cast<float>(e4m3_value(c))), c) << c;
+  }
+  std::mt19937 rng(5);
+  std::uniform_real_distribution<float> mant(-1.0f, 1.0f);
+  for (int i = 0; i < 20000; ++i) {
+    const float f = std::ldexp(mant(rng), static_cast<int>(rng() % 24) - 14);  // 2^-15 .. 2^9
+    EXPECT_EQ(fp8e4m3_from_float(f), e4m3_nearest(f)) << f;
+  }
+  // Midpoints round to even: 1 + 1/16 lies between codes 0x38 (1.0) and 0x39 (1.125).
+  EXPECT_EQ(fp8e4m3_from_float(1.0625f), 0x38);
+  EXPECT_EQ(fp8e4m3_from_float(1.1875f), 0x3a);
+  EXPECT_EQ(fp8e4m3_from_float(1e6f), 0x7e);
+  EXPECT_EQ(fp8e4m3_from_float(-INFINITY), 0xfe);
+  EXPECT_TRUE(e4m3_nan(fp8e4m3_from_float(std::nanf(""))));
+}
+
+class KernelsFp8Flow : public testing::TestWithParam<Case> {};
+
+// Quantized pack against a naive per-copy quantizer, then dequantized unpack against a naive
+// dequantizer; the round trip stays within e4m3's precision of the input.
+TEST_P(KernelsFp8Flow, PackAndUnpackMatchNaive) {
+  const Case c = GetParam();
+  const Exec cpu{Device::kCpu, nullptr};
+  const RoutingPlan p = make_plan(c, 0);
+  HostDispatchLayout hd(c.tokens, c.k, c.ranks, c.experts_per_rank);
+  ASSERT_TRUE(dispatch_layout(cpu, p.view(), hd.l).ok());
+  const int32_t C = hd.copies(), H = c.hidden;
+  HostRows x = make_rows(c.tokens, H, c.dtype, 31);
+  for (int32_t h = 0; h < H && c.tokens > 0; ++h) x.set(0, h, 0.0f);  // an all-zero token
+  std::vector<uint8_t> q(static_cast<size_t>(C) * H + 1);
+  std::vector<float> scale(C + 1);
+  ASSERT_TRUE(dispatch_pack_fp8(cpu, hd.l, x.cview(), Fp8Rows{q.data(), scale.data(), C, H}).ok());
+  for (int32_t cc = 0; cc < C; ++cc) {
+    const int32_t t = hd.l.copy_token[cc];
+    float amax = 0;
+    for (int32_t h = 0; h < H; ++h) amax = std::max(amax, std::fabs(x.get(t, h)));
+    if (amax == 0) amax = 1;
+    ASSERT_EQ(scale[cc], amax / 448.0f) << "copy " << cc;
+    const float mul = 448.0f / amax;
+    for (int32_t h = 0; h < H; ++h) {
+      ASSERT_EQ(q[cc * H + h], e4m3_nearest(x.get(t, h) * mul)) << "copy " << cc << " h " << h;
+      const double deq = e4m3_value(q[cc * H + h]) * scale[cc];
+      EXPECT_LE(std::fabs(deq - x.get(t, h)), std::max(std::fabs(double{x.get(t, h)}) / 16.0,
+                                                       std::ldexp(double{scale[cc]}, -10)) *
+                                                  1.0001);
+    }
+  }
+  // Receiver: this rank's copies as the received rows.
+  std::vector<int32_t> se(hd.l.copy_slot_expert, hd.l.copy_slot_expert + size_t(C) * c.k);
+  std::vector<float> sw(hd.l.copy_slot_weight, hd.l.copy_slot_weight + size_t(C) * c.k);
+  HostExpertLayout he(C, c.k, c.experts_per_rank, c.align);
+  ASSERT_TRUE(expert_layout(cpu, se.data(), C, he.l).ok());
+  for (const float* w :
+       {static_cast<const float*>(nullptr), static_cast<const float*>(sw.data())}) {
+    HostRows ein(he.rows(), H, c.dtype);
+    ASSERT_TRUE(
+        expert_unpack_fp8(cpu, he.l, ConstFp8Rows{q.data(), scale.data(), C, H}, w, ein.view())
+            .ok());
+    std::vector<int32_t> counts;
+    const std::vector<int32_t> rows =
+        ref_expert_rows(se, c.k, c.experts_per_rank, c.align, &counts);
+    for (size_t m = 0; m < rows.size(); ++m)
+      for (int32_t h = 0; h < H; ++h) {
+        float want = 0;
+        if (rows[m] >= 0) {
+          const int32_t i = rows[m] / c.k;
+          want = static_cast<float>(e4m3_value(q[i * H + h])) * scale[i];
+          if (w) want = want * w[rows[m]];
+        }
+        ASSERT_LE(rel_err(ein.get(m, h), want), c.dtype == DType::kF32 ? 0.0f : 1.0f / 256.0f)
+            << "row " << m << " h " << h;
+      }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, KernelsFp8Flow,
+                         testing::Values(mk(4, 3, 3, 37, 24, 4, DType::kF32),
+                                         mk(4, 3, 3, 37, 24, 1, DType::kBF16),
+                                         mk(2, 2, 2, 0, 8, 1, DType::kF32)),
+                         [](const testing::TestParamInfo<Case>& i) { return case_name(i.param); });
+
+}  // namespace
+}  // namespace ktest

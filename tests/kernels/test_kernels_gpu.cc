@@ -186,6 +186,32 @@ TEST_P(KernelsGpu, EveryOpMatchesCpu) {
                   size_t(c.tokens) * H * esz, "token_combine");
     }
 
+    // fp8 dispatch: quantized pack and dequantized unpack (bit-exact: same encoder, exact max).
+    {
+      std::vector<uint8_t> q(size_t(C) * H + 1);
+      std::vector<float> qs(C + 1);
+      ASSERT_TRUE(
+          dispatch_pack_fp8(kCpu, hd.l, x.cview(), Fp8Rows{q.data(), qs.data(), C, H}).ok());
+      Dev d_q(q.size()), d_qs(qs.size() * 4);
+      ASSERT_TRUE(dispatch_pack_fp8(gpu_, *dl, ConstRows{d_x.p, c.tokens, H, c.dtype},
+                                    Fp8Rows{d_q.as<uint8_t>(), d_qs.as<float>(), C, H})
+                      .ok());
+      sync();
+      expect_same(q.data(), d_q.get<uint8_t>(size_t(C) * H), size_t(C) * H, "fp8 codes");
+      expect_same(qs.data(), d_qs.get<float>(C), C, "fp8 scales");
+      HostRows ein(M, H, c.dtype);
+      ASSERT_TRUE(expert_unpack_fp8(kCpu, he.l, ConstFp8Rows{q.data(), qs.data(), N, H}, sw.data(),
+                                    ein.view())
+                      .ok());
+      Dev d_ein(mbytes + 16);
+      ASSERT_TRUE(expert_unpack_fp8(gpu_, *el,
+                                    ConstFp8Rows{d_q.as<uint8_t>(), d_qs.as<float>(), N, H},
+                                    d_sw.as<float>(), Rows{d_ein.p, M, H, c.dtype})
+                      .ok());
+      sync();
+      expect_same(ein.bytes.data(), d_ein.get<uint8_t>(mbytes), mbytes, "expert_in fp8");
+    }
+
     // slot_dot and the slot-gradient gather.
     HostRows g = make_rows(N, H, c.dtype, 5 + s);
     Dev d_g(g.bytes.data(), g.bytes.size());

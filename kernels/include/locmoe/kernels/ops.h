@@ -72,4 +72,16 @@ Status slot_dot(const Exec& exec, const ExpertLayout& layout, ConstRows grad, Co
 Status gather_slot_grads(const Exec& exec, const DispatchLayout& layout, const float* dw_copy,
                          float* grad_weight);
 
+// ---- fp8 dispatch (optional): quantize at the source, dequantize into the expert buffer --------
+
+// Step 2 with fp8 rows: for every copy c < C, with row = x[copy_token[c]] (f32 or bf16) and
+// amax = max |row| (0 -> 1): send.scale[c] = amax / 448, send.data[c] = e4m3(row * (448 / amax)).
+// Send scales travel with the rows (C floats). send: rows >= C, same hidden as x.
+Status dispatch_pack_fp8(const Exec& exec, const DispatchLayout& layout, ConstRows x, Fp8Rows send);
+
+// Step 5 from fp8 rows: expert_in[m] = w * (e4m3 value * recv.scale[i]) rounded to expert_in's
+// dtype (f32 or bf16), i = row_src[m] / k, w as in expert_unpack (nullptr = 1); padding rows 0.
+Status expert_unpack_fp8(const Exec& exec, const ExpertLayout& layout, ConstFp8Rows recv,
+                         const float* slot_weight, Rows expert_in);
+
 }  // namespace locmoe::kernels

@@ -44,6 +44,21 @@ struct Rows {
   operator ConstRows() const { return ConstRows{data, rows, hidden, dtype}; }  // NOLINT
 };
 
+// Quantized rows: fp8 e4m3 codes (dtype.h) with one fp32 scale per row; element h of row r is
+// fp8e4m3_to_float(data[r*hidden + h]) * scale[r].
+struct Fp8Rows {
+  uint8_t* data = nullptr;  // [rows * hidden]
+  float* scale = nullptr;   // [rows]
+  int32_t rows = 0;
+  int32_t hidden = 0;
+};
+struct ConstFp8Rows {
+  const uint8_t* data = nullptr;
+  const float* scale = nullptr;
+  int32_t rows = 0;
+  int32_t hidden = 0;
+};
+
 // ---- Source side (step 1): one copy per (token, destination rank) -------------------------
 //
 // Copies are ordered by (destination rank, local expert of the copy's owning slot, token), where
