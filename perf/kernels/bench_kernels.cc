@@ -1,5 +1,6 @@
 // CPU kernels in GB/s beside memcpy of the same bytes, in the same run:
 //   dispatch_pack: bytes = C rows written (C = copies); memcpy moves the same C rows' bytes.
+//   dispatch_pack_fp8: the same C rows (in x's dtype) read and quantized to e4m3.
 //   token_combine: bytes = C rows read (returned rows), T rows written; memcpy of C rows' bytes.
 //   slot_reduce:   bytes = N*k' rows read (expert rows), N rows written; memcpy of the rows read.
 //   dispatch_layout / expert_layout: items (token slots) per second.
@@ -22,7 +23,8 @@ struct HostFlow {
   std::vector<uint64_t> dbuf, ebuf;
   DispatchLayout dl;
   ExpertLayout el;
-  std::vector<uint8_t> x, send, expert_rows, back, out;
+  std::vector<uint8_t> x, send, expert_rows, back, out, send_fp8;
+  std::vector<float> send_scale;
   int32_t copies = 0, rows = 0;
 
   explicit HostFlow(const Shape& shape) : s(shape), plan(bench_plan(shape)) {
@@ -50,6 +52,8 @@ struct HostFlow {
     expert_rows = ones(rows);
     back.assign(copies * rb, 0);
     out.assign(s.tokens * rb, 0);
+    send_fp8.assign(static_cast<size_t>(copies) * s.hidden, 0);
+    send_scale.assign(copies, 0.0f);
   }
   std::vector<uint8_t> ones(int64_t n) const {
     std::vector<uint8_t> v(n * row_bytes(s));
@@ -102,6 +106,18 @@ void BM_dispatch_pack(benchmark::State& st) {
   label(st, f);
 }
 
+// Quantizing pack: bytes = the same C rows of x as BM_dispatch_pack (in x's dtype).
+void BM_dispatch_pack_fp8(benchmark::State& st) {
+  HostFlow& f = flow(static_cast<int>(st.range(0)));
+  for (auto _ : st) {
+    (void)dispatch_pack_fp8(kCpu, f.dl, f.rows_of(f.x, f.s.tokens),
+                            Fp8Rows{f.send_fp8.data(), f.send_scale.data(), f.copies, f.s.hidden});
+    benchmark::ClobberMemory();
+  }
+  st.SetBytesProcessed(st.iterations() * static_cast<int64_t>(f.send.size()));
+  label(st, f);
+}
+
 void BM_token_combine(benchmark::State& st) {
   HostFlow& f = flow(static_cast<int>(st.range(0)));
   for (auto _ : st) {
@@ -147,6 +163,7 @@ void BM_dispatch_layout(benchmark::State& st) {
 #define KBENCH(fn) BENCHMARK(fn)->Arg(0)->Arg(1)->MinTime(0.1)->Unit(benchmark::kMillisecond)
 KBENCH(BM_memcpy_copies);
 KBENCH(BM_dispatch_pack);
+KBENCH(BM_dispatch_pack_fp8);
 KBENCH(BM_token_combine);
 KBENCH(BM_memcpy_expert_rows);
 KBENCH(BM_slot_reduce);

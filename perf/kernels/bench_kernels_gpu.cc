@@ -27,7 +27,7 @@ struct DevFlow {
   Exec gpu;
   DispatchLayout dl;
   ExpertLayout el;
-  void *x, *send, *expert_rows, *back, *out, *scratch;
+  void *x, *send, *expert_rows, *back, *out, *scratch, *send_fp8, *send_scale;
   int32_t copies = 0, rows = 0;
   bool ok = false;
 
@@ -74,7 +74,9 @@ struct DevFlow {
     back = dalloc(copies * rb);
     out = dalloc(s.tokens * rb);
     scratch = dalloc(rows * rb);
-    ok = ok && x && send && expert_rows && back && out && scratch &&
+    send_fp8 = dalloc(static_cast<size_t>(copies) * s.hidden);
+    send_scale = dalloc(static_cast<size_t>(copies) * 4);
+    ok = ok && x && send && expert_rows && back && out && scratch && send_fp8 && send_scale &&
          cudaStreamSynchronize(stream) == cudaSuccess;
   }
   PlanView dplan{};
@@ -132,6 +134,15 @@ void gpu_dispatch_pack(benchmark::State& st, int i) {
     return dispatch_pack(f.gpu, f.dl, f.rows_of(f.x, f.s.tokens), f.rows_of(f.send, f.copies)).ok();
   });
 }
+void gpu_dispatch_pack_fp8(benchmark::State& st, int i) {
+  DevFlow& f = flow(i);
+  timed(st, f, f.copies * row_bytes(f.s), [&] {
+    return dispatch_pack_fp8(f.gpu, f.dl, f.rows_of(f.x, f.s.tokens),
+                             Fp8Rows{static_cast<uint8_t*>(f.send_fp8),
+                                     static_cast<float*>(f.send_scale), f.copies, f.s.hidden})
+        .ok();
+  });
+}
 void gpu_token_combine(benchmark::State& st, int i) {
   DevFlow& f = flow(i);
   timed(st, f, f.copies * row_bytes(f.s), [&] {
@@ -171,6 +182,7 @@ void register_gpu_benchmarks() {
     void (*fn)(benchmark::State&, int);
   } list[] = {{"BM_gpu_memcpy_copies", gpu_memcpy_copies},
               {"BM_gpu_dispatch_pack", gpu_dispatch_pack},
+              {"BM_gpu_dispatch_pack_fp8", gpu_dispatch_pack_fp8},
               {"BM_gpu_token_combine", gpu_token_combine},
               {"BM_gpu_memcpy_expert_rows", gpu_memcpy_expert_rows},
               {"BM_gpu_slot_reduce", gpu_slot_reduce},
