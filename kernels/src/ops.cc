@@ -84,6 +84,18 @@ Status check_fp8(const char* what, const void* data, const float* scale, int32_t
   return ok_status();
 }
 
+// The checks every receiver-side row operation shares: `per_recv` has one row per received row,
+// `per_expert` holds the expert-major rows; both have the same hidden size and dtype.
+Status check_receiver_op(const Exec& exec, const ExpertLayout& layout, const char* per_recv_name,
+                         ConstRows per_recv, const char* per_expert_name, ConstRows per_expert) {
+  LOCMOE_RETURN_IF_ERROR(check_exec(exec));
+  LOCMOE_RETURN_IF_ERROR(check_expert(layout));
+  LOCMOE_RETURN_IF_ERROR(check_same(per_expert_name, per_expert, per_recv_name, per_recv));
+  LOCMOE_RETURN_IF_ERROR(check_rows_eq(per_recv_name, per_recv, layout.num_recv, "received rows"));
+  return check_capacity(exec, per_expert_name, per_expert,
+                        layout.expert_offset + layout.num_local_experts, "expert-major rows");
+}
+
 }  // namespace
 
 Status dispatch_layout(const Exec& exec, const PlanView& plan, DispatchLayout& layout) {
@@ -133,26 +145,14 @@ Status expert_layout(const Exec& exec, const int32_t* recv_slot_expert, int32_t 
 
 Status expert_unpack(const Exec& exec, const ExpertLayout& layout, ConstRows recv,
                      const float* slot_weight, Rows expert_in) {
-  LOCMOE_RETURN_IF_ERROR(check_exec(exec));
-  LOCMOE_RETURN_IF_ERROR(check_expert(layout));
-  LOCMOE_RETURN_IF_ERROR(check_same("recv", recv, "expert_in", expert_in));
-  LOCMOE_RETURN_IF_ERROR(check_rows_eq("recv", recv, layout.num_recv, "received rows"));
-  LOCMOE_RETURN_IF_ERROR(check_capacity(exec, "expert_in", expert_in,
-                                        layout.expert_offset + layout.num_local_experts,
-                                        "expert-major rows"));
+  LOCMOE_RETURN_IF_ERROR(check_receiver_op(exec, layout, "recv", recv, "expert_in", expert_in));
   if (exec.device == Device::kCpu) return cpu::expert_unpack(layout, recv, slot_weight, expert_in);
   return LOCMOE_GPU_CALL(gpu::expert_unpack(layout, recv, slot_weight, expert_in, exec.stream));
 }
 
 Status slot_reduce(const Exec& exec, const ExpertLayout& layout, ConstRows expert_out,
                    const float* slot_weight, Rows back) {
-  LOCMOE_RETURN_IF_ERROR(check_exec(exec));
-  LOCMOE_RETURN_IF_ERROR(check_expert(layout));
-  LOCMOE_RETURN_IF_ERROR(check_same("expert_out", expert_out, "back", back));
-  LOCMOE_RETURN_IF_ERROR(check_rows_eq("back", back, layout.num_recv, "received rows"));
-  LOCMOE_RETURN_IF_ERROR(check_capacity(exec, "expert_out", expert_out,
-                                        layout.expert_offset + layout.num_local_experts,
-                                        "expert-major rows"));
+  LOCMOE_RETURN_IF_ERROR(check_receiver_op(exec, layout, "back", back, "expert_out", expert_out));
   if (exec.device == Device::kCpu) return cpu::slot_reduce(layout, expert_out, slot_weight, back);
   return LOCMOE_GPU_CALL(gpu::slot_reduce(layout, expert_out, slot_weight, back, exec.stream));
 }
@@ -170,13 +170,7 @@ Status token_combine(const Exec& exec, const DispatchLayout& layout, ConstRows r
 
 Status slot_dot(const Exec& exec, const ExpertLayout& layout, ConstRows grad, ConstRows expert_out,
                 float* dw) {
-  LOCMOE_RETURN_IF_ERROR(check_exec(exec));
-  LOCMOE_RETURN_IF_ERROR(check_expert(layout));
-  LOCMOE_RETURN_IF_ERROR(check_same("expert_out", expert_out, "grad", grad));
-  LOCMOE_RETURN_IF_ERROR(check_rows_eq("grad", grad, layout.num_recv, "received rows"));
-  LOCMOE_RETURN_IF_ERROR(check_capacity(exec, "expert_out", expert_out,
-                                        layout.expert_offset + layout.num_local_experts,
-                                        "expert-major rows"));
+  LOCMOE_RETURN_IF_ERROR(check_receiver_op(exec, layout, "grad", grad, "expert_out", expert_out));
   LOCMOE_CHECK_ARG(layout.num_recv == 0 || dw != nullptr, "dw is null for {} rows",
                    layout.num_recv);
   if (exec.device == Device::kCpu) return cpu::slot_dot(layout, grad, expert_out, dw);
