@@ -5,21 +5,20 @@
 
 #include <cstdint>
 
+#include "dtype_switch.h"
+#include "gpu_launch.h"
 #include "locmoe/core/check.h"
 #include "locmoe/kernels/ops.h"
 
 namespace locmoe::kernels {
 
-// The one place a runtime DType becomes a template instance: calls f(T{}) with T = float or
-// bf16, and fails loudly on anything else.
+// Runs f(T{}) for the element type of `dtype` (dtype_switch.h); kUnsupported for other values.
 template <typename F>
 Status with_dtype(DType dtype, F&& f) {
-  switch (dtype) {
-    case DType::kF32: return f(float{});
-    case DType::kBF16: return f(bf16{});
-  }
-  return error(Code::kUnsupported, "dtype {} is not supported by the kernels (f32, bf16)",
-               static_cast<int32_t>(dtype));
+  return dispatch_dtype(dtype, f, [dtype] {
+    return error(Code::kUnsupported, "dtype {} is not supported by the kernels (f32 = 0, bf16 = 1)",
+                 static_cast<int32_t>(dtype));
+  });
 }
 
 namespace cpu {
@@ -33,13 +32,12 @@ Status slot_reduce(const ExpertLayout& layout, ConstRows expert_out, const float
 Status token_combine(const DispatchLayout& layout, ConstRows returned, Rows out);
 Status slot_dot(const ExpertLayout& layout, ConstRows grad, ConstRows expert_out, float* dw);
 Status gather_slot_grads(const DispatchLayout& layout, const float* dw_copy, float* grad_weight);
+Status dispatch_pack_fp8(const DispatchLayout& layout, ConstRows x, Fp8Rows send);
+Status expert_unpack_fp8(const ExpertLayout& layout, ConstFp8Rows recv, const float* slot_weight,
+                         Rows expert_in);
 }  // namespace cpu
 
 namespace gpu {
-// Limits of the CUDA layout kernels (shared-memory histograms): buckets = R*L resp. L.
-inline constexpr int32_t kMaxBuckets = 8192;
-inline constexpr int32_t kMaxSlots = 32;
-
 Status dispatch_layout(const PlanView& plan, DispatchLayout& layout, void* stream);
 Status dispatch_pack(const DispatchLayout& layout, ConstRows x, Rows send, void* stream);
 Status expert_layout(const int32_t* recv_slot_expert, int32_t num_recv, ExpertLayout& layout,
@@ -53,14 +51,9 @@ Status slot_dot(const ExpertLayout& layout, ConstRows grad, ConstRows expert_out
                 void* stream);
 Status gather_slot_grads(const DispatchLayout& layout, const float* dw_copy, float* grad_weight,
                          void* stream);
+Status dispatch_pack_fp8(const DispatchLayout& layout, ConstRows x, Fp8Rows send, void* stream);
+Status expert_unpack_fp8(const ExpertLayout& layout, ConstFp8Rows recv, const float* slot_weight,
+                         Rows expert_in, void* stream);
 }  // namespace gpu
-
-// Workspace of the counting sort behind both layouts, in int32 words, for `rows` rows and
-// `buckets` buckets: per-chunk histograms (device), chunk item counts and bucket totals.
-inline constexpr int32_t kSortChunk = 256;  // rows per chunk of the device counting sort
-inline int64_t sort_workspace_words(int64_t rows, int64_t buckets) {
-  const int64_t chunks = (rows + kSortChunk - 1) / kSortChunk;
-  return buckets * chunks + chunks + 2 * buckets + 1;
-}
 
 }  // namespace locmoe::kernels

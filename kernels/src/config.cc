@@ -1,6 +1,5 @@
 #include "locmoe/kernels/config.h"
 
-
 #if LOCMOE_KERNELS_GPU
 #include <cuda_runtime_api.h>
 #endif

@@ -33,7 +33,8 @@ void gather_sum(const detail::RowList& list, const T* in, int32_t hidden, int32_
       const T* row = in + static_cast<int64_t>(s) * hidden;
       if (list.weight) {
         const float w = list.w(e);
-        for (int32_t h = 0; h < hidden; ++h) acc[h] = detail::weighted_add(acc[h], w, to_float(row[h]));
+        for (int32_t h = 0; h < hidden; ++h)
+          acc[h] = detail::weighted_add(acc[h], w, to_float(row[h]));
       } else {
         for (int32_t h = 0; h < hidden; ++h) acc[h] += to_float(row[h]);
       }
@@ -159,26 +160,17 @@ Status expert_unpack(const ExpertLayout& l, ConstRows recv, const float* w, Rows
     gather_copy(l.row_src, l.k, recv, expert_in, rows);
     return ok_status();
   }
-  detail::RowList list;
-  list.index = l.row_src;
-  list.index_div = l.k;
-  list.weight = w;
-  list.weight_by_index = true;
+  const detail::RowList list = detail::weighted_unpack_list(l, w);
   return gather_sum_rows(list, recv, expert_in, rows);
 }
 
 Status slot_reduce(const ExpertLayout& l, ConstRows expert_out, const float* w, Rows back) {
-  detail::RowList list;
-  list.stride = l.k;
-  list.index = l.recv_pos;
-  list.weight = w;
+  const detail::RowList list = detail::slot_reduce_list(l, w);
   return gather_sum_rows(list, expert_out, back, l.num_recv);
 }
 
 Status token_combine(const DispatchLayout& l, ConstRows returned, Rows out) {
-  detail::RowList list;
-  list.offsets = l.token_copy_offset;
-  list.index = l.token_copy;
+  const detail::RowList list = detail::token_combine_list(l);
   return gather_sum_rows(list, returned, out, l.num_tokens);
 }
 
@@ -205,9 +197,52 @@ Status slot_dot(const ExpertLayout& l, ConstRows grad, ConstRows expert_out, flo
 Status gather_slot_grads(const DispatchLayout& l, const float* dw_copy, float* grad_weight) {
   const int32_t k = l.k;
   for (int32_t t = 0; t < l.num_tokens; ++t)
-    for (int32_t j = 0; j < k; ++j)
-      grad_weight[t * k + j] = slot_grad(l, dw_copy, t, j);
+    for (int32_t j = 0; j < k; ++j) grad_weight[t * k + j] = slot_grad(l, dw_copy, t, j);
   return ok_status();
+}
+
+}  // namespace locmoe::kernels::cpu
+
+namespace locmoe::kernels::cpu {
+
+Status dispatch_pack_fp8(const DispatchLayout& l, ConstRows x, Fp8Rows send) {
+  return with_dtype(x.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t H = x.hidden;
+    const int32_t C = l.send_rank_offset[l.num_ranks];
+    for (int32_t c = 0; c < C; ++c) {
+      const T* row = static_cast<const T*>(x.data) + l.copy_token[c] * H;
+      float amax = 0.0f;
+      for (int64_t h = 0; h < H; ++h) amax = fp8_amax_step(amax, to_float(row[h]));
+      const float mul = fp8_quant_mul(amax);
+      uint8_t* q = send.data + c * H;
+      for (int64_t h = 0; h < H; ++h) q[h] = fp8e4m3_from_float(to_float(row[h]) * mul);
+      send.scale[c] = fp8_scale(amax);
+    }
+    return ok_status();
+  });
+}
+
+Status expert_unpack_fp8(const ExpertLayout& l, ConstFp8Rows recv, const float* w, Rows expert_in) {
+  return with_dtype(expert_in.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t H = recv.hidden;
+    const int32_t M = l.expert_offset[l.num_local_experts];
+    for (int32_t m = 0; m < M; ++m) {
+      T* out = static_cast<T*>(expert_in.data) + m * H;
+      const int32_t src = l.row_src[m];
+      const int64_t i = src < 0 ? 0 : src / l.k;
+      for (int64_t h = 0; h < H; ++h) {
+        float v = 0.0f;
+        if (src >= 0) {
+          v = fp8e4m3_to_float(recv.data[i * H + h]) * recv.scale[i];
+          if (w) v = v * w[src];
+        }
+        out[h] = from_float<T>(v);
+      }
+    }
+    return ok_status();
+  });
 }
 
 }  // namespace locmoe::kernels::cpu

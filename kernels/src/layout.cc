@@ -11,8 +11,10 @@ namespace locmoe::kernels {
 
 const char* dtype_name(DType d) noexcept {
   switch (d) {
-    case DType::kF32: return "f32";
-    case DType::kBF16: return "bf16";
+    case DType::kF32:
+      return "f32";
+    case DType::kBF16:
+      return "bf16";
   }
   return "unknown";
 }
@@ -55,7 +57,7 @@ Status check_dispatch_dims(int32_t max_tokens, int32_t k, int32_t num_ranks,
 }
 
 DispatchLayout carve_dispatch(char* base, int32_t max_tokens, int32_t k, int32_t num_ranks,
-                      int32_t experts_per_rank, int64_t* used) {
+                              int32_t experts_per_rank, int64_t* used) {
   DispatchLayout l;
   l.max_tokens = max_tokens;
   l.k = k;
@@ -71,7 +73,7 @@ DispatchLayout carve_dispatch(char* base, int32_t max_tokens, int32_t k, int32_t
   l.token_copy_offset = c.take<int32_t>(static_cast<int64_t>(max_tokens) + 1);
   l.token_copy = c.take<int32_t>(l.max_copies);
   l.workspace_bytes =
-      sort_workspace_words(max_tokens, static_cast<int64_t>(num_ranks) * experts_per_rank) * 4;
+      gpu::sort_workspace_words(max_tokens, static_cast<int64_t>(num_ranks) * experts_per_rank) * 4;
   l.workspace = c.take<char>(l.workspace_bytes);
   *used = c.used();
   return l;
@@ -100,7 +102,7 @@ ExpertLayout carve_expert(char* base, int32_t max_recv, int32_t k, int32_t num_l
   l.expert_offset = c.take<int32_t>(num_local_experts + 1);
   l.recv_pos = c.take<int32_t>(static_cast<int64_t>(max_recv) * k);
   l.row_src = c.take<int32_t>(l.max_rows);
-  l.workspace_bytes = sort_workspace_words(max_recv, num_local_experts) * 4;
+  l.workspace_bytes = gpu::sort_workspace_words(max_recv, num_local_experts) * 4;
   l.workspace = c.take<char>(l.workspace_bytes);
   *used = c.used();
   return l;
@@ -131,8 +133,8 @@ Result<DispatchLayout> carve_dispatch_layout(void* buffer, int64_t bytes, int32_
                           dispatch_layout_bytes(max_tokens, k, num_ranks, experts_per_rank));
   LOCMOE_RETURN_IF_ERROR(check_buffer(buffer, bytes, need));
   int64_t used = 0;
-  return carve_dispatch(static_cast<char*>(buffer), max_tokens, k, num_ranks,
-                                        experts_per_rank, &used);
+  return carve_dispatch(static_cast<char*>(buffer), max_tokens, k, num_ranks, experts_per_rank,
+                        &used);
 }
 
 Result<int64_t> expert_layout_bytes(int32_t max_recv, int32_t k, int32_t num_local_experts,
@@ -145,8 +147,7 @@ Result<int64_t> expert_layout_bytes(int32_t max_recv, int32_t k, int32_t num_loc
 
 Result<ExpertLayout> carve_expert_layout(void* buffer, int64_t bytes, int32_t max_recv, int32_t k,
                                          int32_t num_local_experts, int32_t align) {
-  LOCMOE_ASSIGN_OR_RETURN(int64_t need,
-                          expert_layout_bytes(max_recv, k, num_local_experts, align));
+  LOCMOE_ASSIGN_OR_RETURN(int64_t need, expert_layout_bytes(max_recv, k, num_local_experts, align));
   LOCMOE_RETURN_IF_ERROR(check_buffer(buffer, bytes, need));
   int64_t used = 0;
   return carve_expert(static_cast<char*>(buffer), max_recv, k, num_local_experts, align, &used);

@@ -25,8 +25,10 @@ Status check_rows(const char* what, ConstRows r) {
   LOCMOE_CHECK(dtype_size(r.dtype) != 0, Code::kUnsupported,
                "{}: dtype {} is not supported (f32 = 0, bf16 = 1)", what,
                static_cast<int32_t>(r.dtype));
-  LOCMOE_CHECK_ARG(r.rows >= 0 && r.hidden >= 1, "{}: shape [{}, {}] must have rows >= 0 and "
-                   "hidden >= 1", what, r.rows, r.hidden);
+  LOCMOE_CHECK_ARG(r.rows >= 0 && r.hidden >= 1,
+                   "{}: shape [{}, {}] must have rows >= 0 and "
+                   "hidden >= 1",
+                   what, r.rows, r.hidden);
   LOCMOE_CHECK_ARG(r.rows == 0 || r.data != nullptr, "{}: data is null for {} rows", what, r.rows);
   return ok_status();
 }
@@ -37,14 +39,14 @@ Status check_same(const char* what_a, ConstRows a, const char* what_b, ConstRows
   LOCMOE_RETURN_IF_ERROR(check_rows(what_b, b));
   LOCMOE_CHECK_ARG(a.hidden == b.hidden, "{} has hidden size {} but {} has {}", what_b, b.hidden,
                    what_a, a.hidden);
-  LOCMOE_CHECK_ARG(a.dtype == b.dtype, "{} has dtype {} but {} has {}", what_b,
-                   dtype_name(b.dtype), what_a, dtype_name(a.dtype));
+  LOCMOE_CHECK_ARG(a.dtype == b.dtype, "{} has dtype {} but {} has {}", what_b, dtype_name(b.dtype),
+                   what_a, dtype_name(a.dtype));
   return ok_status();
 }
 
 Status check_rows_eq(const char* what, ConstRows r, int32_t expected, const char* of) {
-  LOCMOE_CHECK_ARG(r.rows == expected, "{} has {} rows, expected {} ({})", what, r.rows,
-                   expected, of);
+  LOCMOE_CHECK_ARG(r.rows == expected, "{} has {} rows, expected {} ({})", what, r.rows, expected,
+                   of);
   return ok_status();
 }
 
@@ -53,8 +55,7 @@ Status check_rows_eq(const char* what, ConstRows r, int32_t expected, const char
 Status check_capacity(const Exec& exec, const char* what, ConstRows r, const int32_t* count,
                       const char* of) {
   if (exec.device != Device::kCpu) return ok_status();
-  LOCMOE_CHECK_RANGE(r.rows >= *count, "{} has {} rows, {} needed ({})", what, r.rows, *count,
-                     of);
+  LOCMOE_CHECK_RANGE(r.rows >= *count, "{} has {} rows, {} needed ({})", what, r.rows, *count, of);
   return ok_status();
 }
 
@@ -72,6 +73,29 @@ Status check_expert(const ExpertLayout& l) {
   return ok_status();
 }
 
+Status check_fp8(const char* what, const void* data, const float* scale, int32_t rows,
+                 int32_t hidden) {
+  LOCMOE_CHECK_ARG(rows >= 0 && hidden >= 1,
+                   "{}: shape [{}, {}] must have rows >= 0 and hidden "
+                   ">= 1",
+                   what, rows, hidden);
+  LOCMOE_CHECK_ARG(rows == 0 || (data != nullptr && scale != nullptr),
+                   "{}: data or scale is null for {} rows", what, rows);
+  return ok_status();
+}
+
+// The checks every receiver-side row operation shares: `per_recv` has one row per received row,
+// `per_expert` holds the expert-major rows; both have the same hidden size and dtype.
+Status check_receiver_op(const Exec& exec, const ExpertLayout& layout, const char* per_recv_name,
+                         ConstRows per_recv, const char* per_expert_name, ConstRows per_expert) {
+  LOCMOE_RETURN_IF_ERROR(check_exec(exec));
+  LOCMOE_RETURN_IF_ERROR(check_expert(layout));
+  LOCMOE_RETURN_IF_ERROR(check_same(per_expert_name, per_expert, per_recv_name, per_recv));
+  LOCMOE_RETURN_IF_ERROR(check_rows_eq(per_recv_name, per_recv, layout.num_recv, "received rows"));
+  return check_capacity(exec, per_expert_name, per_expert,
+                        layout.expert_offset + layout.num_local_experts, "expert-major rows");
+}
+
 }  // namespace
 
 Status dispatch_layout(const Exec& exec, const PlanView& plan, DispatchLayout& layout) {
@@ -84,8 +108,8 @@ Status dispatch_layout(const Exec& exec, const PlanView& plan, DispatchLayout& l
   LOCMOE_CHECK_ARG(plan.num_ranks == layout.num_ranks, "plan num_ranks {} != layout num_ranks {}",
                    plan.num_ranks, layout.num_ranks);
   LOCMOE_CHECK_ARG(plan.experts_per_rank == layout.experts_per_rank,
-                   "plan experts_per_rank {} != layout experts_per_rank {}",
-                   plan.experts_per_rank, layout.experts_per_rank);
+                   "plan experts_per_rank {} != layout experts_per_rank {}", plan.experts_per_rank,
+                   layout.experts_per_rank);
   LOCMOE_CHECK_ARG(plan.num_experts == plan.num_ranks * plan.experts_per_rank,
                    "plan num_experts {} != num_ranks {} * experts_per_rank {}", plan.num_experts,
                    plan.num_ranks, plan.experts_per_rank);
@@ -100,8 +124,8 @@ Status dispatch_pack(const Exec& exec, const DispatchLayout& layout, ConstRows x
   LOCMOE_RETURN_IF_ERROR(check_dispatch(layout));
   LOCMOE_RETURN_IF_ERROR(check_same("x", x, "send", send));
   LOCMOE_RETURN_IF_ERROR(check_rows_eq("x", x, layout.num_tokens, "tokens of the plan"));
-  LOCMOE_RETURN_IF_ERROR(check_capacity(exec, "send", send,
-                                        layout.send_rank_offset + layout.num_ranks, "copies"));
+  LOCMOE_RETURN_IF_ERROR(
+      check_capacity(exec, "send", send, layout.send_rank_offset + layout.num_ranks, "copies"));
   if (exec.device == Device::kCpu) return cpu::dispatch_pack(layout, x, send);
   return LOCMOE_GPU_CALL(gpu::dispatch_pack(layout, x, send, exec.stream));
 }
@@ -121,32 +145,19 @@ Status expert_layout(const Exec& exec, const int32_t* recv_slot_expert, int32_t 
 
 Status expert_unpack(const Exec& exec, const ExpertLayout& layout, ConstRows recv,
                      const float* slot_weight, Rows expert_in) {
-  LOCMOE_RETURN_IF_ERROR(check_exec(exec));
-  LOCMOE_RETURN_IF_ERROR(check_expert(layout));
-  LOCMOE_RETURN_IF_ERROR(check_same("recv", recv, "expert_in", expert_in));
-  LOCMOE_RETURN_IF_ERROR(check_rows_eq("recv", recv, layout.num_recv, "received rows"));
-  LOCMOE_RETURN_IF_ERROR(check_capacity(exec, "expert_in", expert_in,
-                                        layout.expert_offset + layout.num_local_experts,
-                                        "expert-major rows"));
+  LOCMOE_RETURN_IF_ERROR(check_receiver_op(exec, layout, "recv", recv, "expert_in", expert_in));
   if (exec.device == Device::kCpu) return cpu::expert_unpack(layout, recv, slot_weight, expert_in);
   return LOCMOE_GPU_CALL(gpu::expert_unpack(layout, recv, slot_weight, expert_in, exec.stream));
 }
 
 Status slot_reduce(const Exec& exec, const ExpertLayout& layout, ConstRows expert_out,
                    const float* slot_weight, Rows back) {
-  LOCMOE_RETURN_IF_ERROR(check_exec(exec));
-  LOCMOE_RETURN_IF_ERROR(check_expert(layout));
-  LOCMOE_RETURN_IF_ERROR(check_same("expert_out", expert_out, "back", back));
-  LOCMOE_RETURN_IF_ERROR(check_rows_eq("back", back, layout.num_recv, "received rows"));
-  LOCMOE_RETURN_IF_ERROR(check_capacity(exec, "expert_out", expert_out,
-                                        layout.expert_offset + layout.num_local_experts,
-                                        "expert-major rows"));
+  LOCMOE_RETURN_IF_ERROR(check_receiver_op(exec, layout, "back", back, "expert_out", expert_out));
   if (exec.device == Device::kCpu) return cpu::slot_reduce(layout, expert_out, slot_weight, back);
   return LOCMOE_GPU_CALL(gpu::slot_reduce(layout, expert_out, slot_weight, back, exec.stream));
 }
 
-Status token_combine(const Exec& exec, const DispatchLayout& layout, ConstRows returned,
-                     Rows out) {
+Status token_combine(const Exec& exec, const DispatchLayout& layout, ConstRows returned, Rows out) {
   LOCMOE_RETURN_IF_ERROR(check_exec(exec));
   LOCMOE_RETURN_IF_ERROR(check_dispatch(layout));
   LOCMOE_RETURN_IF_ERROR(check_same("returned", returned, "out", out));
@@ -157,15 +168,9 @@ Status token_combine(const Exec& exec, const DispatchLayout& layout, ConstRows r
   return LOCMOE_GPU_CALL(gpu::token_combine(layout, returned, out, exec.stream));
 }
 
-Status slot_dot(const Exec& exec, const ExpertLayout& layout, ConstRows grad,
-                ConstRows expert_out, float* dw) {
-  LOCMOE_RETURN_IF_ERROR(check_exec(exec));
-  LOCMOE_RETURN_IF_ERROR(check_expert(layout));
-  LOCMOE_RETURN_IF_ERROR(check_same("expert_out", expert_out, "grad", grad));
-  LOCMOE_RETURN_IF_ERROR(check_rows_eq("grad", grad, layout.num_recv, "received rows"));
-  LOCMOE_RETURN_IF_ERROR(check_capacity(exec, "expert_out", expert_out,
-                                        layout.expert_offset + layout.num_local_experts,
-                                        "expert-major rows"));
+Status slot_dot(const Exec& exec, const ExpertLayout& layout, ConstRows grad, ConstRows expert_out,
+                float* dw) {
+  LOCMOE_RETURN_IF_ERROR(check_receiver_op(exec, layout, "grad", grad, "expert_out", expert_out));
   LOCMOE_CHECK_ARG(layout.num_recv == 0 || dw != nullptr, "dw is null for {} rows",
                    layout.num_recv);
   if (exec.device == Device::kCpu) return cpu::slot_dot(layout, grad, expert_out, dw);
@@ -183,6 +188,40 @@ Status gather_slot_grads(const Exec& exec, const DispatchLayout& layout, const f
                    "dw_copy is null for {} copies", layout.send_rank_offset[layout.num_ranks]);
   if (exec.device == Device::kCpu) return cpu::gather_slot_grads(layout, dw_copy, grad_weight);
   return LOCMOE_GPU_CALL(gpu::gather_slot_grads(layout, dw_copy, grad_weight, exec.stream));
+}
+
+Status dispatch_pack_fp8(const Exec& exec, const DispatchLayout& layout, ConstRows x,
+                         Fp8Rows send) {
+  LOCMOE_RETURN_IF_ERROR(check_exec(exec));
+  LOCMOE_RETURN_IF_ERROR(check_dispatch(layout));
+  LOCMOE_RETURN_IF_ERROR(check_rows("x", x));
+  LOCMOE_RETURN_IF_ERROR(check_fp8("send", send.data, send.scale, send.rows, send.hidden));
+  LOCMOE_CHECK_ARG(send.hidden == x.hidden, "send has hidden size {} but x has {}", send.hidden,
+                   x.hidden);
+  LOCMOE_RETURN_IF_ERROR(check_rows_eq("x", x, layout.num_tokens, "tokens of the plan"));
+  LOCMOE_RETURN_IF_ERROR(check_capacity(exec, "send", ConstRows{send.data, send.rows, send.hidden},
+                                        layout.send_rank_offset + layout.num_ranks, "copies"));
+  if (exec.device == Device::kCpu) return cpu::dispatch_pack_fp8(layout, x, send);
+  return LOCMOE_GPU_CALL(gpu::dispatch_pack_fp8(layout, x, send, exec.stream));
+}
+
+Status expert_unpack_fp8(const Exec& exec, const ExpertLayout& layout, ConstFp8Rows recv,
+                         const float* slot_weight, Rows expert_in) {
+  LOCMOE_RETURN_IF_ERROR(check_exec(exec));
+  LOCMOE_RETURN_IF_ERROR(check_expert(layout));
+  LOCMOE_RETURN_IF_ERROR(check_fp8("recv", recv.data, recv.scale, recv.rows, recv.hidden));
+  LOCMOE_RETURN_IF_ERROR(check_rows("expert_in", expert_in));
+  LOCMOE_CHECK_ARG(recv.hidden == expert_in.hidden, "expert_in has hidden size {} but recv has {}",
+                   expert_in.hidden, recv.hidden);
+  LOCMOE_CHECK_ARG(recv.rows == layout.num_recv, "recv has {} rows, expected {} (received rows)",
+                   recv.rows, layout.num_recv);
+  LOCMOE_RETURN_IF_ERROR(check_capacity(exec, "expert_in", expert_in,
+                                        layout.expert_offset + layout.num_local_experts,
+                                        "expert-major rows"));
+  if (exec.device == Device::kCpu) {
+    return cpu::expert_unpack_fp8(layout, recv, slot_weight, expert_in);
+  }
+  return LOCMOE_GPU_CALL(gpu::expert_unpack_fp8(layout, recv, slot_weight, expert_in, exec.stream));
 }
 
 }  // namespace locmoe::kernels

@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "locmoe/core/hd.h"
+#include "locmoe/kernels/types.h"
 
 namespace locmoe::kernels::detail {
 
@@ -44,6 +45,29 @@ LOCMOE_HD float weighted_add(float acc, float w, float x) {
 #else
   return acc + w * x;  // the target compiles host code with -ffp-contract=off
 #endif
+}
+
+// The list of each reduction (host-side constructors, used by both backends).
+inline RowList slot_reduce_list(const ExpertLayout& l, const float* slot_weight) {
+  RowList list;
+  list.stride = l.k;
+  list.index = l.recv_pos;
+  list.weight = slot_weight;
+  return list;
+}
+inline RowList token_combine_list(const DispatchLayout& l) {
+  RowList list;
+  list.offsets = l.token_copy_offset;
+  list.index = l.token_copy;
+  return list;
+}
+inline RowList weighted_unpack_list(const ExpertLayout& l, const float* slot_weight) {
+  RowList list;
+  list.index = l.row_src;
+  list.index_div = l.k;
+  list.weight = slot_weight;
+  list.weight_by_index = true;
+  return list;
 }
 
 }  // namespace locmoe::kernels::detail

@@ -23,33 +23,10 @@
 #include "locmoe/core/status.h"
 #include "locmoe/kernels/dtype.h"
 #include "locmoe/kernels/layout.h"
+#include "locmoe/kernels/types.h"
 #include "locmoe/router/plan.h"
 
 namespace locmoe::kernels {
-
-enum class Device : int32_t { kCpu = 0, kCuda = 1 };
-
-// Where an operation runs. stream is a cudaStream_t (ignored on the CPU).
-struct Exec {
-  Device device = Device::kCpu;
-  void* stream = nullptr;
-};
-
-// A read-only block of rows.
-struct ConstRows {
-  const void* data = nullptr;
-  int32_t rows = 0;
-  int32_t hidden = 0;
-  DType dtype = DType::kF32;
-};
-// A writable block of rows.
-struct Rows {
-  void* data = nullptr;
-  int32_t rows = 0;
-  int32_t hidden = 0;
-  DType dtype = DType::kF32;
-  operator ConstRows() const { return ConstRows{data, rows, hidden, dtype}; }  // NOLINT
-};
 
 // Step 1. Lays out the copies of `plan` (T = plan.num_tokens <= layout.max_tokens; k, R and
 // experts_per_rank must equal the layout's). Writes every output array of `layout` and
@@ -82,18 +59,29 @@ Status slot_reduce(const Exec& exec, const ExpertLayout& layout, ConstRows exper
 
 // Step 8. out[t] = sum over token t's copies in rank order of returned[c] (fp32 sum); 0 for a
 // token with no copy. returned: [>= C, H] in copy order; out: [T, H] same H and dtype.
-Status token_combine(const Exec& exec, const DispatchLayout& layout, ConstRows returned,
-                     Rows out);
+Status token_combine(const Exec& exec, const DispatchLayout& layout, ConstRows returned, Rows out);
 
 // Backward of the weights (receiver). dw[i*k+j] = <grad[i], expert_out[recv_pos[i*k+j]]>
 // (fp32 dot), 0 where recv_pos is -1. grad: [N, H]; expert_out: [>= M, H]; dw: float[N*k].
-Status slot_dot(const Exec& exec, const ExpertLayout& layout, ConstRows grad,
-                ConstRows expert_out, float* dw);
+Status slot_dot(const Exec& exec, const ExpertLayout& layout, ConstRows grad, ConstRows expert_out,
+                float* dw);
 
 // Backward of the weights (source). dw_copy: float[C*k], copy c's slot gradients in copy order
 // (slot_dot's output sent back). grad_weight[t*k+j] = dw_copy[c*k+j] for the copy c of token t
 // whose copy_slot_expert[c*k+j] >= 0, 0 for slots with no copy. grad_weight: float[T*k].
 Status gather_slot_grads(const Exec& exec, const DispatchLayout& layout, const float* dw_copy,
                          float* grad_weight);
+
+// ---- fp8 dispatch (optional): quantize at the source, dequantize into the expert buffer --------
+
+// Step 2 with fp8 rows: for every copy c < C, with row = x[copy_token[c]] (f32 or bf16) and
+// amax = max |row| (0 -> 1): send.scale[c] = amax / 448, send.data[c] = e4m3(row * (448 / amax)).
+// Send scales travel with the rows (C floats). send: rows >= C, same hidden as x.
+Status dispatch_pack_fp8(const Exec& exec, const DispatchLayout& layout, ConstRows x, Fp8Rows send);
+
+// Step 5 from fp8 rows: expert_in[m] = w * (e4m3 value * recv.scale[i]) rounded to expert_in's
+// dtype (f32 or bf16), i = row_src[m] / k, w as in expert_unpack (nullptr = 1); padding rows 0.
+Status expert_unpack_fp8(const Exec& exec, const ExpertLayout& layout, ConstFp8Rows recv,
+                         const float* slot_weight, Rows expert_in);
 
 }  // namespace locmoe::kernels
