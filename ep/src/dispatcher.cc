@@ -3,48 +3,27 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
-#include <new>
 
 #include "locmoe/core/check.h"
 #include "locmoe/kernels/layout.h"
 #include "locmoe/kernels/ops.h"
+#include "memory.h"
 
 namespace locmoe {
 
-namespace {
-// A 64-byte aligned host allocation (the kernels carve layouts from 16-byte aligned buffers).
-class HostBuffer {
- public:
-  HostBuffer() = default;
-  explicit HostBuffer(size_t bytes) : bytes_(bytes) {
-    if (bytes) data_ = static_cast<unsigned char*>(::operator new(bytes, std::align_val_t(64)));
-  }
-  HostBuffer(HostBuffer&& o) noexcept : data_(o.data_), bytes_(o.bytes_) { o.data_ = nullptr; o.bytes_ = 0; }
-  HostBuffer& operator=(HostBuffer&& o) noexcept {
-    std::swap(data_, o.data_);
-    std::swap(bytes_, o.bytes_);
-    return *this;
-  }
-  ~HostBuffer() {
-    if (data_) ::operator delete(data_, std::align_val_t(64));
-  }
-  unsigned char* data() const { return data_; }
-  size_t size() const { return bytes_; }
+using ep_detail::Buffer;
 
- private:
-  unsigned char* data_ = nullptr;
-  size_t bytes_ = 0;
-};
-}  // namespace
-
-// Layouts of one dispatch (host; the plan is on the host), carved once for the dispatcher's limits.
+// Layouts of one dispatch, carved once for the dispatcher's limits, in the dispatcher's memory
+// kind (the kernels read and write them there), plus host mirrors of the counts the host needs.
 struct DispatchHandle::Impl {
-  HostBuffer send_buf, recv_buf;
+  Buffer send_buf, recv_buf;
   kernels::DispatchLayout send;  // step 1: copies of this rank's tokens
   kernels::ExpertLayout recv;    // step 4: expert-major rows of the received slots
-  std::vector<int32_t> recv_rank_count, recv_rank_offset;  // [R], [R+1] rows from each rank
-  std::vector<int32_t> recv_slot_expert;                   // [max_recv*k]
-  std::vector<float> recv_slot_weight;                     // [max_recv*k]
+  Buffer recv_slot_expert;       // int32 [max_recv*k]
+  Buffer recv_slot_weight;       // float [max_recv*k]
+  // Host mirrors: rows to / from each rank.
+  std::vector<int32_t> send_rank_count, send_rank_offset;  // [R], [R+1]
+  std::vector<int32_t> recv_rank_count, recv_rank_offset;  // [R], [R+1]
   int32_t C = 0, N = 0;
 };
 
@@ -54,9 +33,13 @@ DispatchHandle::~DispatchHandle() = default;
 struct Dispatcher::Work {
   int32_t max_copies = 0;  // max_tokens * min(k, R)
   int32_t max_recv = 0;    // max_recv_rows
-  HostBuffer rows_a, rows_b;         // max(max_copies, max_recv) rows each
-  HostBuffer meta_send, meta_recv;   // per row: k int32 local experts + k fp32 weights
-  std::vector<float> dw_recv, dw_back;  // [max_recv*k], [max_copies*k]
+  Buffer rows_a, rows_b;   // max(max_copies, max_recv) rows each
+  Buffer dw_recv, dw_back; // float [max_recv*k], [max_copies*k]
+  // Device path only: the plan's arrays on the device, and host copies of slot metadata for the
+  // token-conservation counts.
+  Buffer plan_expert, plan_weight, plan_dropped, plan_nodes;
+  std::vector<int32_t> host_slots;  // [max(max_copies, max_recv) * k]
+  std::vector<int32_t> host_counts; // [L+1]
   std::vector<uint64_t> send_counts, send_displs, recv_counts, recv_displs;  // [R] bytes
 };
 
@@ -69,14 +52,27 @@ int64_t Dispatcher::max_expert_rows() const {
 
 size_t Dispatcher::workspace_bytes() const {
   const Work& w = *work_;
-  return w.rows_a.size() + w.rows_b.size() + w.meta_send.size() + w.meta_recv.size() +
-         sizeof(float) * (w.dw_recv.size() + w.dw_back.size());
+  return w.rows_a.size() + w.rows_b.size() + w.dw_recv.size() + w.dw_back.size() + w.plan_expert.size() +
+         w.plan_weight.size() + w.plan_dropped.size() + w.plan_nodes.size() + 4 * w.host_slots.size();
 }
 
 namespace {
 // Where the kernels run for a dispatcher's memory kind.
 kernels::Exec exec_for(const DispatcherConfig& c, void* stream) {
   return kernels::Exec{c.memory == MemoryKind::kDevice ? kernels::Device::kCuda : kernels::Device::kCpu, stream};
+}
+
+// Number of entries >= 0 among n int32 in `mem` memory (device: copied to `scratch` first).
+Result<int64_t> count_set_slots(const int32_t* p, int64_t n, MemoryKind mem, std::vector<int32_t>& scratch,
+                                void* stream) {
+  const int32_t* h = p;
+  if (mem == MemoryKind::kDevice) {
+    LOCMOE_RETURN_IF_ERROR(ep_detail::copy_to_host(scratch.data(), p, static_cast<size_t>(n) * 4, mem, stream));
+    h = scratch.data();
+  }
+  int64_t c = 0;
+  for (int64_t i = 0; i < n; ++i) c += h[i] >= 0;
+  return c;
 }
 }  // namespace
 
@@ -103,11 +99,7 @@ Result<std::unique_ptr<Dispatcher>> Dispatcher::create(Bootstrap& bootstrap, Com
       check_same_on_all_ranks(bootstrap, static_cast<uint64_t>(c.experts_per_rank), "experts_per_rank"));
   LOCMOE_RETURN_IF_ERROR(check_same_on_all_ranks(bootstrap, static_cast<uint64_t>(c.top_k), "top_k"));
   LOCMOE_RETURN_IF_ERROR(check_same_on_all_ranks(bootstrap, static_cast<uint64_t>(c.memory), "memory kind"));
-  // The device path needs device-resident layouts and a plan copy on the device; until the
-  // Dispatcher carries them, say so instead of handing device pointers to host code.
-  LOCMOE_CHECK(c.memory == MemoryKind::kHost, Code::kUnsupported,
-               "Dispatcher on device memory is not implemented yet; use MemoryKind::kHost (the "
-               "kernels layer's CUDA ops are usable directly)");
+  if (c.memory == MemoryKind::kDevice) LOCMOE_RETURN_IF_ERROR(ep_detail::check_device_available());
 
   const int64_t R = comm.size(), k = c.top_k;
   const int64_t max_copies = kernels::max_copies(c.max_tokens, k, R);
@@ -120,16 +112,24 @@ Result<std::unique_ptr<Dispatcher>> Dispatcher::create(Bootstrap& bootstrap, Com
   d->bootstrap_ = &bootstrap;
   d->comm_ = &comm;
   auto w = std::make_unique<Work>();
+  const MemoryKind mem = c.memory;
   w->max_copies = static_cast<int32_t>(max_copies);
   w->max_recv = static_cast<int32_t>(max_recv);
   const size_t rb = d->row_bytes();
   const size_t max_rows = static_cast<size_t>(std::max(max_copies, max_recv));
-  w->rows_a = HostBuffer(max_rows * rb);
-  w->rows_b = HostBuffer(max_rows * rb);
-  w->meta_send = HostBuffer(static_cast<size_t>(max_copies * k) * 8);
-  w->meta_recv = HostBuffer(static_cast<size_t>(max_recv * k) * 8);
-  w->dw_recv.resize(static_cast<size_t>(max_recv * k));
-  w->dw_back.resize(static_cast<size_t>(max_copies * k));
+  LOCMOE_ASSIGN_OR_RETURN(w->rows_a, Buffer::make(max_rows * rb, mem));
+  LOCMOE_ASSIGN_OR_RETURN(w->rows_b, Buffer::make(max_rows * rb, mem));
+  LOCMOE_ASSIGN_OR_RETURN(w->dw_recv, Buffer::make(static_cast<size_t>(max_recv * k) * 4, mem));
+  LOCMOE_ASSIGN_OR_RETURN(w->dw_back, Buffer::make(static_cast<size_t>(max_copies * k) * 4, mem));
+  if (mem == MemoryKind::kDevice) {
+    const size_t slots = static_cast<size_t>(c.max_tokens) * k;
+    LOCMOE_ASSIGN_OR_RETURN(w->plan_expert, Buffer::make(slots * 4, mem));
+    LOCMOE_ASSIGN_OR_RETURN(w->plan_weight, Buffer::make(slots * 4, mem));
+    LOCMOE_ASSIGN_OR_RETURN(w->plan_dropped, Buffer::make(slots, mem));
+    LOCMOE_ASSIGN_OR_RETURN(w->plan_nodes, Buffer::make(static_cast<size_t>(R) * 4, mem));
+    w->host_slots.resize(max_rows * k);
+  }
+  w->host_counts.resize(static_cast<size_t>(c.experts_per_rank) + 1);
   for (auto* v : {&w->send_counts, &w->send_displs, &w->recv_counts, &w->recv_displs}) v->resize(R);
   d->work_ = std::move(w);
   return d;
@@ -139,21 +139,25 @@ Dispatcher::~Dispatcher() = default;
 
 Result<std::unique_ptr<DispatchHandle>> Dispatcher::make_handle() const {
   const int32_t R = comm_->size(), k = config_.top_k, L = config_.experts_per_rank;
+  const MemoryKind mem = config_.memory;
   std::unique_ptr<DispatchHandle> h(new DispatchHandle());
   auto im = std::make_unique<DispatchHandle::Impl>();
   LOCMOE_ASSIGN_OR_RETURN(const int64_t sbytes, kernels::dispatch_layout_bytes(config_.max_tokens, k, R, L));
-  im->send_buf = HostBuffer(static_cast<size_t>(sbytes));
+  LOCMOE_ASSIGN_OR_RETURN(im->send_buf, Buffer::make(static_cast<size_t>(sbytes), mem));
   LOCMOE_ASSIGN_OR_RETURN(im->send, kernels::carve_dispatch_layout(im->send_buf.data(), sbytes,
                                                                    config_.max_tokens, k, R, L));
   LOCMOE_ASSIGN_OR_RETURN(const int64_t rbytes,
                           kernels::expert_layout_bytes(work_->max_recv, k, L, config_.align));
-  im->recv_buf = HostBuffer(static_cast<size_t>(rbytes));
+  LOCMOE_ASSIGN_OR_RETURN(im->recv_buf, Buffer::make(static_cast<size_t>(rbytes), mem));
   LOCMOE_ASSIGN_OR_RETURN(im->recv, kernels::carve_expert_layout(im->recv_buf.data(), rbytes,
                                                                  work_->max_recv, k, L, config_.align));
+  const size_t slots = static_cast<size_t>(work_->max_recv) * k;
+  LOCMOE_ASSIGN_OR_RETURN(im->recv_slot_expert, Buffer::make(slots * 4, mem));
+  LOCMOE_ASSIGN_OR_RETURN(im->recv_slot_weight, Buffer::make(slots * 4, mem));
+  im->send_rank_count.assign(R, 0);
+  im->send_rank_offset.assign(R + 1, 0);
   im->recv_rank_count.assign(R, 0);
   im->recv_rank_offset.assign(R + 1, 0);
-  im->recv_slot_expert.assign(static_cast<size_t>(work_->max_recv) * k, -1);
-  im->recv_slot_weight.assign(static_cast<size_t>(work_->max_recv) * k, 0.0f);
   h->impl_ = std::move(im);
   h->expert_count_.assign(L, 0);
   h->expert_offset_.assign(L + 1, 0);
@@ -176,10 +180,10 @@ Status Dispatcher::exchange_rows(const void* send_rows, void* recv_rows, const D
   const auto& im = *h.impl_;
   Work& w = *work_;
   // Forward: copies go source -> expert rank; backward: received rows go back (transposed counts).
-  const int32_t* sc = forward ? im.send.send_rank_count : im.recv_rank_count.data();
-  const int32_t* so = forward ? im.send.send_rank_offset : im.recv_rank_offset.data();
-  const int32_t* rc = forward ? im.recv_rank_count.data() : im.send.send_rank_count;
-  const int32_t* ro = forward ? im.recv_rank_offset.data() : im.send.send_rank_offset;
+  const int32_t* sc = forward ? im.send_rank_count.data() : im.recv_rank_count.data();
+  const int32_t* so = forward ? im.send_rank_offset.data() : im.recv_rank_offset.data();
+  const int32_t* rc = forward ? im.recv_rank_count.data() : im.send_rank_count.data();
+  const int32_t* ro = forward ? im.recv_rank_offset.data() : im.send_rank_offset.data();
   const int R = comm_->size();
   for (int r = 0; r < R; ++r) {
     w.send_counts[r] = static_cast<uint64_t>(sc[r]) * bytes_per_row;
@@ -224,6 +228,7 @@ Status Dispatcher::dispatch(const void* x, const RoutingPlan& plan, DispatchHand
   h.valid_ = false;
   auto& im = *h.impl_;
   Work& w = *work_;
+  const MemoryKind mem = config_.memory;
   const kernels::Exec ex = exec_for(config_, stream);
   const kernels::DType dt = config_.dtype;
 
@@ -243,19 +248,29 @@ Status Dispatcher::dispatch(const void* x, const RoutingPlan& plan, DispatchHand
     dropped_tokens += !any;
   }
 
-  // 1. Send layout.
-  LOCMOE_RETURN_IF_ERROR(kernels::dispatch_layout(ex, plan.view(), im.send).with_context("dispatch"));
-  im.C = im.send.send_rank_offset[R];
-  // 2. Metadata rows: k local experts (int32) then k weights (fp32) per copy.
-  const size_t meta_row = static_cast<size_t>(k) * 8;
-  for (int32_t c = 0; c < im.C; ++c) {
-    unsigned char* m = w.meta_send.data() + c * meta_row;
-    std::memcpy(m, im.send.copy_slot_expert + static_cast<size_t>(c) * k, 4 * k);
-    std::memcpy(m + 4 * k, im.send.copy_slot_weight + static_cast<size_t>(c) * k, 4 * k);
+  // 1. Send layout (on the device from a device copy of the plan), counts mirrored to the host.
+  PlanView view = plan.view();
+  if (mem == MemoryKind::kDevice) {
+    LOCMOE_RETURN_IF_ERROR(ep_detail::copy_from_host(w.plan_expert.data(), plan.expert.data(), slots * 4, mem, stream));
+    LOCMOE_RETURN_IF_ERROR(ep_detail::copy_from_host(w.plan_weight.data(), plan.weight.data(), slots * 4, mem, stream));
+    LOCMOE_RETURN_IF_ERROR(ep_detail::copy_from_host(w.plan_dropped.data(), plan.slot_dropped.data(), slots, mem, stream));
+    LOCMOE_RETURN_IF_ERROR(
+        ep_detail::copy_from_host(w.plan_nodes.data(), plan.node_of_rank.data(), static_cast<size_t>(R) * 4, mem, stream));
+    view.expert = w.plan_expert.as<const int32_t>();
+    view.weight = w.plan_weight.as<const float>();
+    view.slot_dropped = w.plan_dropped.as<const uint8_t>();
+    view.node_of_rank = w.plan_nodes.as<const int32_t>();
   }
-  // 3. Counts (announced in row bytes), then metadata and rows.
+  LOCMOE_RETURN_IF_ERROR(kernels::dispatch_layout(ex, view, im.send).with_context("dispatch"));
+  LOCMOE_RETURN_IF_ERROR(ep_detail::copy_to_host(im.send_rank_count.data(), im.send.send_rank_count,
+                                                 static_cast<size_t>(R) * 4, mem, stream));
+  LOCMOE_RETURN_IF_ERROR(ep_detail::copy_to_host(im.send_rank_offset.data(), im.send.send_rank_offset,
+                                                 static_cast<size_t>(R + 1) * 4, mem, stream));
+  im.C = im.send_rank_offset[R];
+
+  // 2-3. Counts (announced in row bytes), then the slot metadata and the rows.
   const size_t rb = row_bytes();
-  for (int r = 0; r < R; ++r) w.send_counts[r] = static_cast<uint64_t>(im.send.send_rank_count[r]) * rb;
+  for (int r = 0; r < R; ++r) w.send_counts[r] = static_cast<uint64_t>(im.send_rank_count[r]) * rb;
   LOCMOE_RETURN_IF_ERROR(comm_->exchange_counts(w.send_counts.data(), w.recv_counts.data())
                              .with_context("dispatch: exchanging row counts"));
   int64_t N = 0;
@@ -265,8 +280,8 @@ Status Dispatcher::dispatch(const void* x, const RoutingPlan& plan, DispatchHand
                  w.recv_counts[r], rb);
     N += static_cast<int64_t>(w.recv_counts[r] / rb);
   }
-  // Checked before any row moves; every rank reaches the exchanges below only if all pass, so a
-  // rank over its limit fails alone and its peers time out naming it (no silent overflow).
+  // Checked before any row moves: a rank over its limit fails here and its peers time out in the
+  // next exchange naming it, instead of anything writing past a buffer.
   LOCMOE_CHECK_RANGE(N <= w.max_recv,
                      "dispatch: rank {} receives {} rows, more than max_recv_rows {} (raise "
                      "DispatcherConfig::max_recv_rows)", comm_->rank(), N, w.max_recv);
@@ -277,24 +292,30 @@ Status Dispatcher::dispatch(const void* x, const RoutingPlan& plan, DispatchHand
   }
   im.N = static_cast<int32_t>(N);
   DispatchStats st;
-  LOCMOE_RETURN_IF_ERROR(exchange_rows(w.meta_send.data(), w.meta_recv.data(), h, true, meta_row,
-                                       MemoryKind::kHost, nullptr, nullptr)
-                             .with_context("dispatch: exchanging slot metadata"));
-  for (int32_t i = 0; i < im.N; ++i) {
-    const unsigned char* m = w.meta_recv.data() + i * meta_row;
-    std::memcpy(im.recv_slot_expert.data() + static_cast<size_t>(i) * k, m, 4 * k);
-    std::memcpy(im.recv_slot_weight.data() + static_cast<size_t>(i) * k, m + 4 * k, 4 * k);
-  }
+  const size_t meta_row = static_cast<size_t>(k) * 4;  // k int32 experts, or k fp32 weights
+  LOCMOE_RETURN_IF_ERROR(exchange_rows(im.send.copy_slot_expert, im.recv_slot_expert.data(), h, true, meta_row,
+                                       mem, stream, nullptr)
+                             .with_context("dispatch: exchanging slot experts"));
+  LOCMOE_RETURN_IF_ERROR(exchange_rows(im.send.copy_slot_weight, im.recv_slot_weight.data(), h, true, meta_row,
+                                       mem, stream, nullptr)
+                             .with_context("dispatch: exchanging slot weights"));
   LOCMOE_RETURN_IF_ERROR(kernels::dispatch_pack(ex, im.send, kernels::ConstRows{x, plan.num_tokens, H, dt},
                                                 kernels::Rows{w.rows_a.data(), im.C, H, dt})
                              .with_context("dispatch"));
-  LOCMOE_RETURN_IF_ERROR(exchange_rows(w.rows_a.data(), w.rows_b.data(), h, true, rb, config_.memory, stream, &st)
+  LOCMOE_RETURN_IF_ERROR(exchange_rows(w.rows_a.data(), w.rows_b.data(), h, true, rb, mem, stream, &st)
                              .with_context("dispatch: exchanging token rows"));
 
-  // 4-5. Expert-major layout and unpack.
+  // 4-5. Expert-major layout (counts mirrored to the host) and unpack.
   LOCMOE_RETURN_IF_ERROR(
-      kernels::expert_layout(ex, im.recv_slot_expert.data(), im.N, im.recv).with_context("dispatch"));
-  const int64_t M = im.recv.expert_offset[L];
+      kernels::expert_layout(ex, im.recv_slot_expert.as<const int32_t>(), im.N, im.recv).with_context("dispatch"));
+  LOCMOE_RETURN_IF_ERROR(ep_detail::copy_to_host(w.host_counts.data(), im.recv.expert_offset,
+                                                 static_cast<size_t>(L + 1) * 4, mem, stream));
+  for (int32_t l = 0; l <= L; ++l) h.expert_offset_[l] = w.host_counts[l];
+  LOCMOE_RETURN_IF_ERROR(ep_detail::copy_to_host(w.host_counts.data(), im.recv.expert_count,
+                                                 static_cast<size_t>(L) * 4, mem, stream));
+  int64_t placed = 0;
+  for (int32_t l = 0; l < L; ++l) placed += h.expert_count_[l] = w.host_counts[l];
+  const int64_t M = h.expert_offset_[L];
   LOCMOE_CHECK_RANGE(M <= expert_in_rows,
                      "dispatch: expert_in has {} rows, this dispatch needs {} (max_expert_rows() = {})",
                      expert_in_rows, M, max_expert_rows());
@@ -305,15 +326,11 @@ Status Dispatcher::dispatch(const void* x, const RoutingPlan& plan, DispatchHand
 
   // Token conservation: every accepted slot of this rank travels in exactly one copy's slot list,
   // and every slot received fills exactly one expert row.
-  int64_t sent_slots = 0, recv_slots = 0, placed = 0;
-  for (int64_t s = 0; s < static_cast<int64_t>(im.C) * k; ++s) sent_slots += im.send.copy_slot_expert[s] >= 0;
-  for (int64_t s = 0; s < N * k; ++s) recv_slots += im.recv_slot_expert[s] >= 0;
-  for (int32_t l = 0; l < L; ++l) {
-    placed += im.recv.expert_count[l];
-    h.expert_count_[l] = im.recv.expert_count[l];
-    h.expert_offset_[l] = im.recv.expert_offset[l];
-  }
-  h.expert_offset_[L] = M;
+  LOCMOE_ASSIGN_OR_RETURN(const int64_t sent_slots,
+                          count_set_slots(im.send.copy_slot_expert, static_cast<int64_t>(im.C) * k, mem,
+                                          w.host_slots, stream));
+  LOCMOE_ASSIGN_OR_RETURN(const int64_t recv_slots,
+                          count_set_slots(im.recv_slot_expert.as<const int32_t>(), N * k, mem, w.host_slots, stream));
   LOCMOE_CHECK(sent_slots == accepted, Code::kInternal,
                "token conservation: the plan accepts {} slots but the send layout carries {}", accepted, sent_slots);
   LOCMOE_CHECK(recv_slots == placed, Code::kInternal,
@@ -345,7 +362,7 @@ Status Dispatcher::reduce_and_return(const void* rows, const DispatchHandle& h, 
   LOCMOE_CHECK_ARG(M == 0 || rows != nullptr, "expert rows are null");
   LOCMOE_CHECK_ARG(h.T_ == 0 || out != nullptr, "output is null with {} tokens", h.T_);
   LOCMOE_RETURN_IF_ERROR(kernels::slot_reduce(ex, im.recv, kernels::ConstRows{rows, M, H, dt},
-                                              weighted ? im.recv_slot_weight.data() : nullptr,
+                                              weighted ? im.recv_slot_weight.as<const float>() : nullptr,
                                               kernels::Rows{w.rows_b.data(), im.N, H, dt}));
   LOCMOE_RETURN_IF_ERROR(exchange_rows(w.rows_b.data(), w.rows_a.data(), h, false, row_bytes(), config_.memory,
                                        stream, nullptr));
@@ -384,17 +401,17 @@ Status Dispatcher::combine_backward(const void* grad_out, const DispatchHandle& 
                              .with_context("combine_backward: exchanging gradient rows"));
   const kernels::ConstRows g{w.rows_b.data(), im.N, H, dt};
   if (grad_expert_out != nullptr)
-    LOCMOE_RETURN_IF_ERROR(kernels::expert_unpack(ex, im.recv, g, im.recv_slot_weight.data(),
+    LOCMOE_RETURN_IF_ERROR(kernels::expert_unpack(ex, im.recv, g, im.recv_slot_weight.as<const float>(),
                                                   kernels::Rows{grad_expert_out, M, H, dt}));
   LOCMOE_RETURN_IF_ERROR(kernels::slot_dot(ex, im.recv, g, kernels::ConstRows{expert_out, M, H, dt},
-                                           w.dw_recv.data()));
+                                           w.dw_recv.as<float>()));
   // Send dw back ([N,k] in received order) and scatter it onto the token slots. Done whatever
   // this rank's grad_weights is: the exchange is collective and the peers need their dw.
   LOCMOE_RETURN_IF_ERROR(exchange_rows(w.dw_recv.data(), w.dw_back.data(), h, false, sizeof(float) * k,
-                                       MemoryKind::kHost, nullptr, nullptr)
+                                       config_.memory, stream, nullptr)
                              .with_context("combine_backward: returning weight gradients"));
   if (grad_weights == nullptr) return ok_status();
-  return kernels::gather_slot_grads(ex, im.send, w.dw_back.data(), grad_weights);
+  return kernels::gather_slot_grads(ex, im.send, w.dw_back.as<const float>(), grad_weights);
 }
 
 }  // namespace locmoe

@@ -1,0 +1,43 @@
+// Buffers in host or CUDA device memory for the Dispatcher, and the few copies it needs between
+// them. Without CUDA in the build, device requests fail with Code::kUnsupported.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "locmoe/comm/communicator.h"
+#include "locmoe/core/status.h"
+
+namespace locmoe::ep_detail {
+
+// A 64-byte aligned allocation in host memory or device memory (cudaMalloc), move-only.
+class Buffer {
+ public:
+  Buffer() = default;
+  static Result<Buffer> make(size_t bytes, MemoryKind kind);
+  Buffer(Buffer&& o) noexcept { *this = static_cast<Buffer&&>(o); }
+  Buffer& operator=(Buffer&& o) noexcept;
+  ~Buffer();
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+
+  unsigned char* data() const { return data_; }
+  template <typename T>
+  T* as() const { return reinterpret_cast<T*>(data_); }
+  size_t size() const { return bytes_; }
+
+ private:
+  unsigned char* data_ = nullptr;
+  size_t bytes_ = 0;
+  MemoryKind kind_ = MemoryKind::kHost;
+};
+
+// Copies `bytes` from `src` (in `src_kind` memory) to host memory and waits for it: device
+// copies are ordered on `stream` after the work already enqueued there.
+Status copy_to_host(void* dst, const void* src, size_t bytes, MemoryKind src_kind, void* stream);
+// Copies `bytes` from host memory to `dst` (in `dst_kind` memory), ordered on `stream`.
+Status copy_from_host(void* dst, const void* src, size_t bytes, MemoryKind dst_kind, void* stream);
+// kUnsupported unless this build has CUDA and the process sees a device.
+Status check_device_available();
+
+}  // namespace locmoe::ep_detail
