@@ -19,10 +19,11 @@ Status cuda_status(cudaError_t e, const char* what) {
   LOCMOE_CHECK(e == cudaSuccess, Code::kSystemError, "{} failed: {}", what, cudaGetErrorString(e));
   return ok_status();
 }
-#endif
+#else
 Status no_cuda(const char* what) {
   return error(Code::kUnsupported, "{}: device memory needs a CUDA build of locmoe (LOCMOE_ENABLE_CUDA=ON)", what);
 }
+#endif
 }  // namespace
 
 Status check_device_available() {

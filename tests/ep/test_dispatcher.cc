@@ -428,3 +428,87 @@ TEST_F(DispatcherTest, BackwardMatchesFiniteDifferences) {
 
 }  // namespace
 }  // namespace locmoe
+
+// ---- Device memory -----------------------------------------------------------------------------
+#include "locmoe/core/config.h"
+#include "locmoe/kernels/config.h"
+#if LOCMOE_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace locmoe {
+namespace {
+
+TEST_F(DispatcherTest, DeviceMemoryWithoutGpuIsUnsupported) {
+  if (kernels::cuda_device_count() > 0) GTEST_SKIP() << "a GPU is present: DeviceMatchesHost covers it";
+  DispatcherConfig cfg;
+  cfg.experts_per_rank = 2;
+  cfg.hidden = 8;
+  cfg.max_tokens = 4;
+  cfg.top_k = 2;
+  cfg.memory = MemoryKind::kDevice;
+  auto d = Dispatcher::create(*g_.bootstrap, *g_.comm, cfg);
+  ASSERT_FALSE(d.ok());
+  EXPECT_EQ(d.status().code(), Code::kUnsupported) << d.status().to_string();
+}
+
+// The device path (NCCL communicator, kernels on the GPU) against the host path on the same data.
+TEST_F(DispatcherTest, DeviceMatchesHost) {
+  if (kernels::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+#if LOCMOE_HAVE_CUDA
+  int ndev = kernels::cuda_device_count();
+  ASSERT_EQ(cudaSetDevice(g_.comm->cluster().my_local_rank() % ndev), cudaSuccess);
+  CommConfig cc;
+  cc.transport = "nccl";
+  auto cluster = std::make_unique<ClusterMap>(g_.comm->cluster());
+  auto dev_comm = Communicator::create(*g_.bootstrap, *cluster, cc);
+  ASSERT_TRUE(dev_comm.ok()) << dev_comm.status().to_string();
+  Case c;
+  c.k = 2; c.L = 2; c.H = 64; c.align = 8;
+  const RankData mine = make_rank_data(c, g_.comm->cluster(), g_.rank);
+  RoutingPlan plan = mine.plan;
+  ASSERT_TRUE(finalize_plan(plan, g_.bootstrap.get()).ok());
+  DispatcherConfig cfg;
+  cfg.experts_per_rank = c.L; cfg.hidden = c.H; cfg.top_k = c.k; cfg.align = c.align;
+  int max_t = 0;
+  for (int r = 0; r < g_.size; ++r) max_t = std::max(max_t, c.tokens(r));
+  cfg.max_tokens = max_t;
+  auto host = Dispatcher::create(*g_.bootstrap, *g_.comm, cfg);
+  cfg.memory = MemoryKind::kDevice;
+  auto dev = Dispatcher::create(*g_.bootstrap, **dev_comm, cfg);
+  ASSERT_TRUE(host.ok() && dev.ok()) << dev.status().to_string();
+  auto hh = (*host)->make_handle();
+  auto hd = (*dev)->make_handle();
+  const int T = plan.num_tokens, H = c.H;
+  const int64_t cap = (*host)->max_expert_rows();
+  std::vector<float> ein(cap * H), out(T * H), gw(T * c.k), ein_d(cap * H), out_d(T * H), gw_d(T * c.k);
+  ASSERT_TRUE((*host)->dispatch(mine.x.data(), plan, **hh, ein.data(), cap).ok());
+  ASSERT_TRUE((*host)->combine(ein.data(), **hh, out.data()).ok());
+  ASSERT_TRUE((*host)->combine_backward(mine.g.data(), **hh, ein.data(), nullptr, gw.data()).ok());
+  float *x_d, *ein_dev, *out_dev, *g_d, *gw_dev;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&x_d), std::max<size_t>(1, mine.x.size()) * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&g_d), std::max<size_t>(1, mine.g.size()) * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&ein_dev), cap * H * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&out_dev), std::max(1, T * H) * 4), cudaSuccess);
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&gw_dev), std::max(1, T * c.k) * 4), cudaSuccess);
+  cudaMemcpy(x_d, mine.x.data(), mine.x.size() * 4, cudaMemcpyHostToDevice);
+  cudaMemcpy(g_d, mine.g.data(), mine.g.size() * 4, cudaMemcpyHostToDevice);
+  Status s = (*dev)->dispatch(x_d, plan, **hd, ein_dev, cap);
+  ASSERT_TRUE(s.ok()) << s.to_string();
+  ASSERT_TRUE((*dev)->combine(ein_dev, **hd, out_dev).ok());
+  ASSERT_TRUE((*dev)->combine_backward(g_d, **hd, ein_dev, nullptr, gw_dev).ok());
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const int64_t M = (*hd)->expert_rows();
+  ASSERT_EQ(M, (*hh)->expert_rows());
+  cudaMemcpy(ein_d.data(), ein_dev, M * H * 4, cudaMemcpyDeviceToHost);
+  cudaMemcpy(out_d.data(), out_dev, out_d.size() * 4, cudaMemcpyDeviceToHost);
+  cudaMemcpy(gw_d.data(), gw_dev, gw_d.size() * 4, cudaMemcpyDeviceToHost);
+  EXPECT_EQ(0, std::memcmp(ein.data(), ein_d.data(), M * H * 4)) << "data movement must be bit-exact";
+  for (size_t i = 0; i < out.size(); ++i) ASSERT_NEAR(out[i], out_d[i], 1e-5 * (1 + std::abs(out[i])));
+  for (size_t i = 0; i < gw.size(); ++i) ASSERT_NEAR(gw[i], gw_d[i], 1e-4 * (1 + std::abs(gw[i])));
+  for (float* p : {x_d, g_d, ein_dev, out_dev, gw_dev}) cudaFree(p);
+#endif
+}
+
+}  // namespace
+}  // namespace locmoe
