@@ -52,7 +52,12 @@ RouterMetrics finish(const int64_t* sums, std::span<const int64_t> per_expert, i
     if (std::isnan(st.max_angle[e])) continue;
     m.max_angle_deg = std::max(m.max_angle_deg, st.max_angle[e] * kDeg);
     m.p95_angle_deg = std::max(m.p95_angle_deg, st.p95_angle[e] * kDeg);
-    m.c_min = std::max(m.c_min, st.c_min[e]);
+  }
+  // LocMoE's bound for the widest angle of the group (per-expert values are in RouteStats).
+  if (m.max_angle_deg > 0) {
+    const double d = std::cos(m.max_angle_deg / kDeg);
+    m.c_min = 1.0 / (static_cast<double>(m.experts) *
+                     std::erfc(std::sqrt(static_cast<double>(st.hidden) * d * d / (2.0 - d * d))));
   }
   return m;
 }

@@ -33,7 +33,7 @@ struct RouterMetrics {
   double capacity_smoothed = 0.0;
   double max_angle_deg = 0.0;         // largest angle over all experts (degrees)
   double p95_angle_deg = 0.0;         // largest per-expert 95th-percentile angle (degrees)
-  double c_min = 0.0;                 // largest per-expert LocMoE C_min (may be inf)
+  double c_min = 0.0;                 // LocMoE C_min with d = cos(max_angle_deg) (may be inf)
 };
 
 // From the plans of every rank of the group (route_all_ranks) and the step's stats.
