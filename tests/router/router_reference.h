@@ -54,6 +54,8 @@ struct Params {
   long floor = 1;
   int max_nodes = 0;
   bool renormalize = true;
+  double mass = 0;            // candidate_mass q (0: off)
+  bool position_order = false;  // ecr_order = position
 };
 
 struct Slot {
@@ -121,6 +123,25 @@ inline std::vector<int> best(const std::vector<double>& row, int n, const std::v
     out.push_back(b);
   }
   return out;
+}
+
+// Experts on the M nodes with the largest sum of their `per` best scores (ties: lower node).
+inline std::vector<bool> node_mask(const Problem& pr, const std::vector<double>& score, int M, int per) {
+  int N = 0;
+  for (int n : pr.node_of_rank) N = std::max(N, n + 1);
+  std::vector<double> nscore(N, 0);
+  for (int n = 0; n < N; ++n) {
+    std::vector<double> mine;
+    for (int e = 0; e < pr.E; ++e)
+      if (pr.node_of_rank[e / pr.experts_per_rank] == n) mine.push_back(score[e]);
+    std::sort(mine.rbegin(), mine.rend());
+    for (int i = 0; i < per && i < static_cast<int>(mine.size()); ++i) nscore[n] += mine[i];
+  }
+  std::vector<int> nodes = best(nscore, M, std::vector<bool>(N, true));
+  std::vector<bool> allowed(pr.E, false);
+  for (int e = 0; e < pr.E; ++e)
+    allowed[e] = std::find(nodes.begin(), nodes.end(), pr.node_of_rank[e / pr.experts_per_rank]) != nodes.end();
+  return allowed;
 }
 
 inline long cf_capacity(double cf, int k, int T, int E) { return static_cast<long>(std::ceil(cf * k * T / E - 1e-9)); }
@@ -193,21 +214,7 @@ inline Result route(const Problem& pr, const Params& q, PlusState* state = nullp
         for (int j = 0; j < k; ++j) es.push_back((h + j) % E);
       } else if (q.name == "node-limited") {
         const int M = q.max_nodes > 0 ? q.max_nodes : std::max(1, (k + 1) / 2);
-        const int per = std::max(1, k / M);
-        int N = 0;
-        for (int n : pr.node_of_rank) N = std::max(N, n + 1);
-        std::vector<double> nscore(N, 0);
-        for (int n = 0; n < N; ++n) {
-          std::vector<double> mine;
-          for (int e = 0; e < E; ++e)
-            if (node_of_expert(pr, e) == n) mine.push_back(p[e]);
-          std::sort(mine.rbegin(), mine.rend());
-          for (int i = 0; i < per && i < static_cast<int>(mine.size()); ++i) nscore[n] += mine[i];
-        }
-        std::vector<int> nodes = best(nscore, M, std::vector<bool>(N, true));
-        std::vector<bool> allowed(E, false);
-        for (int e = 0; e < E; ++e)
-          allowed[e] = std::find(nodes.begin(), nodes.end(), node_of_expert(pr, e)) != nodes.end();
+        const std::vector<bool> allowed = node_mask(pr, p, M, std::max(1, k / M));
         es = best(p, k, allowed);
       } else {
         es = best(score, k, std::vector<bool>(E, true));
@@ -237,16 +244,32 @@ inline Result route(const Problem& pr, const Params& q, PlusState* state = nullp
   const int l = q.l > 0 ? q.l : std::min(2 * q.k, E);
   struct Pair {
     double s, p;
-    int e, t;
+    int e, t, slot;
   };
   std::vector<Pair> pairs;
   for (int t = 0; t < T; ++t) {
     const auto s = s_row(t);
-    for (int e : best(s, l, std::vector<bool>(E, true))) pairs.push_back({s[e], sc.p[t * E + e], e, t});
+    std::vector<bool> allowed(E, true);
+    if (q.max_nodes > 0) allowed = node_mask(pr, s, q.max_nodes, std::max(1, l / q.max_nodes));
+    std::vector<int> cands = best(s, l, allowed);
+    if (q.mass > 0) {
+      double sum = 0;
+      size_t keep = 0;
+      while (keep < cands.size() && sum < q.mass) sum += sc.p[t * E + cands[keep++]];
+      cands.resize(std::max<size_t>(keep, 1));
+    }
+    for (size_t j = 0; j < cands.size(); ++j)
+      pairs.push_back({s[cands[j]], sc.p[t * E + cands[j]], cands[j], t, static_cast<int>(j)});
   }
-  std::sort(pairs.begin(), pairs.end(), [](const Pair& a, const Pair& b) {
-    return std::tie(b.s, a.e, a.t) < std::tie(a.s, b.e, b.t);
-  });
+  if (q.position_order) {
+    std::sort(pairs.begin(), pairs.end(), [](const Pair& a, const Pair& b) {
+      return std::tie(a.t, a.slot) < std::tie(b.t, b.slot);
+    });
+  } else {
+    std::sort(pairs.begin(), pairs.end(), [](const Pair& a, const Pair& b) {
+      return std::tie(b.s, a.e, a.t) < std::tie(a.s, b.e, b.t);
+    });
+  }
   auto run = [&](long C, Result* out) {
     std::vector<int> per_t(T, 0);
     std::vector<long> per_e(E, 0);

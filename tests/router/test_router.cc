@@ -41,6 +41,8 @@ RouterConfig config_of(const refr::Params& q) {
   c.capacity_floor = q.floor;
   c.max_nodes = q.max_nodes;
   c.renormalize = q.renormalize;
+  c.candidate_mass = q.mass;
+  c.ecr_order = q.position_order ? EcrOrder::kPosition : EcrOrder::kAffinity;
   return c;
 }
 
@@ -116,9 +118,14 @@ TEST(LocmoePlus, ParametersAndSmoothingMatchReference) {
     int l;
     long floor;
     bool renorm;
+    int max_nodes = 0;
+    double mass = 0;
+    bool position = false;
   };
   for (const Variant v : {Variant{0.9, 0.1, 0.9, 0, 1, true}, Variant{0.75, 0.0, 0.5, 3, 1, false},
-                          Variant{0.5, 0.4, 0.0, 8, 6, true}, Variant{1.0, 0.2, 0.9, 16, 1, true}}) {
+                          Variant{0.5, 0.4, 0.0, 8, 6, true}, Variant{1.0, 0.2, 0.9, 16, 1, true},
+                          Variant{0.8, 0.05, 0.9, 6, 1, true, 1}, Variant{0.7, 0.05, 0.9, 6, 1, true, 0, 0.5},
+                          Variant{0.7, 0.05, 0.9, 0, 1, true, 0, 0, true}}) {
     refr::Params q;
     q.name = "locmoe+";
     q.tau = v.tau;
@@ -127,6 +134,9 @@ TEST(LocmoePlus, ParametersAndSmoothingMatchReference) {
     q.l = v.l;
     q.floor = v.floor;
     q.renormalize = v.renorm;
+    q.max_nodes = v.max_nodes;
+    q.mass = v.mass;
+    q.position_order = v.position;
     auto router = Router::create(config_of(q));
     ASSERT_TRUE(router.ok()) << router.status().to_string();
     refr::PlusState state;
