@@ -333,6 +333,9 @@ TEST(Router, BadInputsAreNamedErrors) {
   std::vector<float> w = s.pr.w;
   w[2 * 8] = -std::numeric_limits<float>::infinity();
   expect_error(route_with({}, s.x, {w.data(), 4, 8}, s.pl), "gate row 2");
+  w = s.pr.w;
+  for (int h = 0; h < 8; ++h) w[1 * 8 + h] = 0;
+  expect_error(route_with({}, s.x, {w.data(), 4, 8}, s.pl), "gate row 1 (expert 1) has zero norm");
   expect_error(route_with({}, {s.pr.x.data(), 10, 8}, {s.pr.w.data(), 4, 4}, s.pl), "hidden size 4");
   expect_error(route_with({}, s.x, {s.pr.w.data(), 3, 8}, s.pl), "gate has 3 rows");
   auto big = *uniform_placement(2, 2, 2);
