@@ -1,20 +1,22 @@
 // moe_layer: a complete Mixture-of-Experts layer over MPI on host memory, forward and backward,
 // checked against a single-process reference of the same layer with the same weights.
 //
-//   router:   logits z = x G^T, p = softmax(z), top-k experts per token, combine weight = p[t,e];
-//             optional per-source capacity (capacity_factor * k * T / E slots per expert, in token
-//             order; later slots are dropped and reported)
+//   router:   locmoe::Router (--router: LocMoE+ or a baseline, as locmoe-route), gate G [E,H],
+//             logits z = x G^T; its plan's weights are the (renormalized) gate probabilities, and
+//             capacity drops are reported
 //   dispatch: locmoe::Dispatcher (the comm layer's Communicator underneath)
 //   experts:  expert e: y = W2_e relu(W1_e x), W1_e [F,H], W2_e [H,F]; weights from --seed, the
 //             same on every rank; rank r holds experts [r L, (r+1) L)
 //   combine:  out[t] = sum_j p[t,e_j] y_{e_j}(x[t])
 //   backward: loss = sum(out * G_out) with a fixed random G_out: grad of x (experts and router
 //             paths), of the gate G and of W1, W2, through combine_backward, the experts'
-//             backward and dispatch_backward.
+//             backward, dispatch_backward and the router's combine_weight_backward.
 //
-// The reference: every rank runs the same layer densely for its own tokens (no dispatch); the
-// weight gradients of the reference are summed over ranks (MPI_Allreduce) and compared with the
-// distributed ones on the rank owning each expert. Exits 1 when an error exceeds --tolerance.
+// The reference: every rank gathers every rank's tokens, routes them in one process
+// (Router::route_all_ranks; its plan for this rank must equal the distributed one) and runs the
+// same layer densely for its own tokens (no dispatch); the weight gradients of the reference are
+// summed over ranks (MPI_Allreduce) and compared with the distributed ones on the rank owning each
+// expert. Exits 1 when an error exceeds --tolerance or the plans differ.
 #include <mpi.h>
 
 #include <algorithm>
@@ -30,9 +32,12 @@
 
 #include "locmoe/comm/bootstrap.h"
 #include "locmoe/comm/communicator.h"
+#include "locmoe/core/check.h"
 #include "locmoe/core/log.h"
 #include "locmoe/ep/dispatcher.h"
 #include "locmoe/router/finalize.h"
+#include "locmoe/router/gate_grad.h"
+#include "locmoe/router/router.h"
 #include "locmoe/topology/cluster.h"
 
 namespace {
@@ -48,9 +53,9 @@ struct Options {
   int k = 2;
   int steps = 3;
   int align = 1;
-  double capacity_factor = 1.25;  // 0 = no capacity (dropless)
+  double capacity_factor = 1.25;
   uint32_t seed = 1;
-  std::string router = "topk";
+  std::string router = "locmoe+";
   double tolerance = 1e-3;
   bool json = false;
 };
@@ -107,72 +112,24 @@ Weights make_weights(int E, int H, int F, uint32_t seed) {
   return w;
 }
 
-// Router output: probabilities (kept for the backward) and the plan's slot arrays.
-struct Routed {
-  std::vector<float> prob;      // [T,E]
-  std::vector<int32_t> expert;  // [T,k]
-  std::vector<float> weight;    // [T,k]
-  std::vector<uint8_t> dropped; // [T,k]
-};
-
-Routed route_topk(const std::vector<float>& x, const Weights& w, int T, int k, double capacity_factor) {
-  const int E = w.E, H = w.H;
-  Routed r;
-  r.prob.resize(static_cast<size_t>(T) * E);
-  matmul_nt(x.data(), w.gate.data(), r.prob.data(), T, E, H);
-  for (int t = 0; t < T; ++t) {
-    float* p = &r.prob[static_cast<size_t>(t) * E];
-    const float mx = *std::max_element(p, p + E);
-    float s = 0;
-    for (int e = 0; e < E; ++e) s += (p[e] = std::exp(p[e] - mx));
-    for (int e = 0; e < E; ++e) p[e] /= s;
-  }
-  const int64_t cap = capacity_factor > 0
-                          ? static_cast<int64_t>(std::ceil(capacity_factor * k * T / static_cast<double>(E)))
-                          : INT64_MAX;
-  std::vector<int64_t> load(E, 0);
-  r.expert.assign(static_cast<size_t>(T) * k, -1);
-  r.weight.assign(static_cast<size_t>(T) * k, 0.0f);
-  r.dropped.assign(static_cast<size_t>(T) * k, 0);
-  std::vector<int> order(E);
-  for (int t = 0; t < T; ++t) {
-    const float* p = &r.prob[static_cast<size_t>(t) * E];
-    for (int e = 0; e < E; ++e) order[e] = e;
-    std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                      [&](int a, int b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });
-    int n = 0;
-    for (int j = 0; j < k; ++j) {
-      const int e = order[j];
-      if (load[e] >= cap) continue;  // over capacity: dropped
-      ++load[e];
-      r.expert[static_cast<size_t>(t) * k + n] = e;
-      r.weight[static_cast<size_t>(t) * k + n] = p[e];
-      ++n;
-    }
-    for (int j = n; j < k; ++j) r.dropped[static_cast<size_t>(t) * k + j] = 1;
-  }
-  return r;
+// Logits z = x G^T [T,E] (the trainer's copy, for the router's backward).
+std::vector<float> logits_of(const std::vector<float>& x, const Weights& w, int T) {
+  std::vector<float> z(static_cast<size_t>(T) * w.E);
+  matmul_nt(x.data(), w.gate.data(), z.data(), T, w.E, w.H);
+  return z;
 }
 
-// d loss / d logits from d loss / d weight (weights are softmax probabilities of the chosen
-// experts): dz = p * (dp - <dp, p>), dp[t,e] = grad_w of the slot choosing e (0 elsewhere).
-void router_backward(const Routed& r, const std::vector<float>& grad_w, const std::vector<float>& x,
-                     const Weights& w, int T, int k, std::vector<float>& grad_x, std::vector<float>& grad_gate) {
-  const int E = w.E, H = w.H;
-  std::vector<float> dz(static_cast<size_t>(T) * E, 0.0f), dp(E);
-  for (int t = 0; t < T; ++t) {
-    std::fill(dp.begin(), dp.end(), 0.0f);
-    for (int j = 0; j < k; ++j) {
-      const int e = r.expert[static_cast<size_t>(t) * k + j];
-      if (e >= 0) dp[e] += grad_w[static_cast<size_t>(t) * k + j];
-    }
-    const float* p = &r.prob[static_cast<size_t>(t) * E];
-    float dot = 0;
-    for (int e = 0; e < E; ++e) dot += dp[e] * p[e];
-    for (int e = 0; e < E; ++e) dz[static_cast<size_t>(t) * E + e] = p[e] * (dp[e] - dot);
-  }
-  matmul_nn(dz.data(), w.gate.data(), grad_x.data(), T, H, E, /*accumulate=*/true);  // dx += dz G
-  matmul_tn_acc(dz.data(), x.data(), grad_gate.data(), T, E, H);                        // dG += dz^T x
+// Router path of the backward: dz from d weight (the router's combine_weight_backward), then
+// dx += dz G and dG += dz^T x.
+Status router_backward(const locmoe::RoutingPlan& plan, const std::vector<float>& x, const Weights& w, bool renorm,
+                       const std::vector<float>& grad_w, std::vector<float>& grad_x, std::vector<float>& grad_gate) {
+  const int T = plan.num_tokens, E = w.E, H = w.H;
+  const std::vector<float> z = logits_of(x, w, T);
+  std::vector<float> dz(static_cast<size_t>(T) * E);
+  LOCMOE_RETURN_IF_ERROR(locmoe::combine_weight_backward(plan, locmoe::MatrixView{z.data(), T, E}, grad_w, renorm, dz));
+  matmul_nn(dz.data(), w.gate.data(), grad_x.data(), T, H, E, /*accumulate=*/true);
+  matmul_tn_acc(dz.data(), x.data(), grad_gate.data(), T, E, H);
+  return locmoe::ok_status();
 }
 
 // One expert over `n` rows: forward keeps pre-activations for the backward.
@@ -199,11 +156,10 @@ struct Grads {
   std::vector<float> x, gate, w1, w2;  // w1/w2 over ALL experts (reference) or local ones
 };
 
-// The dense reference for this rank's tokens.
-void reference_layer(const Weights& w, const std::vector<float>& x, const std::vector<float>& g_out, int T, int k,
-                     double capacity_factor, std::vector<float>& out, Grads& gr) {
-  const int H = w.H, F = w.F;
-  const Routed r = route_topk(x, w, T, k, capacity_factor);
+// The dense reference for this rank's tokens, from the single-process plan.
+Status reference_layer(const Weights& w, const locmoe::RoutingPlan& plan, bool renorm, const std::vector<float>& x,
+                       const std::vector<float>& g_out, std::vector<float>& out, Grads& gr) {
+  const int H = w.H, F = w.F, T = plan.num_tokens, k = plan.k;
   out.assign(static_cast<size_t>(T) * H, 0.0f);
   gr.x.assign(static_cast<size_t>(T) * H, 0.0f);
   gr.gate.assign(w.gate.size(), 0.0f);
@@ -212,9 +168,9 @@ void reference_layer(const Weights& w, const std::vector<float>& x, const std::v
   std::vector<float> grad_w(static_cast<size_t>(T) * k, 0.0f), pre(F), y(H), gy(H), din(H);
   for (int t = 0; t < T; ++t)
     for (int j = 0; j < k; ++j) {
-      const int e = r.expert[static_cast<size_t>(t) * k + j];
+      const int e = plan.expert[static_cast<size_t>(t) * k + j];
       if (e < 0) continue;
-      const float wt = r.weight[static_cast<size_t>(t) * k + j];
+      const float wt = plan.weight[static_cast<size_t>(t) * k + j];
       const float* xt = &x[static_cast<size_t>(t) * H];
       const float* gt = &g_out[static_cast<size_t>(t) * H];
       expert_forward(w, e, xt, 1, pre.data(), y.data());
@@ -229,7 +185,7 @@ void reference_layer(const Weights& w, const std::vector<float>& x, const std::v
                       gr.w2.data() + static_cast<size_t>(e) * H * F, din.data());
       for (int h = 0; h < H; ++h) gr.x[static_cast<size_t>(t) * H + h] += din[h];
     }
-  router_backward(r, grad_w, x, w, T, k, gr.x, gr.gate);
+  return router_backward(plan, x, w, renorm, grad_w, gr.x, gr.gate);
 }
 
 double max_abs_diff(const float* a, const float* b, size_t n) {
@@ -265,10 +221,11 @@ int main(int argc, char** argv) {
   app.add_option("--k", o.k, "experts per token")->check(CLI::Range(1, 64));
   app.add_option("--steps", o.steps, "forward+backward steps")->check(CLI::Range(1, 1000));
   app.add_option("--align", o.align, "pad each expert's rows to a multiple of this")->check(CLI::Range(1, 1024));
-  app.add_option("--capacity-factor", o.capacity_factor, "per-expert capacity factor (0 = dropless)")
-      ->check(CLI::Range(0.0, 1000.0));
+  app.add_option("--capacity-factor", o.capacity_factor, "capacity factor (C_cf = ceil(cf k T / E))")
+      ->check(CLI::Range(0.001, 1000.0));
   app.add_option("--seed", o.seed, "seed of weights and tokens");
-  app.add_option("--router", o.router, "router (this example's own: topk)")->check(CLI::IsMember({"topk"}));
+  app.add_option("--router", o.router, "locmoe+|gshard|switch|expert-choice|node-limited|locmoe|hash|dropless")
+      ->check(CLI::IsMember(std::vector<std::string>(std::begin(locmoe::kRouterNames), std::end(locmoe::kRouterNames))));
   app.add_option("--tolerance", o.tolerance, "largest accepted max abs error vs the reference");
   app.add_flag("--json", o.json, "rank 0 prints one JSON document instead of the table");
   try {
@@ -304,57 +261,75 @@ int run(const Options& o, int rank, int size) {
   auto comm = locmoe::Communicator::create(**boot, *cluster);
   if (!comm.ok()) return fail(comm.status(), rank);
 
-  const int T = o.tokens, H = o.hidden, F = o.ffn, L = o.experts_per_rank, k = o.k;
-  locmoe::DispatcherConfig dc;
-  dc.experts_per_rank = L;
-  dc.hidden = H;
-  dc.max_tokens = T;
-  dc.top_k = k;
-  dc.align = o.align;
-  auto disp = locmoe::Dispatcher::create(**boot, **comm, dc);
-  if (!disp.ok()) return fail(disp.status(), rank);
-  locmoe::Dispatcher& d = **disp;
-  auto handle = d.make_handle();
-  if (!handle.ok()) return fail(handle.status(), rank);
-  locmoe::DispatchHandle& h = **handle;
-
+  const int T = o.tokens, H = o.hidden, F = o.ffn, L = o.experts_per_rank;
+  locmoe::RouterConfig rc;
+  rc.name = o.router;
+  rc.k = o.k;
+  rc.capacity_factor = o.capacity_factor;
+  auto router = locmoe::Router::create(rc);
+  auto ref_router = locmoe::Router::create(rc);  // the single-process reference's own instance
+  if (!router.ok()) return fail(router.status(), rank);
+  if (!ref_router.ok()) return fail(ref_router.status(), rank);
+  auto placement = locmoe::placement_from_cluster(*cluster, L);
+  if (!placement.ok()) return fail(placement.status(), rank);
   const Weights w = make_weights(E, H, F, o.seed);
-  // Buffers sized once (the dispatcher's query); the steps below allocate only in the example's
-  // own expert math.
-  const int64_t max_rows = d.max_expert_rows();
-  std::vector<float> expert_in(max_rows * H), pre(max_rows * F), expert_out(max_rows * H), grad_eout(max_rows * H),
-      grad_ein(max_rows * H), out(static_cast<size_t>(T) * H), grad_x(static_cast<size_t>(T) * H),
-      grad_w(static_cast<size_t>(T) * k);
+  const locmoe::MatrixView gate{w.gate.data(), E, H};
+
+  // The dispatcher is made at the first step, when the router's slots per token are known (an
+  // expert-choice plan has E of them); its buffers are sized once by its query, and the steps
+  // allocate nothing in it (only the example's own expert math allocates).
+  std::unique_ptr<locmoe::Dispatcher> disp;
+  std::unique_ptr<locmoe::DispatchHandle> handle;
+  int k = 0;
+  int64_t max_rows = 0;
+  std::vector<float> expert_in, pre, expert_out, grad_eout, grad_ein, out(static_cast<size_t>(T) * H),
+      grad_x(static_cast<size_t>(T) * H), grad_w;
 
   nlohmann::json steps = nlohmann::json::array();
   double worst_fwd = 0, worst_bwd = 0;
-  int64_t total_tokens = 0, total_dropped = 0;
+  int64_t total_tokens = 0, total_dropped = 0, plan_mismatches = 0;
   uint64_t total_internode = 0;
   for (int step = 0; step < o.steps; ++step) {
-    std::mt19937 rng(o.seed * 1000003u + static_cast<uint32_t>(step) * 7919u + static_cast<uint32_t>(rank));
-    std::normal_distribution<float> n01(0.0f, 1.0f);
-    std::vector<float> x(static_cast<size_t>(T) * H), g_out(static_cast<size_t>(T) * H);
-    for (auto& v : x) v = n01(rng);
-    for (auto& v : g_out) v = n01(rng);
+    // Every rank draws every rank's tokens (the same generator per rank), i.e. "gathers" them.
+    std::vector<float> all_x(static_cast<size_t>(size) * T * H), g_out(static_cast<size_t>(T) * H);
+    for (int q = 0; q < size; ++q) {
+      std::mt19937 rng(o.seed * 1000003u + static_cast<uint32_t>(step) * 7919u + static_cast<uint32_t>(q));
+      std::normal_distribution<float> n01(0.0f, 1.0f);
+      for (size_t i = 0; i < static_cast<size_t>(T) * H; ++i) all_x[static_cast<size_t>(q) * T * H + i] = n01(rng);
+      if (q == rank)
+        for (auto& v : g_out) v = n01(rng);
+    }
+    const std::vector<float> x(all_x.begin() + static_cast<ptrdiff_t>(rank) * T * H,
+                               all_x.begin() + static_cast<ptrdiff_t>(rank + 1) * T * H);
 
     // --- route
     auto t0 = Clock::now();
-    const Routed r = route_topk(x, w, T, k, o.capacity_factor);
-    locmoe::RoutingPlan plan;
-    plan.num_tokens = T;
-    plan.k = k;
-    plan.num_experts = E;
-    plan.num_ranks = size;
-    plan.num_nodes = cluster->num_nodes();
-    plan.experts_per_rank = L;
-    plan.rank = rank;
-    plan.global_token_offset = static_cast<int64_t>(rank) * T;
-    for (int q = 0; q < size; ++q) plan.node_of_rank.push_back(cluster->node_of(q));
-    plan.expert = r.expert;
-    plan.weight = r.weight;
-    plan.slot_dropped = r.dropped;
-    if (Status s = locmoe::finalize_plan(plan, boot->get()); !s.ok()) return fail(s, rank);
+    auto routed = router->route(locmoe::MatrixView{x.data(), T, H}, gate, *placement, boot->get());
+    if (!routed.ok()) return fail(routed.status(), rank);
+    const locmoe::RoutingPlan& plan = *routed;
     const double t_route = seconds_since(t0);
+
+    if (!disp) {
+      k = plan.k;
+      locmoe::DispatcherConfig dc;
+      dc.experts_per_rank = L;
+      dc.hidden = H;
+      dc.max_tokens = T;
+      dc.top_k = k;
+      dc.align = o.align;
+      auto dd = locmoe::Dispatcher::create(**boot, **comm, dc);
+      if (!dd.ok()) return fail(dd.status(), rank);
+      disp = std::move(dd).value();
+      auto hh = disp->make_handle();
+      if (!hh.ok()) return fail(hh.status(), rank);
+      handle = std::move(hh).value();
+      max_rows = disp->max_expert_rows();
+      for (auto* v : {&expert_in, &expert_out, &grad_eout, &grad_ein}) v->resize(static_cast<size_t>(max_rows) * H);
+      pre.resize(static_cast<size_t>(max_rows) * F);
+      grad_w.resize(static_cast<size_t>(T) * k);
+    }
+    locmoe::Dispatcher& d = *disp;
+    locmoe::DispatchHandle& h = *handle;
 
     // --- dispatch
     t0 = Clock::now();
@@ -388,13 +363,22 @@ int run(const Options& o, int rank, int size) {
                       dw2.data() + static_cast<size_t>(l) * H * F, &grad_ein[offs[l] * H]);
     if (Status s = d.dispatch_backward(grad_ein.data(), h, grad_x.data()); !s.ok()) return fail(s, rank);
     std::vector<float> grad_gate(w.gate.size(), 0.0f);
-    router_backward(r, grad_w, x, w, T, k, grad_x, grad_gate);
+    if (Status s = router_backward(plan, x, w, rc.renormalize, grad_w, grad_x, grad_gate); !s.ok()) return fail(s, rank);
     const double t_backward = seconds_since(t0);
 
-    // --- reference and comparison
+    // --- reference: every rank's tokens routed in one process, this rank's tokens run densely
+    auto ref_plans = ref_router->route_all_ranks(locmoe::MatrixView{all_x.data(), static_cast<int64_t>(size) * T, H},
+                                                 gate, *placement);
+    if (!ref_plans.ok()) return fail(ref_plans.status(), rank);
+    const locmoe::RoutingPlan& ref_plan = (*ref_plans)[rank];
+    int64_t mismatched = ref_plan.expert == plan.expert ? 0 : 1;
+    for (size_t i = 0; i < plan.weight.size() && i < ref_plan.weight.size(); ++i)
+      mismatched += std::abs(plan.weight[i] - ref_plan.weight[i]) > 1e-6f;
     std::vector<float> ref_out;
     Grads ref;
-    reference_layer(w, x, g_out, T, k, o.capacity_factor, ref_out, ref);
+    if (Status s = reference_layer(w, ref_plan, rc.renormalize, x, g_out, ref_out, ref); !s.ok()) return fail(s, rank);
+    MPI_Allreduce(MPI_IN_PLACE, &mismatched, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+    plan_mismatches += mismatched;
     // Gate gradients: sum over ranks on both sides; expert weights: the reference's sum over ranks.
     MPI_Allreduce(MPI_IN_PLACE, ref.gate.data(), static_cast<int>(ref.gate.size()), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
     MPI_Allreduce(MPI_IN_PLACE, grad_gate.data(), static_cast<int>(grad_gate.size()), MPI_FLOAT, MPI_SUM,
@@ -424,6 +408,7 @@ int run(const Options& o, int rank, int size) {
     total_internode += static_cast<uint64_t>(sums[2]);
     if (rank == 0) {
       nlohmann::json js = {{"step", step}, {"tokens", sums[0]}, {"slots_dropped", sums[1]},
+                           {"plan_mismatches", mismatched},
                            {"internode_bytes", sums[2]}, {"tokens_per_expert", counts},
                            {"forward_max_abs_err", errs[0]}, {"backward_max_abs_err", errs[1]},
                            {"seconds", {{"route", times[0]}, {"dispatch", times[1]}, {"experts", times[2]},
@@ -441,13 +426,14 @@ int run(const Options& o, int rank, int size) {
       }
     }
   }
-  const bool ok = worst_fwd <= o.tolerance && worst_bwd <= o.tolerance;
+  const bool ok = worst_fwd <= o.tolerance && worst_bwd <= o.tolerance && plan_mismatches == 0;
   if (rank == 0) {
     if (o.json) {
       nlohmann::json doc = {{"ranks", size}, {"nodes", cluster->num_nodes()}, {"router", o.router},
                             {"tokens", total_tokens}, {"slots_dropped", total_dropped},
                             {"internode_bytes", total_internode}, {"forward_max_abs_err", worst_fwd},
                             {"backward_max_abs_err", worst_bwd}, {"tolerance", o.tolerance}, {"ok", ok},
+                            {"plan_mismatches", plan_mismatches},
                             {"hidden", H}, {"ffn", F}, {"experts", E}, {"k", k},
                             {"communicator", {{"transport", (*comm)->transport_name()},
                                               {"algo", (*comm)->algo() == locmoe::A2AAlgo::kHierarchical ? "hier" : "flat"}}},
@@ -455,9 +441,9 @@ int run(const Options& o, int rank, int size) {
       std::printf("%s\n", doc.dump(2).c_str());
     } else {
       std::printf("moe_layer: %d ranks on %d nodes, router %s, transport %s: max abs error forward %.3e, "
-                  "backward %.3e (tolerance %.1e): %s\n",
+                  "backward %.3e (tolerance %.1e), plans differing from the single-process router: %lld: %s\n",
                   size, cluster->num_nodes(), o.router.c_str(), (*comm)->transport_name().c_str(), worst_fwd,
-                  worst_bwd, o.tolerance, ok ? "OK" : "MISMATCH");
+                  worst_bwd, o.tolerance, static_cast<long long>(plan_mismatches), ok ? "OK" : "MISMATCH");
     }
   }
   return ok ? 0 : 1;
