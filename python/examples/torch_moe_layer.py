@@ -27,11 +27,12 @@ class Dispatch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dispatcher, plan, handle):
         ctx.dispatcher, ctx.handle = dispatcher, handle
-        return dispatcher.dispatch(x.contiguous(), plan, handle)
+        # DLPack refuses tensors that require grad: hand over the data (no copy) via detach().
+        return dispatcher.dispatch(x.detach().contiguous(), plan, handle)
 
     @staticmethod
     def backward(ctx, grad_expert_in):
-        grad_x = ctx.dispatcher.dispatch_backward(grad_expert_in.contiguous(), ctx.handle)
+        grad_x = ctx.dispatcher.dispatch_backward(grad_expert_in.detach().contiguous(), ctx.handle)
         return grad_x, None, None, None
 
 
@@ -41,14 +42,14 @@ class Combine(torch.autograd.Function):
         # `weights` [T, k] are the plan's combine weights (the plan was made from their values):
         # they are an input here only so that autograd routes their gradient to the router.
         ctx.dispatcher, ctx.handle = dispatcher, handle
-        expert_out = expert_out.contiguous()
+        expert_out = expert_out.detach().contiguous()
         ctx.save_for_backward(expert_out)
         return dispatcher.combine(expert_out, handle)
 
     @staticmethod
     def backward(ctx, grad_out):
         (expert_out,) = ctx.saved_tensors
-        grad_y, grad_w = ctx.dispatcher.combine_backward(grad_out.contiguous(), ctx.handle, expert_out)
+        grad_y, grad_w = ctx.dispatcher.combine_backward(grad_out.detach().contiguous(), ctx.handle, expert_out)
         return grad_y, grad_w, None, None
 
 
