@@ -17,6 +17,8 @@
 #include "locmoe/core/params.h"
 #include "locmoe/ep/dispatcher.h"
 #include "locmoe/router/finalize.h"
+#include "locmoe/router/gate_grad.h"
+#include "locmoe/router/router.h"
 #include "locmoe/topology/cluster.h"
 
 struct locmoe_group_s {
@@ -26,6 +28,9 @@ struct locmoe_group_s {
 };
 struct locmoe_plan_s {
   locmoe::RoutingPlan plan;
+};
+struct locmoe_router_s {
+  std::unique_ptr<locmoe::Router> router;
 };
 struct locmoe_dispatcher_s {
   locmoe_group_t group = nullptr;
@@ -289,6 +294,64 @@ locmoe_status_t locmoe_plan_slots(locmoe_plan_t plan, int32_t* expert, float* we
     if (expert) std::copy(p.expert.begin(), p.expert.end(), expert);
     if (weight) std::copy(p.weight.begin(), p.weight.end(), weight);
     return locmoe::ok_status();
+  });
+}
+
+locmoe_status_t locmoe_router_create(const locmoe_router_config_t* config, locmoe_router_t* out) {
+  return guarded("locmoe_router_create", [&] {
+    LOCMOE_CHECK_ARG(out != nullptr, "out is NULL");
+    locmoe_router_config_t c = LOCMOE_ROUTER_CONFIG_INIT;
+    LOCMOE_RETURN_IF_ERROR(read_config(config, c, sizeof(c), "config"));
+    locmoe::RouterConfig rc;
+    if (c.name != nullptr) rc.name = c.name;
+    rc.k = c.k;
+    rc.capacity_factor = c.capacity_factor;
+    rc.tau = c.tau;
+    rc.locality_margin = c.locality_margin;
+    rc.renormalize = c.renormalize != 0;
+    LOCMOE_ASSIGN_OR_RETURN(locmoe::Router r, locmoe::Router::create(rc));
+    auto h = std::make_unique<locmoe_router_s>();
+    h->router = std::make_unique<locmoe::Router>(std::move(r));
+    *out = h.release();
+    return locmoe::ok_status();
+  });
+}
+void locmoe_router_destroy(locmoe_router_t router) { delete router; }
+
+locmoe_status_t locmoe_route(locmoe_router_t router, locmoe_group_t group, const float* features, int32_t num_tokens,
+                             int64_t hidden, const float* gate, int32_t experts_per_rank, locmoe_plan_t* out) {
+  return guarded("locmoe_route", [&] {
+    LOCMOE_CHECK_ARG(router != nullptr && router->router != nullptr, "router is NULL");
+    LOCMOE_RETURN_IF_ERROR(check_group(group));
+    LOCMOE_CHECK_ARG(out != nullptr && gate != nullptr, "out or gate is NULL");
+    LOCMOE_CHECK_ARG(num_tokens >= 0 && hidden > 0 && (num_tokens == 0 || features != nullptr),
+                     "features [{}, {}] must be non-null with num_tokens >= 0 and hidden > 0", num_tokens, hidden);
+    LOCMOE_ASSIGN_OR_RETURN(const locmoe::ExpertPlacement placement,
+                            locmoe::placement_from_cluster(group->cluster, experts_per_rank));
+    const int64_t E = placement.num_experts();
+    LOCMOE_ASSIGN_OR_RETURN(locmoe::RoutingPlan plan,
+                            router->router->route(locmoe::MatrixView{features, num_tokens, hidden},
+                                                  locmoe::MatrixView{gate, E, hidden}, placement,
+                                                  group->bootstrap.get()));
+    auto p = std::make_unique<locmoe_plan_s>();
+    p->plan = std::move(plan);
+    *out = p.release();
+    return locmoe::ok_status();
+  });
+}
+
+locmoe_status_t locmoe_plan_weight_backward(locmoe_plan_t plan, const float* logits, const float* d_weight,
+                                            int32_t renormalize, float* d_logits) {
+  return guarded("locmoe_plan_weight_backward", [&] {
+    LOCMOE_CHECK_ARG(plan != nullptr, "plan is NULL");
+    const locmoe::RoutingPlan& p = plan->plan;
+    const size_t T = static_cast<size_t>(p.num_tokens), E = static_cast<size_t>(p.num_experts);
+    const size_t slots = T * static_cast<size_t>(p.k);
+    LOCMOE_CHECK_ARG(T == 0 || (logits != nullptr && d_weight != nullptr && d_logits != nullptr),
+                     "logits, d_weight or d_logits is NULL");
+    return locmoe::combine_weight_backward(p, locmoe::MatrixView{logits, p.num_tokens, p.num_experts},
+                                           std::span<const float>(d_weight, slots), renormalize != 0,
+                                           std::span<float>(d_logits, T * E));
   });
 }
 

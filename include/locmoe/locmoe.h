@@ -125,6 +125,39 @@ locmoe_status_t locmoe_plan_info(locmoe_plan_t plan, locmoe_plan_info_t* info);
 /* Copies the plan's slots out: expert int32 [T*k], weight float [T*k] (either may be NULL). */
 locmoe_status_t locmoe_plan_slots(locmoe_plan_t plan, int32_t* expert, float* weight);
 
+/* ---- Router: LocMoE+ or a baseline turns features into a plan ------------------------------- */
+typedef struct locmoe_router_s* locmoe_router_t;
+
+typedef struct locmoe_router_config_t {
+  uint32_t struct_size;   /* sizeof(locmoe_router_config_t) */
+  const char* name;       /* "locmoe+" | "gshard" | "switch" | "expert-choice" | "node-limited" |
+                             "locmoe" | "hash" | "dropless"; NULL = "locmoe+". Borrowed. */
+  int32_t k;              /* experts per token (> 0) */
+  double capacity_factor; /* C_cf = ceil(capacity_factor * k * T / E), T over the group (> 0) */
+  double tau;             /* LocMoE+: gate mass the capacity lower bound keeps, (0, 1] */
+  double locality_margin; /* score bonus of experts on the token's own node (>= 0) */
+  int32_t renormalize;    /* 1: combine weights renormalized over the accepted experts; 0: raw p */
+} locmoe_router_config_t;
+#define LOCMOE_ROUTER_CONFIG_INIT \
+  { (uint32_t)sizeof(locmoe_router_config_t), NULL, 2, 1.25, 0.9, 0.1, 1 }
+
+/* A router (keeps LocMoE+'s smoothed capacity across calls: one per MoE layer). */
+locmoe_status_t locmoe_router_create(const locmoe_router_config_t* config, locmoe_router_t* out);
+void locmoe_router_destroy(locmoe_router_t router);
+/* Collective. Routes this rank's tokens: features float [num_tokens, hidden] (host, this rank's
+ * tokens, global ids following lower ranks'); gate float [E, hidden] (host, the same on every
+ * rank), E = experts_per_rank * group size. *out: a new plan (as from locmoe_plan_create). */
+locmoe_status_t locmoe_route(locmoe_router_t router, locmoe_group_t group, const float* features,
+                             int32_t num_tokens, int64_t hidden, const float* gate,
+                             int32_t experts_per_rank, locmoe_plan_t* out);
+/* Backward of the combine weights into the logits z = features gate^T: logits float [T, E] (host),
+ * d_weight float [T*k] (host, e.g. grad_weights of locmoe_combine_backward), renormalize as the
+ * router's; writes d_logits float [T, E] (host). The trainer then forms dx = dz gate and
+ * dgate = dz^T x with its own GEMMs. */
+locmoe_status_t locmoe_plan_weight_backward(locmoe_plan_t plan, const float* logits,
+                                            const float* d_weight, int32_t renormalize,
+                                            float* d_logits);
+
 /* ---- Dispatcher ------------------------------------------------------------------------------ */
 typedef struct locmoe_dispatcher_s* locmoe_dispatcher_t;
 typedef struct locmoe_handle_s* locmoe_handle_t;

@@ -12,9 +12,9 @@ torch tensors, numpy otherwise) and return it.
     expert_in = d.dispatch(x, plan, h)          # [h.expert_rows, H], expert-major
     out = d.combine(f(expert_in), h)            # [T, H]
 """
-from ._locmoe import Dispatcher, Error, Group, Handle, Plan, __version__
+from ._locmoe import Dispatcher, Error, Group, Handle, Plan, Router, __version__
 
-__all__ = ["Dispatcher", "Error", "Group", "Handle", "Plan", "__version__"]
+__all__ = ["Dispatcher", "Error", "Group", "Handle", "Plan", "Router", "__version__"]
 
 
 def _empty(ref, rows, cols, dtype=None):

@@ -8,6 +8,7 @@
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -122,7 +123,33 @@ class Plan {
     info_ = LOCMOE_PLAN_INFO_INIT;
     check(locmoe_plan_info(p_, &info_));
   }
+  // Takes ownership of a plan the library made (locmoe_route).
+  explicit Plan(locmoe_plan_t p) : p_(p) {
+    info_ = LOCMOE_PLAN_INFO_INIT;
+    check(locmoe_plan_info(p_, &info_));
+  }
   ~Plan() { locmoe_plan_destroy(p_); }
+  // The plan's slots as new numpy arrays: expert int32 [T, k], weight float32 [T, k].
+  nb::tuple slots() const {
+    const size_t T = static_cast<size_t>(info_.num_tokens), k = static_cast<size_t>(info_.k);
+    auto* e = new int32_t[std::max<size_t>(1, T * k)];
+    auto* w = new float[std::max<size_t>(1, T * k)];
+    nb::capsule ce(e, [](void* q) noexcept { delete[] static_cast<int32_t*>(q); });
+    nb::capsule cw(w, [](void* q) noexcept { delete[] static_cast<float*>(q); });
+    check(locmoe_plan_slots(p_, e, w));
+    return nb::make_tuple(nb::ndarray<nb::numpy, int32_t, nb::ndim<2>>(e, {T, k}, ce),
+                          nb::ndarray<nb::numpy, float, nb::ndim<2>>(w, {T, k}, cw));
+  }
+  // d loss / d logits [T, E] from d loss / d weight [T, k] (host arrays).
+  void weight_backward(nb::ndarray<float, nb::c_contig, nb::device::cpu> logits,
+                       nb::ndarray<float, nb::c_contig, nb::device::cpu> d_weight, bool renormalize,
+                       nb::ndarray<float, nb::c_contig, nb::device::cpu> d_logits) const {
+    const size_t T = static_cast<size_t>(info_.num_tokens);
+    if (logits.size() != T * info_.num_experts || d_logits.size() != T * info_.num_experts)
+      bad("logits and d_logits must have num_tokens * num_experts elements");
+    if (d_weight.size() != T * static_cast<size_t>(info_.k)) bad("d_weight must have num_tokens * k elements");
+    check(locmoe_plan_weight_backward(p_, logits.data(), d_weight.data(), renormalize ? 1 : 0, d_logits.data()));
+  }
   Plan(const Plan&) = delete;
   Plan& operator=(const Plan&) = delete;
   locmoe_plan_t get() const { return p_; }
@@ -131,6 +158,35 @@ class Plan {
  private:
   locmoe_plan_t p_ = nullptr;
   locmoe_plan_info_t info_{};
+};
+
+class Router {
+ public:
+  Router(const std::string& name, int k, double capacity_factor, double tau, double locality_margin,
+         bool renormalize) {
+    locmoe_router_config_t c = LOCMOE_ROUTER_CONFIG_INIT;
+    c.name = name.c_str();
+    c.k = k;
+    c.capacity_factor = capacity_factor;
+    c.tau = tau;
+    c.locality_margin = locality_margin;
+    c.renormalize = renormalize ? 1 : 0;
+    check(locmoe_router_create(&c, &r_));
+  }
+  ~Router() { locmoe_router_destroy(r_); }
+  Router(const Router&) = delete;
+  Router& operator=(const Router&) = delete;
+  Plan* route(Group& g, nb::ndarray<float, nb::ndim<2>, nb::c_contig, nb::device::cpu> features,
+              nb::ndarray<float, nb::ndim<2>, nb::c_contig, nb::device::cpu> gate, int experts_per_rank) {
+    if (features.shape(1) != gate.shape(1)) bad("features and gate must have the same hidden size");
+    locmoe_plan_t p = nullptr;
+    check(locmoe_route(r_, g.get(), features.data(), static_cast<int32_t>(features.shape(0)),
+                       static_cast<int64_t>(features.shape(1)), gate.data(), experts_per_rank, &p));
+    return new Plan(p);
+  }
+
+ private:
+  locmoe_router_t r_ = nullptr;
 };
 
 class Dispatcher;
@@ -285,9 +341,22 @@ NB_MODULE(_locmoe, m) {
       .def_prop_ro("num_experts", [](const Plan& p) { return p.info().num_experts; })
       .def_prop_ro("dropped_slots", [](const Plan& p) { return p.info().dropped_slots; })
       .def_prop_ro("dropped_tokens", [](const Plan& p) { return p.info().dropped_tokens; })
+      .def("slots", &Plan::slots, "(expert int32 [T, k], weight float32 [T, k]) as new numpy arrays")
+      .def("weight_backward", &Plan::weight_backward, nb::arg("logits"), nb::arg("d_weight"),
+           nb::arg("renormalize"), nb::arg("d_logits"),
+           "d loss/d logits [T, E] (written into d_logits) from d loss/d weight [T, k]; logits = x gate^T")
       .def_prop_ro("copies", [](const Plan& p) {
         return std::vector<int64_t>{p.info().copies[0], p.info().copies[1], p.info().copies[2]};
       }, "token copies to [this rank, its node, other nodes]");
+
+  nb::class_<Router>(m, "Router", "LocMoE+ or a baseline router (one per MoE layer).")
+      .def(nb::init<const std::string&, int, double, double, double, bool>(), nb::arg("name") = "locmoe+",
+           nb::arg("k") = 2, nb::arg("capacity_factor") = 1.25, nb::arg("tau") = 0.9,
+           nb::arg("locality_margin") = 0.1, nb::arg("renormalize") = true)
+      .def("route", &Router::route, nb::arg("group"), nb::arg("features"), nb::arg("gate"),
+           nb::arg("experts_per_rank"), nb::rv_policy::take_ownership, nb::keep_alive<0, 2>(),
+           "Collective. features float32 [T, H] (this rank's tokens), gate float32 [E, H] (same on "
+           "every rank) -> this rank's Plan.");
 
   nb::class_<Handle>(m, "Handle", "Layouts of one dispatch, reused by combine and the backwards.")
       .def_prop_ro("num_tokens", [](const Handle& h) { return h.info().num_tokens; })

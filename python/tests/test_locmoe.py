@@ -174,6 +174,58 @@ class LocmoeTest(unittest.TestCase):
         with self.assertRaises(ValueError):
             locmoe.Dispatcher(self.g, experts_per_rank=2, hidden=8, max_tokens=4, top_k=2, device="tpu")
 
+    def test_router_plan_identity_experts_return_input(self):
+        # Renormalized weights sum to 1 over a token's kept experts: identity experts give back x.
+        T, H, k, L = 16, 8, 2, 2
+        E = L * self.g.size
+        gate = np.random.default_rng(3).standard_normal((E, H)).astype(np.float32)  # same on all ranks
+        x = self.rng.standard_normal((T, H)).astype(np.float32)
+        router = locmoe.Router("locmoe+", k=k)
+        plan = router.route(self.g, x, gate, experts_per_rank=L)
+        expert, weight = plan.slots()
+        self.assertEqual(expert.shape, (T, plan.k))
+        kept = (expert >= 0).any(axis=1)
+        np.testing.assert_allclose(weight.sum(axis=1)[kept], 1.0, rtol=1e-5)
+        d = locmoe.Dispatcher(self.g, experts_per_rank=L, hidden=H, max_tokens=T, top_k=plan.k)
+        h = d.make_handle()
+        out = d.combine(d.dispatch(x, plan, h), h)
+        np.testing.assert_allclose(out, np.where(kept[:, None], x, 0.0), rtol=1e-5, atol=1e-6)
+
+    def test_weight_backward_matches_finite_differences(self):
+        T, H, k, L = 6, 4, 2, 2
+        E = L * self.g.size
+        gate = np.random.default_rng(4).standard_normal((E, H)).astype(np.float32)
+        x = self.rng.standard_normal((T, H)).astype(np.float32)
+        plan = locmoe.Router("gshard", k=k, capacity_factor=4.0).route(self.g, x, gate, experts_per_rank=L)
+        expert, _ = plan.slots()
+        z = (x @ gate.T).astype(np.float32)
+        dw = self.rng.standard_normal((T, plan.k)).astype(np.float32)
+        dz = np.zeros((T, E), np.float32)
+        plan.weight_backward(z, dw, True, dz)
+
+        def loss(zz):  # sum_t,j dw[t,j] * renormalized softmax over the token's accepted experts
+            total = 0.0
+            for t in range(T):
+                acc = [e for e in expert[t] if e >= 0]
+                if not acc:
+                    continue
+                ex = np.exp(zz[t, acc] - zz[t, acc].max())
+                w = ex / ex.sum()
+                for j, e in enumerate(expert[t]):
+                    if e >= 0:
+                        total += dw[t, j] * w[acc.index(e)]
+            return total
+
+        zd = z.astype(np.float64)
+        eps = 1e-4
+        for t in range(T):
+            for e in range(E):
+                zp, zm = zd.copy(), zd.copy()
+                zp[t, e] += eps
+                zm[t, e] -= eps
+                fd = (loss(zp) - loss(zm)) / (2 * eps)
+                self.assertAlmostEqual(dz[t, e], fd, delta=1e-3 * (1 + abs(fd)))
+
     def test_mismatched_hidden_is_clear_error(self):
         if self.g.size < 2:
             self.skipTest("needs 2 ranks")

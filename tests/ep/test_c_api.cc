@@ -105,6 +105,55 @@ TEST(CApi, RoundTripThroughTheCppLayer) {
   }
 }
 
+// LocMoE+ through the C API: renormalized weights sum to 1 over a token's accepted experts, so
+// identity experts give back x for every token that kept an expert, and 0 for dropped tokens.
+TEST(CApi, RouteThenIdentityExpertsReturnInput) {
+  locmoe::api::Group group;
+  const int R = group.size();
+  const int32_t L = 2, k = 2, H = 8, T = 16, E = L * R;
+  std::mt19937 rng(5);  // the gate: same on every rank
+  std::normal_distribution<float> n01(0.0f, 1.0f);
+  std::vector<float> gate(static_cast<size_t>(E) * H), x(static_cast<size_t>(T) * H);
+  for (auto& v : gate) v = n01(rng);
+  std::mt19937 rx(100 + group.rank());
+  for (auto& v : x) v = n01(rx);
+  locmoe_router_config_t rc = LOCMOE_ROUTER_CONFIG_INIT;
+  rc.k = k;
+  locmoe_router_t router = nullptr;
+  ASSERT_EQ(locmoe_router_create(&rc, &router), LOCMOE_OK) << locmoe_last_error();
+  locmoe_plan_t plan = nullptr;
+  ASSERT_EQ(locmoe_route(router, group.get(), x.data(), T, H, gate.data(), L, &plan), LOCMOE_OK)
+      << locmoe_last_error();
+  locmoe_plan_info_t pi = LOCMOE_PLAN_INFO_INIT;
+  ASSERT_EQ(locmoe_plan_info(plan, &pi), LOCMOE_OK);
+  EXPECT_EQ(pi.num_tokens, T);
+  EXPECT_EQ(pi.num_experts, E);
+  std::vector<int32_t> expert(static_cast<size_t>(T) * pi.k);
+  std::vector<float> weight(expert.size());
+  ASSERT_EQ(locmoe_plan_slots(plan, expert.data(), weight.data()), LOCMOE_OK);
+
+  locmoe_dispatcher_config_t cfg = LOCMOE_DISPATCHER_CONFIG_INIT;
+  cfg.experts_per_rank = L;
+  cfg.hidden = H;
+  cfg.max_tokens = T;
+  cfg.top_k = pi.k;
+  locmoe::api::Dispatcher d(group, cfg);
+  locmoe::api::Handle h(d);
+  const int64_t cap = d.max_expert_rows();
+  std::vector<float> ein(cap * H), out(static_cast<size_t>(T) * H);
+  ASSERT_EQ(locmoe_dispatch(d.get(), x.data(), plan, h.get(), ein.data(), cap, nullptr), LOCMOE_OK)
+      << locmoe_last_error();
+  d.combine(ein.data(), h, out.data());
+  for (int t = 0; t < T; ++t) {
+    bool kept = false;
+    for (int j = 0; j < pi.k; ++j) kept |= expert[t * pi.k + j] >= 0;
+    for (int c = 0; c < H; ++c)
+      ASSERT_NEAR(out[t * H + c], kept ? x[t * H + c] : 0.0f, 1e-5f) << "token " << t;
+  }
+  locmoe_plan_destroy(plan);
+  locmoe_router_destroy(router);
+}
+
 TEST(CApi, MismatchedHiddenSizeIsAClearError) {
   locmoe::api::Group group;
   if (group.size() < 2) GTEST_SKIP() << "needs 2 ranks";
