@@ -74,6 +74,8 @@ class Plan {
     check(locmoe_plan_create(group.get(), num_tokens, k, experts_per_rank, expert, weight, slot_dropped, &p));
     p_.reset(p);
   }
+  // Takes ownership of a plan made by the library (Router::route).
+  explicit Plan(locmoe_plan_t owned) { p_.reset(owned); }
   locmoe_plan_t get() const noexcept { return p_.get(); }
   locmoe_plan_info_t info() const {
     locmoe_plan_info_t i = LOCMOE_PLAN_INFO_INIT;
@@ -83,6 +85,26 @@ class Plan {
 
  private:
   detail::Owner<locmoe_plan_t, locmoe_plan_destroy> p_;
+};
+
+class Router {
+ public:
+  explicit Router(const locmoe_router_config_t& config = LOCMOE_ROUTER_CONFIG_INIT) {
+    locmoe_router_t r = nullptr;
+    check(locmoe_router_create(&config, &r));
+    r_.reset(r);
+  }
+  locmoe_router_t get() const noexcept { return r_.get(); }
+  // Collective: this rank's tokens features[num_tokens, hidden], gate[E, hidden] (host).
+  Plan route(const Group& group, const float* features, int32_t num_tokens, int64_t hidden, const float* gate,
+             int32_t experts_per_rank) {
+    locmoe_plan_t p = nullptr;
+    check(locmoe_route(get(), group.get(), features, num_tokens, hidden, gate, experts_per_rank, &p));
+    return Plan(p);
+  }
+
+ private:
+  detail::Owner<locmoe_router_t, locmoe_router_destroy> r_;
 };
 
 class Dispatcher;
