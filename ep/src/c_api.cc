@@ -194,6 +194,21 @@ Status create_plan(locmoe_group_t g, int32_t T, int32_t k, int32_t L, const int3
   return locmoe::ok_status();
 }
 
+locmoe::Result<locmoe::DispatcherConfig> dispatcher_config(const locmoe_dispatcher_config_t* config) {
+  locmoe_dispatcher_config_t c = LOCMOE_DISPATCHER_CONFIG_INIT;
+  LOCMOE_RETURN_IF_ERROR(read_config(config, c, sizeof(c), "config"));
+  locmoe::DispatcherConfig dc;
+  dc.experts_per_rank = c.experts_per_rank;
+  dc.hidden = c.hidden;
+  dc.dtype = static_cast<locmoe::TokenDType>(c.dtype);
+  dc.max_tokens = c.max_tokens;
+  dc.top_k = c.top_k;
+  dc.align = c.align;
+  dc.max_recv_rows = c.max_recv_rows;
+  dc.memory = static_cast<locmoe::MemoryKind>(c.memory);
+  return dc;
+}
+
 Status check_dispatcher(locmoe_dispatcher_t d) {
   LOCMOE_CHECK_ARG(d != nullptr && d->d != nullptr, "dispatcher is NULL");
   return locmoe::ok_status();
@@ -360,17 +375,7 @@ locmoe_status_t locmoe_dispatcher_create(locmoe_group_t group, const locmoe_disp
   return guarded("locmoe_dispatcher_create", [&] {
     LOCMOE_RETURN_IF_ERROR(check_group(group));
     LOCMOE_CHECK_ARG(config != nullptr && out != nullptr, "config or out is NULL");
-    locmoe_dispatcher_config_t c = LOCMOE_DISPATCHER_CONFIG_INIT;
-    LOCMOE_RETURN_IF_ERROR(read_config(config, c, sizeof(c), "config"));
-    locmoe::DispatcherConfig dc;
-    dc.experts_per_rank = c.experts_per_rank;
-    dc.hidden = c.hidden;
-    dc.dtype = static_cast<locmoe::TokenDType>(c.dtype);
-    dc.max_tokens = c.max_tokens;
-    dc.top_k = c.top_k;
-    dc.align = c.align;
-    dc.max_recv_rows = c.max_recv_rows;
-    dc.memory = static_cast<locmoe::MemoryKind>(c.memory);
+    LOCMOE_ASSIGN_OR_RETURN(const locmoe::DispatcherConfig dc, dispatcher_config(config));
     auto d = std::make_unique<locmoe_dispatcher_s>();
     d->group = group;
     LOCMOE_ASSIGN_OR_RETURN(d->d, locmoe::Dispatcher::create(*group->bootstrap, *group->comm, dc));
@@ -379,6 +384,19 @@ locmoe_status_t locmoe_dispatcher_create(locmoe_group_t group, const locmoe_disp
   });
 }
 void locmoe_dispatcher_destroy(locmoe_dispatcher_t d) { delete d; }
+
+locmoe_status_t locmoe_dispatcher_query(const locmoe_dispatcher_config_t* config, int32_t num_ranks,
+                                        int64_t* max_expert_rows, uint64_t* workspace_bytes, uint64_t* handle_bytes) {
+  return guarded("locmoe_dispatcher_query", [&] {
+    LOCMOE_CHECK_ARG(config != nullptr, "config is NULL");
+    LOCMOE_ASSIGN_OR_RETURN(const locmoe::DispatcherConfig dc, dispatcher_config(config));
+    LOCMOE_ASSIGN_OR_RETURN(const locmoe::DispatcherSizes sz, locmoe::Dispatcher::query_sizes(dc, num_ranks));
+    if (max_expert_rows) *max_expert_rows = sz.max_expert_rows;
+    if (workspace_bytes) *workspace_bytes = sz.workspace_bytes;
+    if (handle_bytes) *handle_bytes = sz.handle_bytes;
+    return locmoe::ok_status();
+  });
+}
 
 locmoe_status_t locmoe_dispatcher_max_expert_rows(locmoe_dispatcher_t d, int64_t* rows) {
   return guarded("locmoe_dispatcher_max_expert_rows", [&] {

@@ -76,9 +76,10 @@ Result<int64_t> count_set_slots(const int32_t* p, int64_t n, MemoryKind mem, std
 }
 }  // namespace
 
-Result<std::unique_ptr<Dispatcher>> Dispatcher::create(Bootstrap& bootstrap, Communicator& comm,
-                                                       const DispatcherConfig& c) {
-  constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
+namespace {
+constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
+
+Status check_config(const DispatcherConfig& c) {
   LOCMOE_CHECK_ARG(c.hidden > 0 && c.hidden <= kIntMax, "hidden size {} must be in [1, 2^31)", c.hidden);
   LOCMOE_CHECK_ARG(c.experts_per_rank > 0, "experts_per_rank {} must be positive", c.experts_per_rank);
   LOCMOE_CHECK_ARG(c.max_tokens >= 0, "max_tokens {} must be non-negative", c.max_tokens);
@@ -89,6 +90,47 @@ Result<std::unique_ptr<Dispatcher>> Dispatcher::create(Bootstrap& bootstrap, Com
                    static_cast<int>(c.dtype));
   LOCMOE_CHECK_ARG(c.memory == MemoryKind::kHost || c.memory == MemoryKind::kDevice,
                    "memory kind {} must be host (0) or device (1)", static_cast<int>(c.memory));
+  return ok_status();
+}
+
+// Capacities derived from a config: copies sent and rows received per dispatch, at most.
+struct Limits {
+  int64_t max_copies = 0, max_recv = 0;
+};
+Result<Limits> limits_of(const DispatcherConfig& c, int64_t R) {
+  Limits l;
+  l.max_copies = kernels::max_copies(c.max_tokens, c.top_k, R);
+  l.max_recv = c.max_recv_rows > 0 ? c.max_recv_rows : R * c.max_tokens;
+  LOCMOE_CHECK_RANGE(l.max_copies * c.top_k <= kIntMax && l.max_recv * c.top_k <= kIntMax,
+                     "max_tokens {} / max_recv_rows {} with top_k {} exceed 2^31 slots", c.max_tokens, l.max_recv,
+                     c.top_k);
+  return l;
+}
+}  // namespace
+
+Result<DispatcherSizes> Dispatcher::query_sizes(const DispatcherConfig& c, int num_ranks) {
+  LOCMOE_RETURN_IF_ERROR(check_config(c));
+  LOCMOE_CHECK_ARG(num_ranks > 0, "num_ranks {} must be positive", num_ranks);
+  LOCMOE_ASSIGN_OR_RETURN(const Limits l, limits_of(c, num_ranks));
+  const size_t k = static_cast<size_t>(c.top_k), rb = static_cast<size_t>(c.hidden) * kernels::dtype_size(c.dtype);
+  const size_t max_rows = static_cast<size_t>(std::max(l.max_copies, l.max_recv));
+  DispatcherSizes s;
+  s.max_expert_rows = kernels::max_expert_rows(l.max_recv, c.top_k, c.experts_per_rank, c.align);
+  s.workspace_bytes = 2 * max_rows * rb + 4 * k * static_cast<size_t>(l.max_recv + l.max_copies);
+  if (c.memory == MemoryKind::kDevice)
+    s.workspace_bytes += static_cast<size_t>(c.max_tokens) * k * 9 + 4 * static_cast<size_t>(num_ranks) +
+                         4 * max_rows * k;
+  LOCMOE_ASSIGN_OR_RETURN(const int64_t sbytes,
+                          kernels::dispatch_layout_bytes(c.max_tokens, c.top_k, num_ranks, c.experts_per_rank));
+  LOCMOE_ASSIGN_OR_RETURN(const int64_t rbytes, kernels::expert_layout_bytes(static_cast<int32_t>(l.max_recv), c.top_k,
+                                                                             c.experts_per_rank, c.align));
+  s.handle_bytes = static_cast<size_t>(sbytes + rbytes) + 8 * k * static_cast<size_t>(l.max_recv);
+  return s;
+}
+
+Result<std::unique_ptr<Dispatcher>> Dispatcher::create(Bootstrap& bootstrap, Communicator& comm,
+                                                       const DispatcherConfig& c) {
+  LOCMOE_RETURN_IF_ERROR(check_config(c));
   LOCMOE_CHECK_ARG(bootstrap.size() == comm.size() && bootstrap.rank() == comm.rank(),
                    "bootstrap (rank {} of {}) and communicator (rank {} of {}) must be the same group",
                    bootstrap.rank(), bootstrap.size(), comm.rank(), comm.size());
@@ -102,11 +144,8 @@ Result<std::unique_ptr<Dispatcher>> Dispatcher::create(Bootstrap& bootstrap, Com
   if (c.memory == MemoryKind::kDevice) LOCMOE_RETURN_IF_ERROR(ep_detail::check_device_available());
 
   const int64_t R = comm.size(), k = c.top_k;
-  const int64_t max_copies = kernels::max_copies(c.max_tokens, k, R);
-  const int64_t max_recv = c.max_recv_rows > 0 ? c.max_recv_rows : R * c.max_tokens;
-  LOCMOE_CHECK_RANGE(max_copies * k <= kIntMax && max_recv * k <= kIntMax,
-                     "max_tokens {} / max_recv_rows {} with top_k {} exceed 2^31 slots", c.max_tokens,
-                     max_recv, k);
+  LOCMOE_ASSIGN_OR_RETURN(const Limits lim, limits_of(c, R));
+  const int64_t max_copies = lim.max_copies, max_recv = lim.max_recv;
   std::unique_ptr<Dispatcher> d(new Dispatcher());
   d->config_ = c;
   d->bootstrap_ = &bootstrap;

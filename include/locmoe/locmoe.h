@@ -184,6 +184,12 @@ locmoe_status_t locmoe_dispatcher_create(locmoe_group_t group,
                                          const locmoe_dispatcher_config_t* config,
                                          locmoe_dispatcher_t* out);
 void locmoe_dispatcher_destroy(locmoe_dispatcher_t dispatcher);
+/* The query before any allocation: for `config` on a group of `num_ranks` ranks, the rows an
+ * expert-major buffer needs (*max_expert_rows), the bytes the dispatcher allocates for its
+ * workspace (*workspace_bytes) and for each handle (*handle_bytes). Local; outputs may be NULL. */
+locmoe_status_t locmoe_dispatcher_query(const locmoe_dispatcher_config_t* config, int32_t num_ranks,
+                                        int64_t* max_expert_rows, uint64_t* workspace_bytes,
+                                        uint64_t* handle_bytes);
 /* Rows an expert-major buffer (expert_in, expert_out, their gradients) needs in the worst case. */
 locmoe_status_t locmoe_dispatcher_max_expert_rows(locmoe_dispatcher_t dispatcher, int64_t* rows);
 

@@ -62,10 +62,16 @@ TEST(CApi, RoundTripThroughTheCppLayer) {
   cfg.max_tokens = 16;
   cfg.top_k = k;
   cfg.align = 4;
+  int64_t queried_rows = 0;
+  uint64_t ws = 0, hb = 0;
+  ASSERT_EQ(locmoe_dispatcher_query(&cfg, R, &queried_rows, &ws, &hb), LOCMOE_OK) << locmoe_last_error();
+  EXPECT_GT(ws, 0u);
+  EXPECT_GT(hb, 0u);
   locmoe::api::Dispatcher d(group, cfg);
   locmoe::api::Handle h(d);
   EXPECT_THROW(h.info(), locmoe::api::Error);  // no dispatch yet
   const int64_t cap = d.max_expert_rows();
+  EXPECT_EQ(cap, queried_rows);
   std::vector<float> ein(cap * H), out(T * H), gx(T * H), gw(T * k);
   d.dispatch(x.data(), plan, h, ein.data(), cap);
   const locmoe_handle_info_t info = h.info();

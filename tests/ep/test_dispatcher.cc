@@ -366,6 +366,25 @@ TEST_F(DispatcherTest, MismatchedHiddenSizesFailClearly) {
   EXPECT_NE(d.status().message().find(std::to_string(g_.size - 1)), std::string::npos) << d.status().message();
 }
 
+TEST_F(DispatcherTest, QuerySizesMatchWhatTheDispatcherAllocates) {
+  DispatcherConfig cfg;
+  cfg.experts_per_rank = 3;
+  cfg.hidden = 24;
+  cfg.max_tokens = 10;
+  cfg.top_k = 2;
+  cfg.align = 8;
+  cfg.dtype = TokenDType::kBF16;
+  auto q = Dispatcher::query_sizes(cfg, g_.size);
+  ASSERT_TRUE(q.ok()) << q.status().to_string();
+  // Worst case by hand: every rank sends all 10 tokens here, each token to min(k, L) = 2 experts.
+  EXPECT_EQ(q->max_expert_rows, int64_t{10} * g_.size * 2 + 3 * 7);
+  auto d = Dispatcher::create(*g_.bootstrap, *g_.comm, cfg);
+  ASSERT_TRUE(d.ok()) << d.status().to_string();
+  EXPECT_EQ((*d)->max_expert_rows(), q->max_expert_rows);
+  EXPECT_EQ((*d)->workspace_bytes(), q->workspace_bytes);
+  EXPECT_FALSE(Dispatcher::query_sizes(cfg, 0).ok());
+}
+
 TEST_F(DispatcherTest, BadPlanIsAnErrorNotACrash) {
   DispatcherConfig cfg;
   cfg.experts_per_rank = 2;

@@ -47,6 +47,14 @@ struct DispatcherConfig {
   MemoryKind memory = MemoryKind::kHost;  // where x, expert_in/out, out and gradients live
 };
 
+// Memory a dispatcher with a given config needs on a group of `num_ranks` ranks (the query that
+// comes before any allocation, CUB / TransformerEngine style).
+struct DispatcherSizes {
+  int64_t max_expert_rows = 0;   // rows of expert_in / expert_out / their gradients (caller-owned)
+  size_t workspace_bytes = 0;    // the dispatcher's own workspace (in config.memory, plus host mirrors)
+  size_t handle_bytes = 0;       // one DispatchHandle's layouts (in config.memory)
+};
+
 // What one dispatch saw, from this rank's point of view.
 struct DispatchStats {
   int64_t tokens = 0;            // T
@@ -99,6 +107,9 @@ class Dispatcher {
   // differs), then allocates the workspace. `bootstrap` and `comm` must outlive the dispatcher.
   static Result<std::unique_ptr<Dispatcher>> create(Bootstrap& bootstrap, Communicator& comm,
                                                     const DispatcherConfig& config);
+  // Sizes of the buffers a dispatcher with `config` on `num_ranks` ranks allocates (create() and
+  // make_handle()) and of the expert buffers its caller provides. Local, allocates nothing.
+  static Result<DispatcherSizes> query_sizes(const DispatcherConfig& config, int num_ranks);
   ~Dispatcher();
   Dispatcher(const Dispatcher&) = delete;
   Dispatcher& operator=(const Dispatcher&) = delete;
