@@ -240,11 +240,11 @@ class NcclReader {
         LOCMOE_CHECK(parse_long(link.attribute("count").value(), count) && count >= 0, Code::kParseError,
                      "{}: <nvlink> count \"{}\" is not a non-negative integer", where_.at(link),
                      link.attribute("count").value());
+        // Targets that are not a PCI bus id (NVSwitch placeholders) simply match no GPU.
         Result<std::string> target = normalize_pci_bus_id(link.attribute("target").value());
-        LOCMOE_CHECK(target.ok(), Code::kParseError, "{}: <nvlink> target \"{}\" is not a PCI bus id",
-                     where_.at(link), link.attribute("target").value());
         LOCMOE_ASSIGN_OR_RETURN(long tclass, class_code(where_, link, "tclass"));
-        links_.push_back({*target, static_cast<int>(count), tclass});
+        links_.push_back({target.ok() ? *target : std::string(link.attribute("target").value()),
+                          static_cast<int>(count), tclass});
         link_owner_.push_back(static_cast<int>(parts_.gpus.size()));
       }
       parts_.gpus.push_back(std::move(gpu));
