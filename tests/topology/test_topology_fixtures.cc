@@ -3,6 +3,8 @@
 // sits under). Expected path classes and rails are derived from those tables by the rules of
 // topology.h (same switch -> PIX, nested switches -> PXB, same NUMA node -> NODE, else SYS; rails:
 // the NIC under the GPU's own switch), never copied from the library's output.
+#include <cstring>
+#include <fstream>
 #include <map>
 #include <string>
 #include <vector>
@@ -151,8 +153,28 @@ TEST(TopologyFixtures, AzureNcA100v4) {
   check_numa(t, {{0, "0-23"}, {1, "24-47"}, {2, "48-71"}, {3, "72-95"}});
 }
 
-TEST(TopologyFixtures, NvidiaDgx2Hwloc) {
+// The DGX-2 file's NVLinkBandwidth matrix gives each GPU 6 links of 25000 MB/s, all to NVSwitches
+// (12 switches, 6 per baseboard): every GPU pair is NV6, as nvidia-smi shows on that machine.
+TEST(TopologyFixtures, NvidiaDgx2NvLinks) {
   Topology t = load_ok("nvidia-dgx2.hwloc.xml");
+  ASSERT_EQ(t.num_gpus(), 16);
+  for (int a = 0; a < 16; ++a)
+    for (int b = 0; b < 16; ++b)
+      EXPECT_EQ(path_name(t.gpu_path(a, b)), a == b ? "X" : "NV6") << a << " - " << b;
+}
+
+// Without the NVLink matrix, the PCI tree decides: the DGX-2's nested PLX switches give PIX/PXB.
+TEST(TopologyFixtures, NvidiaDgx2Hwloc) {
+  std::ifstream in(kDir + "nvidia-dgx2.hwloc.xml");
+  std::string xml((std::istreambuf_iterator<char>(in)), {});
+  const size_t from = xml.find("<distances2hetero"), to = xml.find("</distances2hetero>");
+  ASSERT_TRUE(from != std::string::npos && to != std::string::npos);
+  xml.erase(from, to + std::strlen("</distances2hetero>") - from);
+  const std::string path = testing::TempDir() + "/dgx2-no-nvlink.xml";
+  std::ofstream(path) << xml;
+  Result<Topology> loaded = load_file(path);
+  ASSERT_TRUE(loaded.ok()) << loaded.status().to_string();
+  const Topology& t = *loaded;
   // Per package: two host bridges; under each a top switch with two second-level switches, each
   // with two GPUs. Second-level switch names are the GPUs' first bus byte pair.
   std::vector<Dev> gpus = {
