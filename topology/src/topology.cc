@@ -19,16 +19,13 @@ namespace {
 
 constexpr const char* kClassNames[] = {"X", "NV", "PIX", "PXB", "PHB", "NODE", "SYS"};
 
-bool parse_hex(std::string_view text, unsigned& out) {
-  if (text.empty()) return false;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out, 16);
-  return ec == std::errc() && end == text.data() + text.size();
-}
+using detail::parse_hex;
 
 bool parse_int(std::string_view text, int& out) {
-  if (text.empty()) return false;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
-  return ec == std::errc() && end == text.data() + text.size();
+  long v = 0;
+  if (!detail::parse_long(text, v) || v < INT32_MIN || v > INT32_MAX) return false;
+  out = static_cast<int>(v);
+  return true;
 }
 
 }  // namespace
@@ -57,7 +54,7 @@ const char* nic_kind_name(NicKind kind) {
 
 Result<std::string> normalize_pci_bus_id(std::string_view text) {
   // [domain:]bus:device.function, hex fields of at most 4/2/2/1 digits.
-  unsigned domain = 0, bus = 0, dev = 0, fn = 0;
+  unsigned long domain = 0, bus = 0, dev = 0, fn = 0;
   std::string_view rest = text;
   auto bad = [&] {
     return error(Code::kParseError, "PCI bus id '{}' is not of the form dddd:bb:dd.f", text);
@@ -113,6 +110,19 @@ Result<std::vector<int>> parse_cpu_list(std::string_view text) {
 // --- Path classes from the PCI tree ----------------------------------------------------------
 
 namespace detail {
+
+bool parse_hex(std::string_view text, unsigned long& out) {
+  if (text.starts_with("0x") || text.starts_with("0X")) text.remove_prefix(2);
+  if (text.empty()) return false;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out, 16);
+  return ec == std::errc() && end == text.data() + text.size();
+}
+
+bool parse_long(std::string_view text, long& out) {
+  if (text.empty()) return false;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
+  return ec == std::errc() && end == text.data() + text.size();
+}
 
 Path PciTree::classify(int a, int b) const {
   if (a == b) return {PathClass::kX, 0};

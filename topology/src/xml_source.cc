@@ -35,18 +35,8 @@ class Where {
   const std::string& content_;
 };
 
-bool parse_hex(std::string_view text, unsigned long& out) {
-  if (text.starts_with("0x") || text.starts_with("0X")) text.remove_prefix(2);
-  if (text.empty()) return false;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out, 16);
-  return ec == std::errc() && end == text.data() + text.size();
-}
-
-bool parse_long(std::string_view text, long& out) {
-  if (text.empty()) return false;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
-  return ec == std::errc() && end == text.data() + text.size();
-}
+using detail::parse_hex;
+using detail::parse_long;
 
 // --- hwloc XML validation ----------------------------------------------------------------------
 
