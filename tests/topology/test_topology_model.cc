@@ -2,6 +2,7 @@
 // validation), helpers, bad input files written here into a temporary folder, LOCMOE_TOPO_*.
 #include <cstdio>
 #include <fstream>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -313,6 +314,147 @@ TEST(TopologyNccl, NvLinksGiveNvClasses) {
   EXPECT_EQ(path_name(t->gpu_path(2, 3)), "NV12");  // through NVSwitches: the smaller count
   EXPECT_EQ(t->gpu_path(0, 2).cls, PathClass::kNODE);
   EXPECT_EQ(t->num_nics(), 0);
+}
+
+// --- hwloc PCI trees ------------------------------------------------------------------------------
+
+// A hand-written two-package machine. Package 0: host bridge A with root port 00:01.0 -> switch
+// (01:00.0 up, 02:00.0 / 02:01.0 down) holding GPU 03:00.0 and IB NIC 04:00.0 (mlx5_0, also ib0),
+// and root port 00:02.0 with GPU 06:00.0; host bridge B with Ethernet NIC 11:00.0 (eth2).
+// Package 1: an NVIDIA VGA GPU 21:00.0 and a BMC VGA 22:00.0 (ASPEED, not a GPU).
+const char* kPciHwloc = R"XML(<?xml version="1.0" encoding="UTF-8"?>
+<topology version="2.0">
+  <object type="Machine" os_index="0" cpuset="0x0000000f" complete_cpuset="0x0000000f" nodeset="0x00000003" complete_nodeset="0x00000003">
+    <object type="Package" os_index="0" cpuset="0x00000003" complete_cpuset="0x00000003" nodeset="0x00000001" complete_nodeset="0x00000001">
+      <object type="NUMANode" os_index="0" cpuset="0x00000003" complete_cpuset="0x00000003" nodeset="0x00000001" complete_nodeset="0x00000001"/>
+      <object type="Core" os_index="0" cpuset="0x00000001" complete_cpuset="0x00000001" nodeset="0x00000001" complete_nodeset="0x00000001">
+        <object type="PU" os_index="0" cpuset="0x00000001" complete_cpuset="0x00000001" nodeset="0x00000001" complete_nodeset="0x00000001"/>
+      </object>
+      <object type="Core" os_index="1" cpuset="0x00000002" complete_cpuset="0x00000002" nodeset="0x00000001" complete_nodeset="0x00000001">
+        <object type="PU" os_index="1" cpuset="0x00000002" complete_cpuset="0x00000002" nodeset="0x00000001" complete_nodeset="0x00000001"/>
+      </object>
+      <object type="Bridge" bridge_type="0-1" depth="0" bridge_pci="0000:[00-0f]">
+        <object type="Bridge" bridge_type="1-1" depth="1" bridge_pci="0000:[01-05]" pci_busid="0000:00:01.0" pci_type="0604 [8086:2030] [8086:0000] 04 00">
+          <object type="Bridge" bridge_type="1-1" depth="2" bridge_pci="0000:[02-05]" pci_busid="0000:01:00.0" pci_type="0604 [10b5:9781] [10b5:9781] b0 00">
+            <object type="Bridge" bridge_type="1-1" depth="3" bridge_pci="0000:[03-03]" pci_busid="0000:02:00.0" pci_type="0604 [10b5:9781] [10b5:9781] b0 00">
+              <object type="PCIDev" pci_busid="0000:03:00.0" pci_type="0302 [10de:2330] [10de:16c1] a1 00"/>
+            </object>
+            <object type="Bridge" bridge_type="1-1" depth="3" bridge_pci="0000:[04-04]" pci_busid="0000:02:01.0" pci_type="0604 [10b5:9781] [10b5:9781] b0 00">
+              <object type="PCIDev" pci_busid="0000:04:00.0" pci_type="0207 [15b3:101b] [15b3:0007] 00 00">
+                <object type="OSDev" name="ib0" osdev_type="2"/>
+                <object type="OSDev" name="mlx5_0" osdev_type="3">
+                  <info name="Port1LinkLayer" value="InfiniBand"/>
+                </object>
+              </object>
+            </object>
+          </object>
+        </object>
+        <object type="Bridge" bridge_type="1-1" depth="1" bridge_pci="0000:[06-06]" pci_busid="0000:00:02.0" pci_type="0604 [8086:2030] [8086:0000] 04 00">
+          <object type="PCIDev" pci_busid="0000:06:00.0" pci_type="0302 [10de:2330] [10de:16c1] a1 00"/>
+        </object>
+      </object>
+      <object type="Bridge" bridge_type="0-1" depth="0" bridge_pci="0000:[10-1f]">
+        <object type="Bridge" bridge_type="1-1" depth="1" bridge_pci="0000:[11-11]" pci_busid="0000:10:01.0" pci_type="0604 [8086:2030] [8086:0000] 04 00">
+          <object type="PCIDev" pci_busid="0000:11:00.0" pci_type="0200 [8086:1593] [8086:0000] 02 00">
+            <object type="OSDev" name="eth2" osdev_type="2"/>
+          </object>
+        </object>
+      </object>
+    </object>
+    <object type="Package" os_index="1" cpuset="0x0000000c" complete_cpuset="0x0000000c" nodeset="0x00000002" complete_nodeset="0x00000002">
+      <object type="NUMANode" os_index="1" cpuset="0x0000000c" complete_cpuset="0x0000000c" nodeset="0x00000002" complete_nodeset="0x00000002"/>
+      <object type="Core" os_index="2" cpuset="0x00000004" complete_cpuset="0x00000004" nodeset="0x00000002" complete_nodeset="0x00000002">
+        <object type="PU" os_index="2" cpuset="0x00000004" complete_cpuset="0x00000004" nodeset="0x00000002" complete_nodeset="0x00000002"/>
+      </object>
+      <object type="Core" os_index="3" cpuset="0x00000008" complete_cpuset="0x00000008" nodeset="0x00000002" complete_nodeset="0x00000002">
+        <object type="PU" os_index="3" cpuset="0x00000008" complete_cpuset="0x00000008" nodeset="0x00000002" complete_nodeset="0x00000002"/>
+      </object>
+      <object type="Bridge" bridge_type="0-1" depth="0" bridge_pci="0000:[20-2f]">
+        <object type="Bridge" bridge_type="1-1" depth="1" bridge_pci="0000:[21-21]" pci_busid="0000:20:01.0" pci_type="0604 [8086:2030] [8086:0000] 04 00">
+          <object type="PCIDev" pci_busid="0000:21:00.0" pci_type="0300 [10de:2236] [10de:1482] a1 00"/>
+        </object>
+        <object type="Bridge" bridge_type="1-1" depth="1" bridge_pci="0000:[22-22]" pci_busid="0000:20:02.0" pci_type="0604 [8086:2030] [8086:0000] 04 00">
+          <object type="PCIDev" pci_busid="0000:22:00.0" pci_type="0300 [1a03:2000] [1a03:2000] 41 00"/>
+        </object>
+      </object>
+    </object>
+  </object>
+</topology>
+)XML";
+
+TEST(TopologyHwlocPci, ClassesNamesAndRailsFromTheTree) {
+  Result<Topology> t = load_file(write_temp("pci.xml", kPciHwloc));
+  ASSERT_TRUE(t.ok()) << t.status().to_string();
+  ASSERT_EQ(t->num_gpus(), 3);
+  EXPECT_EQ(t->gpus()[0].pci_bus_id, "0000:03:00.0");
+  EXPECT_EQ(t->gpus()[1].pci_bus_id, "0000:06:00.0");
+  EXPECT_EQ(t->gpus()[2].pci_bus_id, "0000:21:00.0");
+  EXPECT_EQ(t->gpus()[2].numa, 1);
+  ASSERT_EQ(t->num_nics(), 2);
+  EXPECT_EQ(t->nics()[0].name, "mlx5_0");  // the OpenFabrics name wins over the netdev
+  EXPECT_EQ(t->nics()[0].kind, NicKind::kInfiniBand);
+  EXPECT_EQ(t->nics()[1].name, "eth2");
+  EXPECT_EQ(t->nics()[1].kind, NicKind::kEthernet);
+  // GPU0 and GPU1: different root ports of host bridge A.
+  EXPECT_EQ(t->gpu_path(0, 1).cls, PathClass::kPHB);
+  EXPECT_EQ(t->gpu_path(0, 2).cls, PathClass::kSYS);
+  EXPECT_EQ(t->nic_path(0, 0).cls, PathClass::kPIX);   // one switch
+  EXPECT_EQ(t->nic_path(1, 0).cls, PathClass::kPHB);
+  EXPECT_EQ(t->nic_path(0, 1).cls, PathClass::kNODE);  // host bridges A and B, one NUMA node
+  EXPECT_EQ(t->nic_path(2, 0).cls, PathClass::kSYS);
+  for (int a = 0; a < 3; ++a) EXPECT_EQ(t->rail(a), 0);  // InfiniBand first, even across NUMA
+}
+
+// hwloc 2.9 must never see a file it could crash on: remove each attribute in turn; every variant
+// either loads or is an error, and this process survives.
+TEST(TopologyHwlocPci, EveryMissingAttributeIsSurvived) {
+  const std::string good = kPciHwloc;
+  const std::regex attr(R"( [a-z_]+="[^"]*")");
+  int variants = 0, errors = 0;
+  for (auto it = std::sregex_iterator(good.begin(), good.end(), attr); it != std::sregex_iterator(); ++it) {
+    std::string bad = good;
+    bad.erase(static_cast<size_t>(it->position()), static_cast<size_t>(it->length()));
+    Result<Topology> t = load_file(write_temp("attr-variant.xml", bad));
+    ++variants;
+    errors += !t.ok();
+  }
+  EXPECT_GT(variants, 100);
+  EXPECT_GT(errors, 50);  // most attributes are required
+}
+
+// Every fixture cut at many points: errors, never a crash.
+TEST(TopologyBadFiles, TruncatedFixturesAreErrors) {
+  for (const char* name : {"azure-ndv5.nccl.xml", "azure-ncv4.nccl.xml", "nvidia-dgx2.hwloc.xml"}) {
+    std::ifstream in(std::string(LOCMOE_TEST_DATA) + "/topologies/" + name, std::ios::binary);
+    std::string text((std::istreambuf_iterator<char>(in)), {});
+    for (int i = 1; i < 40; ++i) {
+      size_t cut = text.size() * i / 40;
+      std::string path = write_temp("cut.xml", text.substr(0, cut));
+      EXPECT_FALSE(load_file(path).ok()) << name << " cut at " << cut;
+    }
+  }
+}
+
+// Shapes that crash or stall naive readers: deep nesting (stack), long bitmaps (regex recursion),
+// huge or missing OS indices (hwloc sizes bitmaps by them and spins for tens of seconds).
+TEST(TopologyBadFiles, HostileShapes) {
+  const int n = 100000;
+  std::string deep_nccl = "<system version=\"1\"><cpu numaid=\"0\">";
+  for (int i = 0; i < n; ++i) deep_nccl += "<pci busid=\"0000:01:00.0\" class=\"0x060400\">";
+  for (int i = 0; i < n; ++i) deep_nccl += "</pci>";
+  expect_file_error(write_temp("deep.nccl.xml", deep_nccl + "</cpu></system>"), "nested more than");
+  std::string deep_hwloc = "<topology version=\"2.0\"><object type=\"Machine\" cpuset=\"0x1\" complete_cpuset=\"0x1\">";
+  for (int i = 0; i < n; ++i) deep_hwloc += "<object type=\"Group\" cpuset=\"0x1\" complete_cpuset=\"0x1\">";
+  for (int i = 0; i <= n; ++i) deep_hwloc += "</object>";
+  expect_file_error(write_temp("deep.xml", deep_hwloc + "</topology>"), "nested more than");
+  std::string wide_set = "0x00000002";
+  for (int i = 0; i < 30000; ++i) wide_set += ",0x00000000";
+  Result<Topology> wide = load_file(write_temp("wide.xml", replace_once(kGoodHwloc, "cpuset=\"0x00000002\"", "cpuset=\"" + wide_set + "\"")));
+  EXPECT_TRUE(wide.ok()) << wide.status().to_string();  // long but valid
+  expect_file_error(write_temp("huge-index.xml", replace_once(kGoodHwloc, "type=\"PU\" os_index=\"1\"", "type=\"PU\" os_index=\"4000000000\"")),
+                    "os_index 4000000000");
+  expect_file_error(write_temp("no-index.xml", replace_once(kGoodHwloc, "type=\"PU\" os_index=\"1\"", "type=\"PU\"")),
+                    "PU object without the required os_index");
 }
 
 // --- LOCMOE_TOPO_* -------------------------------------------------------------------------------
