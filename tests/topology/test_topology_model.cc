@@ -233,6 +233,8 @@ TEST(TopologyBadFiles, Missing) {
   EXPECT_EQ(load_file(path).status().code(), Code::kNotFound);
 }
 
+TEST(TopologyBadFiles, Directory) { expect_file_error(testing::TempDir(), "is a directory"); }
+
 TEST(TopologyBadFiles, Empty) {
   expect_file_error(write_temp("empty.xml", ""), "is empty");
   expect_file_error(write_temp("blank.xml", "  \n\t\n"), "is empty");

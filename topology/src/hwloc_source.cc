@@ -252,7 +252,8 @@ Result<Topology> load_hwloc_xml(const std::string& xml, const std::string& sourc
   // The buffer length given to hwloc counts the terminating '\0'.
   LOCMOE_CHECK(hwloc_topology_set_xmlbuffer(t.get(), xml.c_str(), static_cast<int>(xml.size() + 1)) == 0,
                Code::kParseError, "{}: hwloc cannot read it as XML: {}", source, std::strerror(errno));
-  LOCMOE_CHECK(hwloc_topology_load(t.get()) == 0, Code::kParseError, "{}: hwloc rejected it: {}", source,
+  LOCMOE_CHECK(hwloc_topology_load(t.get()) == 0, Code::kParseError,
+               "{}: hwloc rejected it: {} (HWLOC_XML_VERBOSE=1 makes hwloc print its reason)", source,
                std::strerror(errno));
   return build(t.get(), source, false);
 }

@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <charconv>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <numeric>
@@ -169,6 +170,9 @@ void fill_paths(const PciTree& tree, std::span<const int> gpu_nodes, std::span<c
 }
 
 Result<std::string> read_topology_file(const std::string& path) {
+  std::error_code ec;
+  LOCMOE_CHECK(!std::filesystem::is_directory(path, ec), Code::kInvalidArgument,
+               "topology file '{}' is a directory, expected a file", path);
   std::ifstream in(path, std::ios::binary);
   LOCMOE_CHECK(in.is_open(), Code::kNotFound, "topology file '{}' cannot be opened: {}", path,
                std::strerror(errno));
