@@ -78,7 +78,9 @@ TEST(TopologySynthetic, RejectedStringsNameTheString) {
     Result<Topology> t = load_synthetic(bad);
     ASSERT_FALSE(t.ok()) << "'" << bad << "' accepted";
     EXPECT_EQ(t.status().code(), Code::kParseError);
-    if (!bad.empty()) EXPECT_NE(t.status().message().find("'" + bad + "'"), std::string::npos) << t.status().message();
+    if (!bad.empty()) {
+      EXPECT_NE(t.status().message().find("'" + bad + "'"), std::string::npos) << t.status().message();
+    }
   }
 }
 
@@ -289,6 +291,7 @@ TEST(TopologyBadFiles, HwlocInvalidAttributes) {
 TEST(TopologyBadFiles, NcclInvalidAttributes) {
   expect_file_error(write_temp("nccl-numaid.xml", "<system version=\"1\"><cpu affinity=\"ff\"/></system>"),
                     "needs a numaid");
+  expect_file_error(write_temp("nccl-no-cpu.xml", "<system version=\"1\"/>"), "without any <cpu>");
   expect_file_error(write_temp("nccl-affinity.xml", "<system version=\"1\"><cpu numaid=\"0\" affinity=\"zz\"/></system>"),
                     "affinity \"zz\"");
   expect_file_error(write_temp("nccl-busid.xml",

@@ -186,12 +186,15 @@ class NcclReader {
 
   Status read(pugi::xml_node system) {
     const size_t cpus = std::distance(system.children("cpu").begin(), system.children("cpu").end());
+    LOCMOE_CHECK(cpus > 0, Code::kParseError, "{}: NCCL topology <system> without any <cpu> element",
+                 where_.at(system));
     int root = tree_.add(PciTree::Kind::kLocality, -1, static_cast<int>(cpus));
     std::set<int> numa_ids;
     for (pugi::xml_node cpu : system.children("cpu")) {
       long numa = 0;
-      LOCMOE_CHECK(parse_long(cpu.attribute("numaid").value(), numa) && numa >= 0, Code::kParseError,
-                   "{}: <cpu> needs a numaid attribute (non-negative integer), has \"{}\"", where_.at(cpu),
+      LOCMOE_CHECK(parse_long(cpu.attribute("numaid").value(), numa) && numa >= 0 && numa < kMaxOsIndex,
+                   Code::kParseError, "{}: <cpu> needs a numaid attribute (integer in [0, {})), has \"{}\"",
+                   where_.at(cpu), kMaxOsIndex,
                    cpu.attribute("numaid").value());
       LOCMOE_CHECK(numa_ids.insert(static_cast<int>(numa)).second, Code::kParseError,
                    "{}: a second <cpu numaid=\"{}\">", where_.at(cpu), numa);
@@ -249,8 +252,8 @@ class NcclReader {
       gpu.cpus = loc.cpus;
       for (pugi::xml_node link : pci.child("gpu").children("nvlink")) {
         long count = 0;
-        LOCMOE_CHECK(parse_long(link.attribute("count").value(), count) && count >= 0, Code::kParseError,
-                     "{}: <nvlink> count \"{}\" is not a non-negative integer", where_.at(link),
+        LOCMOE_CHECK(parse_long(link.attribute("count").value(), count) && count >= 0 && count < 1024,
+                     Code::kParseError, "{}: <nvlink> count \"{}\" is not an integer in [0, 1024)", where_.at(link),
                      link.attribute("count").value());
         // Targets that are not a PCI bus id (NVSwitch placeholders) simply match no GPU.
         Result<std::string> target = normalize_pci_bus_id(link.attribute("target").value());
