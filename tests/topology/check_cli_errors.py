@@ -1,12 +1,14 @@
 #!/usr/bin/python3
 """locmoe-topo on bad input: non-zero exit and a message naming the file (or string) and the
-reason. Usage: check_cli_errors.py LOCMOE_TOPO FIXTURE_DIR"""
+reason; and --params prints the same registry as locmoe-info.
+Usage: check_cli_errors.py LOCMOE_TOPO FIXTURE_DIR LOCMOE_INFO"""
+import json
 import os
 import subprocess
 import sys
 import tempfile
 
-topo, fixtures = sys.argv[1], sys.argv[2]
+topo, fixtures, info = sys.argv[1], sys.argv[2], sys.argv[3]
 tmp = tempfile.mkdtemp(prefix="locmoe-topo-cli-")
 
 def write(name, text):
@@ -35,4 +37,13 @@ for args, reason in cases:
 p = subprocess.run([topo, "--file", os.path.join(fixtures, "azure-ndv5.nccl.xml"), "--json"],
                    stdout=subprocess.PIPE, text=True, timeout=60)
 failures += p.returncode != 0
+# --params: one registry, printed by both tools (LOCMOE_HOSTID set here shows up as "env").
+env = dict(os.environ, LOCMOE_HOSTID="from-test")
+mine = json.loads(subprocess.run([topo, "--params", "--json"], stdout=subprocess.PIPE, text=True, env=env).stdout)
+theirs = json.loads(subprocess.run([info, "--json"], stdout=subprocess.PIPE, text=True, env=env).stdout)["params"]
+names = [p["name"] for p in mine]
+ok = mine == theirs and "LOCMOE_TOPO_FILE" in names and \
+    any(p["name"] == "LOCMOE_HOSTID" and p["value"] == "from-test" and p["source"] == "env" for p in mine)
+print(("ok  " if ok else "FAIL") + f" --params --json: {len(names)} parameters")
+failures += not ok
 sys.exit(1 if failures else 0)
