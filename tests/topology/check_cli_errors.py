@@ -9,7 +9,8 @@ import sys
 import tempfile
 
 topo, fixtures, info = sys.argv[1], sys.argv[2], sys.argv[3]
-tmp = tempfile.mkdtemp(prefix="locmoe-topo-cli-")
+tmp_dir = tempfile.TemporaryDirectory(prefix="locmoe-topo-cli-")  # removed at exit
+tmp = tmp_dir.name
 
 def write(name, text):
     path = os.path.join(tmp, name)
