@@ -24,6 +24,7 @@
 //
 // Tags (< 2^30): sequence (6 bits) | phase (3) | key (9: node index) | chunk (12).
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -40,7 +41,7 @@
 namespace locmoe {
 namespace {
 
-enum Phase : uint64_t { kMetaA = 0, kMetaB = 1, kMetaC = 2, kDirect = 3, kStage1 = 4, kStage2 = 5, kStage3 = 6 };
+enum Phase : uint64_t { kMetaA = 0, kMetaB = 1, kMetaC = 2, kDirect = 3, kStage1 = 4, kStage2 = 5, kStage3 = 6, kAbort = 7 };
 constexpr uint64_t kMaxChunks = 1u << 12;
 constexpr int kMaxKey = 1 << 9;
 
@@ -64,6 +65,8 @@ class CommunicatorImpl final : public Communicator {
       Status s = boot_.barrier();
       if (!s.ok()) failed_ = true;
     }
+    for (Request& r : abort_recv_)
+      if (!r.done && r.transport) r.transport->cancel(r);
     for (Transport* t : {intra_.get(), inter_.get()}) {
       if (!t) continue;
       if (failed_) t->mark_failed();
@@ -87,8 +90,10 @@ class CommunicatorImpl final : public Communicator {
     std::copy(send_counts, send_counts + n_, row.begin());
     stats_ = {};
     ++seq_;
-    LOCMOE_ASSIGN_OR_RETURN(std::vector<uint64_t> matrix, exchange_rows(row, "exchange_counts"));
-    for (int r = 0; r < n_; ++r) recv_counts[r] = matrix[r * row_len() + me_];
+    LOCMOE_CHECK(!failed_, Code::kPeerFailure, "communicator unusable after an earlier peer failure or timeout");
+    auto matrix = exchange_rows(row, "exchange_counts");
+    if (!matrix.ok()) return failed(matrix.status());
+    for (int r = 0; r < n_; ++r) recv_counts[r] = (*matrix)[r * row_len() + me_];
     return ok_status();
   }
 
@@ -116,7 +121,10 @@ class CommunicatorImpl final : public Communicator {
     }
     row[2 * n_] = needed;
     row[2 * n_ + 1] = recv_capacity;
-    LOCMOE_ASSIGN_OR_RETURN(std::vector<uint64_t> m, exchange_rows(row, "alltoallv count metadata"));
+    LOCMOE_CHECK(!failed_, Code::kPeerFailure, "communicator unusable after an earlier peer failure or timeout");
+    auto meta = exchange_rows(row, "alltoallv count metadata");
+    if (!meta.ok()) return failed(meta.status());
+    const std::vector<uint64_t>& m = *meta;
     LOCMOE_RETURN_IF_ERROR(check_matrix(m));
     if (n_ > 0) LOCMOE_CHECK_ARG(recv || needed == 0, "recv is null but {} bytes are to be received", needed);
 
@@ -125,8 +133,7 @@ class CommunicatorImpl final : public Communicator {
     Status s = (algo_ == A2AAlgo::kHierarchical && mem == MemoryKind::kHost)
                    ? hierarchical(m, sbuf, send_displs, rbuf, recv_displs)
                    : flat(m, sbuf, send_displs, rbuf, recv_displs, mem, stream);
-    if (!s.ok() && (s.code() == Code::kTimeout || s.code() == Code::kPeerFailure)) failed_ = true;
-    return s;
+    return failed(s);
   }
 
  private:
@@ -191,6 +198,23 @@ class CommunicatorImpl final : public Communicator {
           if (!r.done && r.transport) r.transport->cancel(r);
       return s;
     };
+    // At the deadline a stuck rank tells every other rank whom it waits for, then keeps listening
+    // for a grace period: the peer it waits on may be alive but itself stuck behind the dead one,
+    // and following the "waits for" chain through the notices names the real culprit.
+    const auto grace = std::chrono::duration_cast<Clock::duration>(
+        std::chrono::duration<double>(std::min(0.25 * timeout_s_, 5.0)));
+    auto first_pending = [&]() -> const Request* {
+      for (const Group& g : groups)
+        for (const Request& r : g.reqs)
+          if (!r.done) return &r;
+      return nullptr;
+    };
+    auto group_of = [&](const Request* req) -> std::string {
+      for (const Group& g : groups)
+        for (const Request& r : g.reqs)
+          if (&r == req) return g.what;
+      return "";
+    };
     for (unsigned spins = 0;; ++spins) {
       bool all_done = true;
       for (size_t gi = 0; gi < groups.size(); ++gi) {
@@ -201,8 +225,9 @@ class CommunicatorImpl final : public Communicator {
           Status s = r.transport->test(r);
           if (!s.ok()) {
             r.done = true;
-            return fail(s.with_context(fmt::format("{} ({}) with {}", op, groups[gi].what,
-                                                   peer_name(r.peer, &cluster_))));
+            s.with_context(fmt::format("{} ({}) with {}", op, groups[gi].what, peer_name(r.peer, &cluster_)));
+            send_abort_notices(s, r.peer);
+            return fail(s);
           }
           done = done && r.done;
         }
@@ -220,22 +245,106 @@ class CommunicatorImpl final : public Communicator {
         }
       }
       if (all_done) return ok_status();
-      if (Clock::now() > until) {
-        std::string who;
-        int shown = 0;
-        for (const Group& g : groups)
-          for (const Request& r : g.reqs)
-            if (!r.done && shown++ < 6)
-              who += fmt::format("{}{} {} ({})", who.empty() ? "" : ", ", r.is_send ? "send to" : "receive from",
-                                 peer_name(r.peer, &cluster_), g.what);
-        return fail(error(Code::kTimeout,
-                          "{} on rank {} timed out after LOCMOE_TIMEOUT_S={} s waiting for: {} (a peer died, "
-                          "stopped or called a different operation)",
-                          op, me_, timeout_s_, who));
+      if (spins % 16 == 0) {
+        Status notice = poll_abort_notices(op);
+        if (!notice.ok()) return fail(notice);
+      }
+      const auto now = Clock::now();
+      if (now > until) {
+        const Request* stuck = first_pending();
+        const std::string what = group_of(stuck);
+        if (!notice_sent_) {
+          send_abort_notices(error(Code::kTimeout, "rank {} waits for {} in {} ({})", me_,
+                                   peer_name(stuck->peer, &cluster_), op, what),
+                             stuck->peer);
+        }
+        if (now > until + grace) {
+          // Follow "waits for" through the notices to a rank that sent none.
+          std::string chain = peer_name(me_, &cluster_);
+          int culprit = stuck->peer;
+          std::vector<bool> seen(n_, false);
+          seen[me_] = true;
+          while (!seen[culprit] && notice_from_[culprit] && waits_on_[culprit] >= 0) {
+            seen[culprit] = true;
+            chain += " waits for " + peer_name(culprit, &cluster_);
+            culprit = waits_on_[culprit];
+          }
+          chain += " waits for " + peer_name(culprit, &cluster_);
+          return fail(error(Code::kTimeout,
+                            "{} on rank {} timed out after LOCMOE_TIMEOUT_S={} s: {} stopped answering or died "
+                            "({}; this rank was at: {} {} in {})",
+                            op, me_, timeout_s_, peer_name(culprit, &cluster_), chain,
+                            stuck->is_send ? "send to" : "receive from", peer_name(stuck->peer, &cluster_), what));
+        }
       }
       if (spins > 64) std::this_thread::yield();
       if (spins > 4096) std::this_thread::sleep_for(std::chrono::microseconds(20));
     }
+  }
+
+  // ---- failure notices ------------------------------------------------------------------------
+  // Each rank keeps one receive posted per peer for a notice (phase kAbort, sequence 0, so no
+  // data tag matches it). A rank that gives up, or is stuck at its deadline, sends every other
+  // rank one notice: its error and the peer it waits for. A peer-failure notice makes the others
+  // fail at once; "waits for" links let stuck ranks name the rank at the end of the chain.
+  struct Notice {
+    int32_t code = 0;
+    int32_t waiting_on = -1;
+    char message[496] = {};
+  };
+  Status post_abort_receives() {
+    if (!inter_->supports(MemoryKind::kHost)) return ok_status();
+    notices_in_.resize(n_);
+    abort_recv_.resize(n_);
+    notice_from_.assign(n_, false);
+    waits_on_.assign(n_, -1);
+    for (int p = 0; p < n_; ++p) {
+      if (p == me_) continue;
+      LOCMOE_RETURN_IF_ERROR(to(p).post_recv(abort_recv_[p], p, uint64_t{kAbort} << 21, &notices_in_[p], sizeof(Notice)));
+    }
+    return ok_status();
+  }
+  Status poll_abort_notices(std::string_view op) {
+    for (int p = 0; p < static_cast<int>(abort_recv_.size()); ++p) {
+      Request& r = abort_recv_[p];
+      if (p == me_ || r.done || !r.transport) continue;
+      if (!r.transport->test(r).ok()) {
+        r.transport = nullptr;  // released by test()
+        continue;
+      }
+      if (!r.done) continue;
+      Notice& nt = notices_in_[p];
+      nt.message[sizeof(Notice::message) - 1] = 0;
+      notice_from_[p] = true;
+      waits_on_[p] = nt.waiting_on;
+      if (nt.code != int32_t(Code::kTimeout)) {
+        Status s = error(Code::kPeerFailure, "{} on rank {} aborted: {} gave up: {}", op, me_, peer_name(p, &cluster_),
+                         nt.message);
+        send_abort_notices(s, p);
+        return s;
+      }
+    }
+    return ok_status();
+  }
+  // Tells every other rank why this one gives up or whom it waits for (once; never waited for).
+  void send_abort_notices(const Status& why, int waiting_on) {
+    if (notice_sent_ || abort_recv_.empty()) return;
+    notice_sent_ = true;
+    notice_out_.code = static_cast<int32_t>(why.code());
+    notice_out_.waiting_on = waiting_on;
+    std::snprintf(notice_out_.message, sizeof notice_out_.message, "%s", why.message().c_str());
+    abort_send_.resize(n_);
+    for (int p = 0; p < n_; ++p)
+      if (p != me_) (void)to(p).post_send(abort_send_[p], p, uint64_t{kAbort} << 21, &notice_out_, sizeof(Notice));
+    for (Request& r : abort_send_)
+      if (r.transport && !r.done) (void)r.transport->test(r);  // push eager sends out now
+  }
+  Status failed(Status s) {
+    if (s.code() == Code::kTimeout || s.code() == Code::kPeerFailure) {
+      failed_ = true;
+      send_abort_notices(s, -1);
+    }
+    return s;
   }
 
   // ---- metadata -------------------------------------------------------------------------------
@@ -564,6 +673,15 @@ class CommunicatorImpl final : public Communicator {
   uint64_t seq_ = 0;
   ExchangeStats stats_;
   bool failed_ = false;
+  std::vector<Notice> notices_in_;
+  std::vector<bool> notice_from_;
+  std::vector<int> waits_on_;
+  std::vector<Request> abort_recv_, abort_send_;
+  Notice notice_out_;
+  bool notice_sent_ = false;
+
+ public:
+  Status start() { return post_abort_receives(); }
 };
 
 Result<A2AAlgo> resolve_algo(A2AAlgo requested, const ClusterMap& cluster) {
@@ -617,8 +735,10 @@ Result<std::unique_ptr<Communicator>> Communicator::create(Bootstrap& bootstrap,
                      "intra-node transport {} and inter-node transport {} move different kinds of memory",
                      intra_name, inter_name);
   }
-  return std::unique_ptr<Communicator>(
-      new CommunicatorImpl(bootstrap, cluster, std::move(inter), std::move(intra), algo, chunk, timeout_s));
+  auto comm = std::make_unique<CommunicatorImpl>(bootstrap, cluster, std::move(inter), std::move(intra), algo, chunk,
+                                                 timeout_s);
+  LOCMOE_RETURN_IF_ERROR(comm->start());
+  return std::unique_ptr<Communicator>(std::move(comm));
 }
 
 }  // namespace locmoe
