@@ -134,6 +134,8 @@ TEST_P(A2ATest, MatchesOracleForEveryLayoutPatternAndAlgorithm) {
     Fixture f = make_fixture(node_of);
     for (A2AAlgo algo : {A2AAlgo::kFlat, A2AAlgo::kHierarchical}) {
       for (uint64_t chunk : {uint64_t{0}, uint64_t{4096}}) {
+        // Small chunks on the layout with the most paths only (keeps 8 ranks on 2 cores quick).
+        if (chunk != 0 && lname != layouts(n).back().first && n > 2) continue;
         CommConfig cfg;
         cfg.transport = GetParam();
         cfg.algo = algo;
@@ -145,6 +147,7 @@ TEST_P(A2ATest, MatchesOracleForEveryLayoutPatternAndAlgorithm) {
         for (Pattern p : {Pattern::kRandom, Pattern::kOneSilent, Pattern::kUneven, Pattern::kLarge, Pattern::kAllZero}) {
           if (chunk != 0 && (p == Pattern::kUneven || p == Pattern::kLarge)) continue;  // 4 KiB chunks of MiBs: slow
           for (bool reversed : {false, true}) {
+            if (reversed && (p == Pattern::kLarge || p == Pattern::kUneven)) continue;  // layout covered by others
             ++seed;
             SCOPED_TRACE(fmt::format("{} ranks, {}, transport {}, algo {}, chunk {}, pattern {}, {} layout", n, lname,
                                      GetParam(), algo == A2AAlgo::kFlat ? "flat" : "hier", chunk, pattern_name(p),
