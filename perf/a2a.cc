@@ -105,8 +105,10 @@ int run_a2a(int argc, char** argv) {
   CLI::App app{"All-to-all-v bandwidth: flat, hierarchical and MPI_Alltoallv side by side (run under mpirun)",
                "locmoe-perf a2a"};
   Options o;
-  app.add_option("-b,--minbytes", o.min_bytes, "smallest size: bytes each rank sends in total (per rank)");
-  app.add_option("-e,--maxbytes", o.max_bytes, "largest size (per rank)");
+  // Sizes accept K, M, G suffixes (powers of 1024), as nccl-tests does.
+  app.add_option("-b,--minbytes", o.min_bytes, "smallest size: bytes each rank sends in total (per rank)")
+      ->transform(CLI::AsSizeValue(false));
+  app.add_option("-e,--maxbytes", o.max_bytes, "largest size (per rank)")->transform(CLI::AsSizeValue(false));
   app.add_option("-f,--stepfactor", o.factor, "size multiplier between steps")->check(CLI::PositiveNumber);
   app.add_option("-n,--iters", o.iters, "timed iterations per size")->check(CLI::PositiveNumber);
   app.add_option("-w,--warmup_iters", o.warmup, "untimed warm-up iterations per size");
@@ -115,7 +117,8 @@ int run_a2a(int argc, char** argv) {
   app.add_option("-J,--json", o.json, "write the results as JSON to this file");
   app.add_option("--algo", o.algos, "comma-separated subset of flat,hier,mpi");
   app.add_option("--transport", o.transport, "mpi | ucx | nccl | auto (LOCMOE_TRANSPORT)");
-  app.add_option("--chunk", o.chunk, "LOCMOE_CHUNK_BYTES for this run (0: the parameter)");
+  app.add_option("--chunk", o.chunk, "LOCMOE_CHUNK_BYTES for this run (0: the parameter)")
+      ->transform(CLI::AsSizeValue(false));
   int rank = 0, size = 1;
   MPI_Init(nullptr, nullptr);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
