@@ -47,6 +47,24 @@ enum Phase : uint64_t { kMetaA = 0, kMetaB = 1, kMetaC = 2, kDirect = 3, kStage1
 constexpr uint64_t kMaxChunks = 1u << 12;
 constexpr int kMaxKey = 1 << 9;
 
+// Grow-only uninitialized byte buffer (a std::vector<char> would zero-fill on every growth).
+class Buffer {
+ public:
+  void resize(size_t n) {
+    if (n > cap_) {
+      p_.reset(new char[n]);
+      cap_ = n;
+    }
+    n_ = n;
+  }
+  char* data() { return p_.get(); }
+  size_t size() const { return n_; }
+
+ private:
+  std::unique_ptr<char[]> p_;
+  size_t cap_ = 0, n_ = 0;
+};
+
 // A set of requests and what to do when all are done (may post more groups).
 struct Group {
   std::string what;
@@ -531,11 +549,15 @@ class CommunicatorImpl final : public Communicator {
       if (count(m, me_, me_) > 0) std::memmove(recv + rdispl[me_], send + sdispl[me_], count(m, me_, me_));
     }
 
-    // Buffers owned here live until run() returns; indexed [node][rail].
-    auto grid = [&] { return std::vector<std::vector<std::vector<char>>>(nodes, std::vector<std::vector<char>>(my_size)); };
-    auto out = grid(), gathered = grid();
-    std::vector<std::vector<char>> arrived(nodes), landing(nodes);
-    std::vector<std::vector<std::vector<char>>> fwd(nodes);
+    // Staging buffers persist across exchanges (no page faults or zero-filling on the hot path);
+    // indexed [node][rail] or [node][destination].
+    auto& out = scratch_.out;
+    auto& gathered = scratch_.gathered;
+    auto& arrived = scratch_.arrived;
+    auto& landing = scratch_.landing;
+    auto& fwd = scratch_.fwd;
+    out.resize(nodes), gathered.resize(nodes), arrived.resize(nodes), landing.resize(nodes), fwd.resize(nodes);
+    for (int nn = 0; nn < nodes; ++nn) out[nn].resize(my_size), gathered[nn].resize(my_size);
 
     for (int nn = 0; nn < nodes; ++nn) {
       if (nn == my_node) continue;
@@ -690,6 +712,10 @@ class CommunicatorImpl final : public Communicator {
   uint64_t seq_ = 0;
   ExchangeStats stats_;
   bool failed_ = false;
+  struct Scratch {
+    std::vector<std::vector<Buffer>> out, gathered, fwd;
+    std::vector<Buffer> arrived, landing;
+  } scratch_;
   std::vector<Notice> notices_in_;
   std::vector<bool> notice_from_;
   std::vector<int> waits_on_;
