@@ -213,6 +213,33 @@ TEST_P(A2ATest, FlatAndHierarchicalAgreeAndHierSendsFewerInternodeMessages) {
   }
 }
 
+// LOCMOE_INTRA_TRANSPORT-style combination: the other transport inside nodes, this one between.
+TEST_P(A2ATest, SeparateIntraAndInterNodeTransportsGiveTheSameBytes) {
+  const std::string other = GetParam() == "mpi" ? "ucx" : "mpi";
+  if (!transport_available(other)) GTEST_SKIP() << other << " transport not built";
+  const int n = world_size(), me = world_rank();
+  for (const auto& [lname, node_of] : layouts(n)) {
+    Fixture f = make_fixture(node_of);
+    for (A2AAlgo algo : {A2AAlgo::kFlat, A2AAlgo::kHierarchical}) {
+      CommConfig cfg;
+      cfg.transport = GetParam();
+      cfg.intra_transport = other;
+      cfg.algo = algo;
+      auto comm = Communicator::create(*f.boot, f.cluster, cfg);
+      ASSERT_TRUE(comm.ok()) << comm.status().to_string();
+      EXPECT_EQ((*comm)->transport_name(), other + "+" + GetParam());
+      Buffers b = make_buffers(Pattern::kRandom, 21, n, me, true);
+      std::vector<uint8_t> recv(b.recv_bytes, 0xA5);
+      Status s = (*comm)->alltoallv(b.send.data(), b.sc.data(), b.sd.data(), recv.data(), b.rc.data(), b.rd.data(),
+                                    recv.size());
+      SCOPED_TRACE(lname);
+      ASSERT_TRUE(s.ok()) << s.to_string();
+      EXPECT_TRUE(recv == b.expect);
+      EXPECT_TRUE(recv == oracle(b, n));
+    }
+  }
+}
+
 TEST_P(A2ATest, CountMismatchIsReportedOnEveryRankNamingBothRanks) {
   const int n = world_size(), me = world_rank();
   for (const auto& [lname, node_of] : layouts(n)) {
