@@ -213,6 +213,25 @@ TEST_P(A2ATest, FlatAndHierarchicalAgreeAndHierSendsFewerInternodeMessages) {
   }
 }
 
+TEST_P(A2ATest, AlgorithmFollowsTopologyUnlessForced) {
+  const int n = world_size();
+  for (const auto& [lname, node_of] : layouts(n)) {
+    Fixture f = make_fixture(node_of);
+    SCOPED_TRACE(lname);
+    auto automatic = make_comm(f, A2AAlgo::kAuto);
+    ASSERT_TRUE(automatic);
+    EXPECT_EQ(automatic->algo(), f.cluster.num_nodes() > 1 ? A2AAlgo::kHierarchical : A2AAlgo::kFlat);
+    automatic.reset();
+    for (const char* forced : {"flat", "hier"}) {
+      ASSERT_TRUE(params::set("LOCMOE_A2A_ALGO", forced).ok());
+      auto comm = make_comm(f, A2AAlgo::kAuto);
+      params::reset();
+      ASSERT_TRUE(comm);
+      EXPECT_EQ(comm->algo(), std::string(forced) == "flat" ? A2AAlgo::kFlat : A2AAlgo::kHierarchical);
+    }
+  }
+}
+
 // LOCMOE_INTRA_TRANSPORT-style combination: the other transport inside nodes, this one between.
 TEST_P(A2ATest, SeparateIntraAndInterNodeTransportsGiveTheSameBytes) {
   const std::string other = GetParam() == "mpi" ? "ucx" : "mpi";
