@@ -7,6 +7,12 @@ mpiexec=$1 exe=$2 transport=$3 mode=$4 algo=$5
 out=$(LOCMOE_TIMEOUT_S=${LOCMOE_TIMEOUT_S:-3} timeout 120 "$mpiexec" --enable-recovery --oversubscribe --bind-to none \
   -np 4 "$exe" "$transport" "$mode" "$algo" 2>&1)
 echo "$out"
+# A stopped victim must never outlive the test, whatever happened to rank 0.
+victim=$(sed -n 's/^VICTIM PID \([0-9]*\)$/\1/p' <<<"$out")
+if [ -n "$victim" ] && kill -0 "$victim" 2>/dev/null; then
+  echo "killing leftover victim $victim"
+  kill -KILL "$victim" 2>/dev/null
+fi
 if grep -q "^SKIP" <<<"$out"; then exit 0; fi
 ok=$(grep -c "^SURVIVOR rank [0-9]* OK" <<<"$out")
 bad=$(grep -c "^SURVIVOR rank [0-9]* FAIL" <<<"$out")
