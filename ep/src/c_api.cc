@@ -125,25 +125,26 @@ Status create_group(const locmoe_group_config_t* config, locmoe_group_t* out) {
   LOCMOE_CHECK_ARG(out != nullptr, "out is NULL");
   locmoe_group_config_t c = LOCMOE_GROUP_CONFIG_INIT;
   LOCMOE_RETURN_IF_ERROR(read_config(config, c, sizeof(uint32_t) + sizeof(int32_t), "config"));
-  locmoe_bootstrap_t kind = c.bootstrap;
-  if (kind == LOCMOE_BOOTSTRAP_AUTO) {
-    LOCMOE_ASSIGN_OR_RETURN(const std::string name, locmoe::params::get_string(locmoe::params::Id::bootstrap));
-    LOCMOE_CHECK(name != "tcp", Code::kUnsupported,
-                 "LOCMOE_BOOTSTRAP=tcp: the C API group supports mpi and self bootstraps");
-    kind = name == "mpi" ? LOCMOE_BOOTSTRAP_MPI
-           : name == "self" ? LOCMOE_BOOTSTRAP_SELF
-                            : (launched_by_mpi() ? LOCMOE_BOOTSTRAP_MPI : LOCMOE_BOOTSTRAP_SELF);
-  }
-  LOCMOE_CHECK_ARG(kind == LOCMOE_BOOTSTRAP_MPI || kind == LOCMOE_BOOTSTRAP_SELF,
-                   "config.bootstrap {} must be AUTO (0), MPI (1) or SELF (2)", kind);
+  LOCMOE_CHECK_ARG(c.bootstrap >= LOCMOE_BOOTSTRAP_AUTO && c.bootstrap <= LOCMOE_BOOTSTRAP_SELF,
+                   "config.bootstrap {} must be AUTO (0), MPI (1) or SELF (2)", c.bootstrap);
   LOCMOE_CHECK_ARG(c.a2a_algo >= LOCMOE_A2A_AUTO && c.a2a_algo <= LOCMOE_A2A_HIERARCHICAL,
                    "config.a2a_algo {} must be 0, 1 or 2", c.a2a_algo);
   auto g = std::make_unique<locmoe_group_s>();
-  if (kind == LOCMOE_BOOTSTRAP_MPI) {
-    LOCMOE_RETURN_IF_ERROR(ensure_mpi());
-    LOCMOE_ASSIGN_OR_RETURN(g->bootstrap, locmoe::make_mpi_bootstrap(MPI_COMM_WORLD));
-  } else {
+  if (c.bootstrap == LOCMOE_BOOTSTRAP_SELF) {
     g->bootstrap = std::make_unique<locmoe::SelfBootstrap>();
+  } else {
+    // MPI initialized here (when needed) is finalized at exit; MPI_COMM_WORLD for MPI, else
+    // LOCMOE_BOOTSTRAP's choice (a TCP rendezvous under torchrun, or this process alone).
+    LOCMOE_ASSIGN_OR_RETURN(const std::string env_choice,
+                            locmoe::params::get_string(locmoe::params::Id::bootstrap));
+    const bool mpi = c.bootstrap == LOCMOE_BOOTSTRAP_MPI || env_choice == "mpi" ||
+                     (env_choice == "auto" && launched_by_mpi());
+    if (mpi) {
+      LOCMOE_RETURN_IF_ERROR(ensure_mpi());
+      LOCMOE_ASSIGN_OR_RETURN(g->bootstrap, locmoe::make_mpi_bootstrap(MPI_COMM_WORLD));
+    } else {
+      LOCMOE_ASSIGN_OR_RETURN(g->bootstrap, locmoe::make_bootstrap_from_env());
+    }
   }
   locmoe::RankDescriptor mine;
   LOCMOE_ASSIGN_OR_RETURN(mine.host_id, locmoe::local_host_id());

@@ -60,8 +60,10 @@ typedef int32_t locmoe_memory_t;
 #define LOCMOE_MEMORY_DEVICE 1
 
 typedef int32_t locmoe_bootstrap_t;
-#define LOCMOE_BOOTSTRAP_AUTO 0 /* LOCMOE_BOOTSTRAP; its "auto": MPI when launched by mpirun or
-                                   when MPI is initialized, else one process */
+#define LOCMOE_BOOTSTRAP_AUTO 0 /* LOCMOE_BOOTSTRAP (mpi | tcp | self | auto); "auto": MPI when
+                                   launched by mpirun or when MPI is initialized, else a TCP
+                                   rendezvous when torchrun's RANK / WORLD_SIZE are set, else
+                                   this process alone */
 #define LOCMOE_BOOTSTRAP_MPI 1  /* MPI_COMM_WORLD; MPI is initialized here when the caller did not */
 #define LOCMOE_BOOTSTRAP_SELF 2 /* this process alone */
 
