@@ -5,8 +5,8 @@ copies. The ``*_into`` methods write caller-allocated outputs (allocation-free p
 methods without ``_into`` allocate the output with the input's own library (``new_empty`` for
 torch tensors, numpy otherwise) and return it.
 
-    g = locmoe.Group()                          # MPI under mpirun, else this process alone
-    plan = locmoe.Plan(g, expert, weight, experts_per_rank=L)
+    g = locmoe.Group()                          # MPI under mpirun, TCP under torchrun, else alone
+    plan = locmoe.Plan(g, expert, weight, experts_per_rank=L)   # or locmoe.Router().route(g, x, gate, L)
     d = locmoe.Dispatcher(g, experts_per_rank=L, hidden=H, max_tokens=T, top_k=k)
     h = d.make_handle()
     expert_in = d.dispatch(x, plan, h)          # [h.expert_rows, H], expert-major
