@@ -1,0 +1,141 @@
+// Cost model (perf/whatif): hand-computed stage loads, invariants on random traffic, topology
+// facts of a known machine, and the synthetic routing rules' defining properties.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <set>
+
+#include "locmoe/perf/whatif.h"
+
+namespace w = locmoe::whatif;
+
+namespace {
+
+w::ClusterModel model(int nodes, int g, int nics, double intra_bw, double inter_bw) {
+  w::ClusterModel c;
+  c.nodes = nodes, c.ranks_per_node = g, c.nics_per_node = nics;
+  c.intra = {intra_bw, 0};
+  c.inter = {inter_bw, 0};
+  return c;
+}
+
+}  // namespace
+
+TEST(Whatif, UniformTwoNodesByHand) {
+  // 2 nodes x 4 ranks, one NIC per node, b bytes between every pair.
+  const double b = 1000, bi = 1e6, be = 1e4;
+  const w::ClusterModel c = model(2, 4, 1, bi, be);
+  const auto t = w::uniform_traffic(8, uint64_t(b));
+  auto flat = w::predict(t, c, w::Algo::kFlat);
+  ASSERT_TRUE(flat.ok()) << flat.status().to_string();
+  // Flat: the NIC of node 0 carries 4 ranks x 4 remote ranks x b; a rank's intra port 3b.
+  EXPECT_DOUBLE_EQ(flat->seconds, 16 * b / be);
+  EXPECT_DOUBLE_EQ(flat->intra_seconds, 3 * b / bi);
+  EXPECT_EQ(flat->internode_bytes, uint64_t(32 * b));
+  EXPECT_EQ(flat->internode_msgs, 32u);
+  // Hierarchical, rail local rank (0 + 1) % 4 = 1 on both nodes. Gather: the rail receives 4b
+  // from each of 3 ranks plus b direct from each of them = 15b. Rails: 16b. Scatter: the rail
+  // sends 4b to each of 3 ranks = 12b.
+  auto hier = w::predict(t, c, w::Algo::kHierarchical);
+  ASSERT_TRUE(hier.ok());
+  ASSERT_EQ(hier->stages.size(), 3u);
+  EXPECT_DOUBLE_EQ(hier->stages[0].seconds, 15 * b / bi);
+  EXPECT_DOUBLE_EQ(hier->stages[1].seconds, 16 * b / be);
+  EXPECT_DOUBLE_EQ(hier->stages[2].seconds, 12 * b / bi);
+  EXPECT_DOUBLE_EQ(hier->seconds, 27 * b / bi + 16 * b / be);
+  EXPECT_EQ(hier->internode_bytes, uint64_t(32 * b));
+  EXPECT_EQ(hier->internode_msgs, 2u);
+  // Lower bound: 16b through each node's NIC.
+  EXPECT_DOUBLE_EQ(hier->lower_bound_s, 16 * b / be);
+}
+
+TEST(Whatif, InvariantsOnRandomTraffic) {
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 20; ++trial) {
+    const int nodes = 1 + int(rng() % 4), g = 1 + int(rng() % 4), nics = 1 + int(rng() % g);
+    w::ClusterModel c = model(nodes, g, nics, 1e9 * (1 + rng() % 10), 1e8 * (1 + rng() % 10));
+    c.intra.latency_s = 1e-6, c.inter.latency_s = 5e-6;
+    const int R = nodes * g;
+    w::TrafficMatrix t{R, std::vector<uint64_t>(size_t(R) * R)};
+    uint64_t cross = 0, cross_pairs = 0;
+    for (int s = 0; s < R; ++s)
+      for (int d = 0; d < R; ++d) {
+        const uint64_t v = (rng() % 3 == 0) ? 0 : rng() % 100000;
+        t.bytes[size_t(s) * R + d] = v;
+        if (s / g != d / g) cross += v, cross_pairs += v != 0;
+      }
+    for (w::Algo a : {w::Algo::kFlat, w::Algo::kHierarchical}) {
+      auto p = w::predict(t, c, a);
+      ASSERT_TRUE(p.ok());
+      EXPECT_LE(p->lower_bound_s, p->seconds * (1 + 1e-12)) << w::algo_name(a) << " trial " << trial;
+      EXPECT_EQ(p->internode_bytes, cross) << w::algo_name(a);
+      if (a == w::Algo::kFlat) EXPECT_EQ(p->internode_msgs, cross_pairs);
+      else EXPECT_LE(p->internode_msgs, uint64_t(nodes) * (nodes - 1));
+      // Combine moves every byte back: the same bytes between nodes.
+      auto back = w::predict(t.transposed(), c, a);
+      ASSERT_TRUE(back.ok());
+      EXPECT_EQ(back->internode_bytes, cross);
+    }
+  }
+}
+
+TEST(Whatif, RejectsMismatchAndBadFigures) {
+  const auto t = w::uniform_traffic(6, 10);
+  auto p = w::predict(t, model(2, 4, 1, 1e9, 1e8), w::Algo::kFlat);
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.status().code(), locmoe::Code::kInvalidArgument);
+  EXPECT_NE(p.status().message().find("6 ranks"), std::string::npos) << p.status().message();
+  auto z = w::predict(w::uniform_traffic(8, 10), model(2, 4, 1, 0, 1e8), w::Algo::kFlat);
+  EXPECT_FALSE(z.ok());
+}
+
+TEST(Whatif, TopologyFactsOfNdH100v5) {
+  // Azure ND H100 v5: 8 H100 GPUs and 8 ConnectX-7 InfiniBand NICs (one per GPU) per VM.
+  auto f = w::read_topology_facts(std::string(LOCMOE_TEST_DATA) + "/topologies/azure-ndv5.nccl.xml");
+  ASSERT_TRUE(f.ok()) << f.status().to_string();
+  EXPECT_EQ(f->gpus, 8);
+  EXPECT_EQ(f->nics, 8);
+  auto missing = w::read_topology_facts("/nonexistent/topo.xml");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), locmoe::Code::kNotFound);
+  EXPECT_NE(missing.status().message().find("/nonexistent/topo.xml"), std::string::npos);
+}
+
+TEST(Whatif, SyntheticRulesKeepTheirDefiningProperties) {
+  const w::ClusterModel c = model(4, 2, 1, 1e9, 1e8);
+  w::SyntheticRouting s;
+  s.tokens_per_rank = 64, s.k = 4, s.experts = 32, s.node_limit = 2;
+  for (const char* rule : {"dropless", "gshard", "node-limited", "locmoe"}) {
+    s.rule = rule;
+    auto plans = w::synthetic_plans(s, c);
+    ASSERT_TRUE(plans.ok()) << plans.status().to_string();
+    ASSERT_EQ(plans->size(), 8u);
+    const int64_t cap = int64_t(std::ceil(s.capacity_factor * s.k * s.tokens_per_rank / double(s.experts)));
+    for (const locmoe::RoutingPlan& p : *plans) {
+      std::vector<int64_t> load(s.experts, 0);
+      for (int t = 0; t < p.num_tokens; ++t) {
+        std::set<int> nodes, experts;
+        int accepted = 0;
+        for (int j = 0; j < p.k; ++j) {
+          const int e = p.expert[size_t(t) * p.k + j];
+          if (e < 0) continue;
+          ++accepted, ++load[e];
+          experts.insert(e);
+          nodes.insert((e / (s.experts / 8)) / 2);
+        }
+        EXPECT_EQ(int(experts.size()), accepted) << rule << ": a token got one expert twice";
+        if (std::string(rule) == "dropless" || std::string(rule) == "node-limited") EXPECT_EQ(accepted, s.k) << rule;
+        if (std::string(rule) == "node-limited") EXPECT_LE(int(nodes.size()), s.node_limit);
+      }
+      if (std::string(rule) == "gshard" || std::string(rule) == "locmoe")
+        for (int e = 0; e < s.experts; ++e) EXPECT_LE(load[e], cap) << rule << " expert " << e;
+    }
+  }
+  // A locality margin far above the score spread keeps every copy inside the token's node
+  // whenever the node has enough capacity: 2 ranks x 4 experts x cap >= 64 tokens x 4 slots.
+  s.rule = "locmoe", s.locality = 100, s.capacity_factor = 4;
+  auto local = w::synthetic_plans(s, c);
+  ASSERT_TRUE(local.ok());
+  for (const locmoe::RoutingPlan& p : *local) EXPECT_EQ(p.copies[locmoe::kCrossNode], 0) << "rank " << p.rank;
+}
