@@ -45,7 +45,7 @@ int main(int argc, char** argv) {
   c.intra = {450e9, 3e-6};
   c.inter = {50e9, 10e-6};
   int gpus = 0, nics = 0;
-  std::vector<std::string> rules{"locmoe", "gshard", "node-limited", "dropless"};
+  std::vector<std::string> rules{"locmoe+", "gshard", "node-limited", "dropless"};
   w::SyntheticRouting sr;
   int64_t hidden = 7168, dtype_bytes = 2;
   uint64_t uniform = 0;
@@ -60,17 +60,16 @@ int main(int argc, char** argv) {
   app.add_option("--inter-bw", c.inter.bw, "Inter-node bandwidth per NIC and direction, bytes/s (default 50e9: 400 Gb/s; "
                                            "a <net speed> in --topo wins unless this flag is given)");
   app.add_option("--inter-latency", c.inter.latency_s, "Inter-node start-up time, s (default 10e-6)");
-  app.add_option("--router", rules, "Routing rules to compare: locmoe gshard node-limited dropless (synthetic, see whatif.h)");
+  app.add_option("--router", rules, "Routers to compare (router/: locmoe+ gshard node-limited dropless ...), on a synthetic input (whatif.h)");
   app.add_option("--tokens", sr.tokens_per_rank, "Tokens per rank")->default_val(4096);
   app.add_option("--hidden", hidden, "Hidden size (elements per token row)")->default_val(7168);
   app.add_option("--dtype-bytes", dtype_bytes, "Bytes per element (2: bf16)")->default_val(2);
   app.add_option("--experts", sr.experts, "Experts of the EP group")->default_val(256);
   app.add_option("-k,--top-k", sr.k, "Experts per token")->default_val(8);
   app.add_option("--capacity-factor", sr.capacity_factor, "Capacity factor of gshard and locmoe")->default_val(1.25);
-  app.add_option("--node-limit", sr.node_limit, "Nodes per token of node-limited")->default_val(4);
-  app.add_option("--locality", sr.locality, "Locality margin of locmoe")->default_val(0.1);
-  app.add_option("--score-std", sr.score_std, "Standard deviation of the synthetic gate scores")->default_val(0.1);
-  app.add_option("--seed", sr.seed, "Seed of the synthetic scores")->default_val(1);
+  app.add_option("--route-hidden", sr.route_hidden, "Feature width the routers run on (bytes use --hidden)")->default_val(64);
+  app.add_option("--affinity", sr.affinity, "Signal of a token towards its expert's gate row (synthetic input)")->default_val(0.5);
+  app.add_option("--seed", sr.seed, "Seed of the synthetic input")->default_val(1);
   app.add_option("--uniform-bytes", uniform, "Instead of routing: this many bytes from every rank to every other "
                                              "(locmoe-perf a2a's pattern)");
   app.add_flag("--json", json, "Print one JSON document");
@@ -100,7 +99,7 @@ int main(int argc, char** argv) {
     cases.push_back({"uniform", w::uniform_traffic(c.size(), uniform)});
   } else {
     for (const std::string& rule : rules) {
-      sr.rule = rule;
+      sr.router = rule;
       auto plans = w::synthetic_plans(sr, c);
       if (!plans.ok()) return fail(plans.status());
       auto t = w::traffic_from_plans(*plans, hidden, dtype_bytes);

@@ -107,25 +107,20 @@ Result<TopologyFacts> read_topology_facts(const std::string& path);
 
 namespace locmoe::whatif {
 
-// Synthetic routing for projections when no router output is at hand: gate scores drawn
-// N(0, score_std) per (token, expert), seeded by global token id, then one of these rules (models
-// of the routers, not the routers of router/):
-//   "dropless"      top-k by score;
-//   "gshard"        top-k, then per-expert capacity ceil(cf * k * T / E) over this rank's tokens in
-//                   position order (all first slots, then all second slots...);
-//   "node-limited"  the best `node_limit` nodes by the sum of each node's top k/node_limit scores,
-//                   then top-k inside them (DeepSeek-V3);
-//   "locmoe"        scores + `locality` for experts on the token's own node, top-2k candidates, then
-//                   expert choice in descending score with the same capacity (per rank).
+// Routing for projections: one of router/'s routers (RouterConfig::name: locmoe+, gshard,
+// node-limited, dropless, ...) run by route_all_ranks on a synthetic input of `tokens_per_rank`
+// tokens per rank: a Gaussian gate [E, route_hidden] and tokens drawn around the gate row of an
+// expert picked uniformly at random (signal `affinity` times the unit row, plus N(0, 1/route_hidden)
+// noise per element), seeded. Routing runs on route_hidden features (the bytes are then counted at
+// the real hidden size): the plans depend on scores, not on the row width.
 struct SyntheticRouting {
-  std::string rule = "gshard";
+  std::string router = "locmoe+";
   int32_t tokens_per_rank = 4096;
   int32_t k = 8;
   int32_t experts = 256;
   double capacity_factor = 1.25;
-  int32_t node_limit = 4;
-  double locality = 0.1;
-  double score_std = 0.1;
+  int32_t route_hidden = 64;
+  double affinity = 0.5;
   uint64_t seed = 1;
 };
 
