@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # emu-cluster.sh: an emulated cluster of N hosts on this machine, joined by real, shaped links.
 #
-# Each emulated host is a Linux network namespace "<prefix>-h<i>" with one interface, eth0, at
+# Each emulated host is a Linux network namespace "<prefix>-h<i>", plus an IPC namespace of its own
+# (so that UCX, which offers shared memory to peers of the same IPC namespace on one machine, sees
+# the other hosts as remote: the ranks of one host share memory, those of different hosts talk
+# through the network), with one interface, eth0, at
 # 10.77.0.<i+1>/24. Its peer end, "h<i>", sits in a namespace of its own, "<prefix>-sw", on the
 # bridge "br0" (the switch). Both directions of every host's link are shaped with tc (htb by
 # default, or tbf) to --bw: host -> switch on eth0's egress, switch -> host on h<i>'s egress, like
@@ -48,11 +51,16 @@ v() { [ "${LOCMOE_EMU_VERBOSE:-0}" = 1 ] && echo "+ $*" >&2; "$@"; }
 host_ns() { echo "$PREFIX-h$1"; }
 switch_ns() { echo "$PREFIX-sw"; }
 host_addr() { echo "$SUBNET.$(($1 + 1))"; }
+host_ipc() { echo "$STATE_DIR/$PREFIX-h$1.ipc"; }
+# The command prefix that runs a program inside host $1 (network and IPC namespaces). Both tools
+# exec, so the pid of this prefix becomes the program's pid.
+host_enter() { echo ip netns exec "$(host_ns "$1")" nsenter --ipc="$(host_ipc "$1")" --; }
 
 # Fails with exit 77 and a reason when this process cannot create network namespaces.
 require_netns_rights() {
   command -v ip >/dev/null || { note "SKIP: iproute2 'ip' not found (apt-get install iproute2)"; exit $SKIP; }
   command -v tc >/dev/null || { note "SKIP: 'tc' not found (apt-get install iproute2)"; exit $SKIP; }
+  command -v nsenter >/dev/null && command -v unshare >/dev/null || { note "SKIP: nsenter/unshare not found (util-linux)"; exit $SKIP; }
   if [ "$(id -u)" -ne 0 ]; then
     note "SKIP: creating network namespaces needs root (CAP_SYS_ADMIN and CAP_NET_ADMIN); running as uid $(id -u)"
     exit $SKIP
@@ -131,6 +139,12 @@ cmd_down() {
     done
     v ip netns del "$ns" 2>/dev/null || true
   done
+  local f
+  for f in "$STATE_DIR/$PREFIX"-h*.ipc; do
+    [ -e "$f" ] || continue
+    umount "$f" 2>/dev/null || true
+    rm -f "$f"
+  done
   rm -f "$STATE"
 }
 
@@ -165,6 +179,9 @@ cmd_up() {
     hns=$(host_ns "$i")
     v ip netns add "$hns"
     v ip -n "$hns" link set lo up
+    mkdir -p "$STATE_DIR"
+    touch "$(host_ipc "$i")"
+    v unshare --ipc="$(host_ipc "$i")" true
     v ip -n "$hns" link add eth0 mtu "$MTU" type veth peer name "h$i" netns "$sw"
     v ip -n "$sw" link set "h$i" mtu "$MTU" master br0 up
     v ip -n "$hns" addr add "$(host_addr "$i")/24" dev eth0
@@ -230,7 +247,7 @@ cmd_exec() {
   local h
   h=$(resolve_host "$1")
   shift
-  exec ip netns exec "$(host_ns "$h")" "$@"
+  exec $(host_enter "$h") "$@"
 }
 
 cmd_launch() {
@@ -261,7 +278,7 @@ cmd_launch() {
       [ -z "$logdir" ] || out=$logdir/rank$r.log
       RANK=$r WORLD_SIZE=$world LOCAL_RANK=$j LOCAL_WORLD_SIZE=$rph \
         MASTER_ADDR=$(host_addr 0) MASTER_PORT=$port LOCMOE_BOOTSTRAP=tcp LOCMOE_HOSTID=host$i \
-        ip netns exec "$(host_ns "$i")" "$@" >"$out" 2>&1 &
+        $(host_enter "$i") "$@" >"$out" 2>&1 &
       pids+=($!)
     done
   done
@@ -288,7 +305,7 @@ cmd_launch() {
 }
 
 # inject_fault SPEC RANKS_PER_HOST PIDS...: sleeps, then applies one fault. The pids are those of
-# `ip netns exec`, which exec()s into the rank, so a signal reaches the rank itself.
+# `ip netns exec` / nsenter, which exec() into the rank, so a signal reaches the rank itself.
 inject_fault() {
   local spec=$1 rph=$2
   shift 2

@@ -78,6 +78,11 @@ for r in 0 1 2 3 4 5; do
   expect+="$r 6 $((r % 2)) host$h 10.77.0.1:29777 tcp 10.77.0.$((h + 1))/24"$'\n'
 done
 [ "$out"$'\n' = "$expect" ] && ok "launch variables" || fail "launch output:"$'\n'"$out"$'\n'"expected:"$'\n'"$expect"
+# IPC namespaces: the ranks of one host share one (shared memory between them), hosts differ (so
+# UCX does not offer shared memory between hosts and their bytes take the shaped link).
+ipc=$("$EMU" launch -r 2 -- sh -c 'echo "$LOCMOE_HOSTID $(readlink /proc/self/ns/ipc)"' | sort -u)
+[ "$(wc -l <<<"$ipc")" = 3 ] && [ "$(awk '{print $2}' <<<"$ipc" | sort -u | wc -l)" = 3 ] &&
+  ! grep -q "$(readlink /proc/self/ns/ipc)" <<<"$ipc" && ok "one IPC namespace per host" || fail "IPC namespaces: $ipc"
 
 # A rank the launcher kills makes launch fail; the other ranks still finish.
 "$EMU" launch -r 1 -t 20 --fault kill:1:0.3 -o "$LOCMOE_EMU_STATE.logs" -- sleep 2 2>/dev/null
@@ -93,6 +98,8 @@ el=$(($(date +%s) - start))
 
 "$EMU" down
 [ "$(ours)" = 0 ] && ok "down removed everything" || fail "$(ours) namespaces left after down"
+left=$(ls "$LOCMOE_EMU_STATE" 2>/dev/null; grep -c " $LOCMOE_EMU_STATE/" /proc/mounts)
+[ "$left" = 0 ] || fail "state or IPC namespace mounts left after down: $left"
 "$EMU" status | grep -q down || fail "status after down"
 
 # run: a second cluster in a row, removed when the command fails...
