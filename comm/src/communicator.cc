@@ -422,12 +422,9 @@ class CommunicatorImpl final : public Communicator {
       const int my_rail = rail(my_node, nn);
       // Stage 1: my blocks for node nn, contiguous when my send displacements are.
       const uint64_t mine = block_bytes(me_, nn);
-      const char* my_block = send + sdispl[dst_ranks.front()];
-      bool contiguous = true;
-      for (size_t i = 1; i < dst_ranks.size(); ++i)
-        if (count(m, me_, dst_ranks[i - 1]) > 0 || count(m, me_, dst_ranks[i]) > 0)
-          contiguous = contiguous && sdispl[dst_ranks[i]] == sdispl[dst_ranks[i - 1]] + count(m, me_, dst_ranks[i - 1]);
-      if (!contiguous && mine > 0) {
+      const int64_t start = back_to_back(dst_ranks, sdispl, [&](int d) { return count(m, me_, d); });
+      const char* my_block = start >= 0 ? send + start : nullptr;
+      if (start < 0) {
         out[nn].resize(mine);
         uint64_t off = 0;
         for (int d : dst_ranks) {
@@ -516,16 +513,13 @@ class CommunicatorImpl final : public Communicator {
       if (my_rail != me_) {
         const auto& srcs = cluster_.nodes[nn];
         uint64_t b = 0;
-        bool direct = true;  // my recv displacements for nn's ranks are consecutive
-        for (size_t i = 0; i < srcs.size(); ++i) {
-          b += count(m, srcs[i], me_);
-          if (i > 0 && (count(m, srcs[i - 1], me_) > 0 || count(m, srcs[i], me_) > 0))
-            direct = direct && rdispl[srcs[i]] == rdispl[srcs[i - 1]] + count(m, srcs[i - 1], me_);
-        }
+        for (int s : srcs) b += count(m, s, me_);
+        // Received in place when my blocks from nn's ranks lie back to back in `recv`.
+        const int64_t start = back_to_back(srcs, rdispl, [&](int s) { return count(m, s, me_); });
         stats_.bytes_received += b;
         Group& g = groups.emplace_back(Group{fmt::format("stage 3: from node {}", nn), {}, {}, false});
-        char* into = recv + rdispl[srcs.front()];
-        if (!direct) {
+        char* into = start >= 0 ? recv + start : nullptr;
+        if (start < 0) {
           landing[nn].resize(b);
           into = landing[nn].data();
           g.then = [this, &landing, &m, nn, recv, rdispl]() -> Status {
@@ -544,6 +538,21 @@ class CommunicatorImpl final : public Communicator {
     return run(groups, deadline(), "alltoallv (hierarchical)");
   }
   int my_node_() const { return cluster_.my_node(); }
+  // Offset of the first non-empty block when the non-empty blocks of `ranks` (in that order) lie
+  // back to back at `displ`; 0 when all are empty; -1 when they do not.
+  template <typename CountFn>
+  static int64_t back_to_back(const std::vector<int>& ranks, const uint64_t* displ, CountFn count_of) {
+    int64_t start = -1;
+    uint64_t next = 0;
+    for (int r : ranks) {
+      const uint64_t c = count_of(r);
+      if (c == 0) continue;
+      if (start < 0) start = static_cast<int64_t>(next = displ[r]);
+      if (displ[r] != next) return -1;
+      next += c;
+    }
+    return start < 0 ? 0 : start;
+  }
 
   Bootstrap& boot_;
   const ClusterMap& cluster_;
