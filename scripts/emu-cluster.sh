@@ -270,7 +270,7 @@ cmd_launch() {
   [ -z "$logdir" ] || mkdir -p "$logdir"
   # Ranks are ours: on Ctrl-C or a failure of this script they are ended by pid. SIGKILL also ends a
   # stopped (SIGSTOP) rank; no SIGCONT first, which would let it run on for a moment.
-  trap 'for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done; exit 130' INT TERM
+  trap 'for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done; exit 130' INT TERM
   for ((i = 0; i < EMU_HOSTS; i++)); do
     for ((j = 0; j < rph; j++)); do
       r=$((i * rph + j))
@@ -288,7 +288,16 @@ cmd_launch() {
   fi
   local watchdog=""
   if [ "$timeout" != 0 ]; then
-    (sleep "$timeout"; for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null; done) &
+    # The watchdog's own sleep is ended with it (an orphaned sleep would hold the caller's stdout
+    # open, and a test harness reading it would wait for the sleep).
+    (
+      trap 'kill "$sp" 2>/dev/null; exit 0' TERM
+      sleep "$timeout" &
+      sp=$!
+      wait "$sp"
+      note "launch: deadline of ${timeout}s passed; killing the ranks still running"
+      for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    ) </dev/null >/dev/null &
     watchdog=$!
   fi
   local rc=0 st
@@ -326,6 +335,19 @@ inject_fault() {
       [ "$kind" = stop ] && sig=STOP
       note "fault: SIG$sig to rank $target (pid ${pids[$target]}, host $((target / rph)))"
       kill -"$sig" "${pids[$target]}"
+      if [ "$sig" = STOP ]; then
+        # A stopped rank cannot end by itself: once every other rank has ended, end it.
+        local p alive=1
+        while [ $alive = 1 ]; do
+          alive=0
+          for p in "${pids[@]}"; do
+            [ "$p" = "${pids[$target]}" ] || ! kill -0 "$p" 2>/dev/null || alive=1
+          done
+          [ $alive = 0 ] || sleep 0.2
+        done
+        note "fault: every other rank has ended; SIGKILL to the stopped rank $target"
+        kill -KILL "${pids[$target]}" 2>/dev/null || true
+      fi
       ;;
     *) die "--fault: unknown kind '$kind' (linkdown, kill, stop)" ;;
   esac

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <CLI/CLI.hpp>
@@ -27,11 +28,16 @@ uint8_t pattern(int src, int dst, int it, uint64_t i) {
   return static_cast<uint8_t>(src * 131 + dst * 31 + it * 7 + i * 13 + (i >> 8));
 }
 
+// Seconds a rank stays alive after reporting an error (--linger): its connections stay open, so
+// the other ranks report the fault they actually saw, not this rank's exit.
+double g_linger_s = 0;
+
 int report_error(int rank, const std::string& host, const locmoe::Status& s, double elapsed, int iter) {
   nlohmann::json j = {{"rank", rank}, {"host", host}, {"ok", false}, {"code", locmoe::code_name(s.code())},
                       {"error", s.message()}, {"elapsed_s", elapsed}, {"iter", iter}};
   std::printf("%s\n", j.dump().c_str());
   std::fflush(stdout);
+  if (g_linger_s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(g_linger_s));
   return 3;
 }
 
@@ -46,6 +52,7 @@ int main(int argc, char** argv) {
   app.add_option("--iters", iters, "Timed exchanges");
   app.add_option("--warmup", warmup, "Untimed exchanges first");
   app.add_option("--algo", algo, "flat | hier")->check(CLI::IsMember({"flat", "hier"}));
+  app.add_option("--linger", g_linger_s, "Seconds to stay alive after an error before exiting");
   CLI11_PARSE(app, argc, argv);
 
   auto boot = locmoe::make_bootstrap_from_env();

@@ -27,10 +27,12 @@ for algo in flat hier; do
   after=$(tx_sum)
   wire=$((after - before))
   WIRE[$algo]=$wire
-  ranks_json | /usr/bin/python3 - "$algo" "$wire" $H $R $B $IT <<'PY' || FAILS=$((FAILS + 1))
+  ranks_json >"$LOGS/results.json"
+  /usr/bin/python3 - "$algo" "$wire" $H $R $B $IT "$LOGS/results.json" <<'PY' || FAILS=$((FAILS + 1))
 import json, sys
-algo, wire, H, R, B, IT = sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:])
-rows = [json.loads(l) for l in sys.stdin if l.strip()]
+algo, wire = sys.argv[1], int(sys.argv[2])
+H, R, B, IT = map(int, sys.argv[3:7])
+rows = [json.loads(l) for l in open(sys.argv[7]) if l.strip()]
 N = H * R
 problems = []
 if len(rows) != N or not all(r["ok"] for r in rows):
