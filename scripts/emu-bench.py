@@ -40,7 +40,7 @@ def inner(a):
             before = tx_bytes()
             r = subprocess.run([EMU, "launch", "-r", str(a.ranks_per_host), "-p", str(29700 + len(rows)), "-t", "120",
                                 "-o", logs, "--", a.rank_bin, "--bytes", str(size), "--iters", str(iters),
-                                "--warmup", "1", "--algo", algo], text=True, capture_output=True)
+                                "--warmup", "1", "--sync", "--algo", algo], text=True, capture_output=True)
             wire = tx_bytes() - before
             res = []
             for k in range(n):
@@ -85,7 +85,7 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--inner", action="store_true")
     a = ap.parse_args()
-    os.environ.update({"LOCMOE_TRANSPORT": "ucx", "UCX_TLS": "sm,tcp", "UCX_NET_DEVICES": "eth0",
+    os.environ.update({"LOCMOE_TRANSPORT": "ucx", "UCX_TLS": "posix,sysv,tcp", "UCX_NET_DEVICES": "eth0",
                        "UCX_WARN_UNUSED_ENV_VARS": "n", "LOCMOE_TIMEOUT_S": "60"})
     if a.inner:
         return inner(a)

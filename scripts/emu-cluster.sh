@@ -108,19 +108,29 @@ shape() {
   [ "$burst" -ge 131072 ] || burst=131072
   case $QDISC in
     htb)
+      # Both directions of a link carry data at once in an all-to-all; behind a FIFO shaper each
+      # flow's ACKs would wait behind the other flow's full-size packets and hold both well below
+      # the rate (no fq_codel or sfq in this kernel). So packets under 128 bytes (ACKs, small
+      # control messages) go to a class served first; both share the one rate of class 1:1.
       v ip netns exec "$ns" tc qdisc add dev "$dev" root handle 1: htb default 10
-      v ip netns exec "$ns" tc class add dev "$dev" parent 1: classid 1:10 htb rate "$BW" ceil "$BW" quantum 65536 \
+      v ip netns exec "$ns" tc class add dev "$dev" parent 1: classid 1:1 htb rate "$BW" ceil "$BW" quantum 65536 \
         burst "$burst" cburst "$burst"
+      v ip netns exec "$ns" tc class add dev "$dev" parent 1:1 classid 1:5 htb rate 1mbit ceil "$BW" prio 0 quantum 1514 \
+        burst "$burst" cburst "$burst"
+      v ip netns exec "$ns" tc class add dev "$dev" parent 1:1 classid 1:10 htb rate "$BW" ceil "$BW" prio 1 quantum 65536 \
+        burst "$burst" cburst "$burst"
+      ip netns exec "$ns" tc filter add dev "$dev" parent 1: protocol ip prio 1 u32 match u16 0x0000 0xff80 at 2 \
+        flowid 1:5 2>/dev/null || { [ "${U32_WARNED:-0}" = 1 ] || note "no u32 classifier: ACKs share the data queue"; U32_WARNED=1; }
       ;;
     tbf)
-      v ip netns exec "$ns" tc qdisc add dev "$dev" root handle 1: tbf rate "$BW" burst "$burst" latency 100ms
+      v ip netns exec "$ns" tc qdisc add dev "$dev" root handle 1: tbf rate "$BW" burst "$burst" latency "${TBF_LATENCY:-100ms}"
       ;;
     *) die "bad --qdisc '$QDISC' (htb or tbf)" ;;
   esac
   if [ -n "$LATENCY" ]; then
     local parent=1:10
     [ "$QDISC" = tbf ] && parent=1:1
-    if ! ip netns exec "$ns" tc qdisc add dev "$dev" parent "$parent" handle 10: netem delay "$LATENCY" 2>/dev/null; then
+    if ! ip netns exec "$ns" tc qdisc replace dev "$dev" parent "$parent" handle 10: netem delay "$LATENCY" 2>/dev/null; then
       if [ "${LATENCY_WARNED:-0}" = 0 ]; then
         note "--latency $LATENCY ignored: netem (sch_netem) is absent from this kernel ($(uname -r)); links add no delay"
         LATENCY_WARNED=1
@@ -184,6 +194,9 @@ cmd_up() {
     v unshare --ipc="$(host_ipc "$i")" true
     v ip -n "$hns" link add eth0 mtu "$MTU" type veth peer name "h$i" netns "$sw"
     v ip -n "$sw" link set "h$i" mtu "$MTU" master br0 up
+    # An RDMA NIC does not restart slow start after a pause: an all-to-all pauses its TCP
+    # connections between steps, and the restart would halve the rate of each next step.
+    v ip netns exec "$hns" sysctl -qw net.ipv4.tcp_slow_start_after_idle=0
     v ip -n "$hns" addr add "$(host_addr "$i")/24" dev eth0
     v ip -n "$hns" link set eth0 up
     shape "$hns" eth0

@@ -35,7 +35,7 @@ for i in 0 1 2; do
   # Both directions shaped: the host's egress and the switch port's egress, at 200 Mbit/s.
   for where in "$LOCMOE_EMU_PREFIX-h$i eth0" "$LOCMOE_EMU_PREFIX-sw h$i"; do
     set -- $where
-    ip netns exec "$1" tc class show dev "$2" | grep -q "rate 200Mbit" || fail "no 200Mbit class on $1/$2"
+    [[ $(ip netns exec "$1" tc class show dev "$2") == *"rate 200Mbit"* ]] || fail "no 200Mbit class on $1/$2"
   done
 done
 ok "addresses and shaping"
