@@ -7,7 +7,7 @@ if [ "$(id -u)" = 0 ] && [ -x "$B/tests/emu/locmoe-emu-rank" ]; then
     local algo
     for algo in flat hier; do
       "$LOCMOE_ROOT/scripts/emu-cluster.sh" launch -r 4 -- "$B/tests/emu/locmoe-emu-rank" --bytes 262144 --iters 3 \
-        --sync --algo "$algo" | head -1
+        --sync --algo "$algo" | sort | head -1
       "$LOCMOE_ROOT/scripts/emu-cluster.sh" counters
     done
   }

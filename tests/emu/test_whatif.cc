@@ -107,9 +107,9 @@ TEST(Whatif, TrafficFromRouterPlansCountsEveryCopy) {
   // plan's slots (one copy per distinct destination rank of each token), times the row bytes.
   const w::ClusterModel c = model(2, 2, 1, 1e9, 1e8);
   w::SyntheticRouting s;
-  s.tokens_per_rank = 32, s.k = 2, s.experts = 8, s.route_hidden = 16;
+  s.tokens_per_rank = 32, s.router.k = 2, s.experts = 8, s.route_hidden = 16;
   for (const char* router : {"gshard", "locmoe+", "dropless"}) {
-    s.router = router;
+    s.router.name = router;
     auto plans = w::synthetic_plans(s, c);
     ASSERT_TRUE(plans.ok()) << plans.status().to_string();
     ASSERT_EQ(plans->size(), 4u);

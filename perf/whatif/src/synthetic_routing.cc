@@ -27,11 +27,7 @@ Result<std::vector<RoutingPlan>> synthetic_plans(const SyntheticRouting& s, cons
     const float scale = float(s.affinity) / std::sqrt(norm);
     for (int64_t j = 0; j < H; ++j) x[size_t(t * H + j)] = scale * g[j] + noise * n01(rng);
   }
-  RouterConfig rc;
-  rc.name = s.router;
-  rc.k = s.k;
-  rc.capacity_factor = s.capacity_factor;
-  LOCMOE_ASSIGN_OR_RETURN(Router router, Router::create(rc));
+  LOCMOE_ASSIGN_OR_RETURN(Router router, Router::create(s.router));
   LOCMOE_ASSIGN_OR_RETURN(ExpertPlacement placement,
                           uniform_placement(c.nodes, c.ranks_per_node, int32_t(E / R)));
   return router.route_all_ranks(MatrixView{x.data(), T, H}, MatrixView{gate.data(), E, H}, placement);

@@ -47,6 +47,7 @@ int main(int argc, char** argv) {
   int gpus = 0, nics = 0;
   std::vector<std::string> rules{"locmoe+", "gshard", "node-limited", "dropless"};
   w::SyntheticRouting sr;
+  sr.router.k = 8;
   int64_t hidden = 7168, dtype_bytes = 2;
   uint64_t uniform = 0;
   bool json = false;
@@ -65,8 +66,8 @@ int main(int argc, char** argv) {
   app.add_option("--hidden", hidden, "Hidden size (elements per token row)")->default_val(7168);
   app.add_option("--dtype-bytes", dtype_bytes, "Bytes per element (2: bf16)")->default_val(2);
   app.add_option("--experts", sr.experts, "Experts of the EP group")->default_val(256);
-  app.add_option("-k,--top-k", sr.k, "Experts per token")->default_val(8);
-  app.add_option("--capacity-factor", sr.capacity_factor, "Capacity factor of gshard and locmoe")->default_val(1.25);
+  app.add_option("-k,--top-k", sr.router.k, "Experts per token")->default_val(8);
+  app.add_option("--capacity-factor", sr.router.capacity_factor, "Capacity factor of gshard and locmoe")->default_val(1.25);
   app.add_option("--route-hidden", sr.route_hidden, "Feature width the routers run on (bytes use --hidden)")->default_val(64);
   app.add_option("--affinity", sr.affinity, "Signal of a token towards its expert's gate row (synthetic input)")->default_val(0.5);
   app.add_option("--seed", sr.seed, "Seed of the synthetic input")->default_val(1);
@@ -99,7 +100,7 @@ int main(int argc, char** argv) {
     cases.push_back({"uniform", w::uniform_traffic(c.size(), uniform)});
   } else {
     for (const std::string& rule : rules) {
-      sr.router = rule;
+      sr.router.name = rule;
       auto plans = w::synthetic_plans(sr, c);
       if (!plans.ok()) return fail(plans.status());
       auto t = w::traffic_from_plans(*plans, hidden, dtype_bytes);

@@ -25,6 +25,7 @@
 
 #include "locmoe/core/status.h"
 #include "locmoe/router/plan.h"
+#include "locmoe/router/router.h"
 
 namespace locmoe::whatif {
 
@@ -107,18 +108,16 @@ Result<TopologyFacts> read_topology_facts(const std::string& path);
 
 namespace locmoe::whatif {
 
-// Routing for projections: one of router/'s routers (RouterConfig::name: locmoe+, gshard,
+// Routing for projections: one of router/'s routers (router.name: locmoe+, gshard,
 // node-limited, dropless, ...) run by route_all_ranks on a synthetic input of `tokens_per_rank`
 // tokens per rank: a Gaussian gate [E, route_hidden] and tokens drawn around the gate row of an
 // expert picked uniformly at random (signal `affinity` times the unit row, plus N(0, 1/route_hidden)
 // noise per element), seeded. Routing runs on route_hidden features (the bytes are then counted at
 // the real hidden size): the plans depend on scores, not on the row width.
 struct SyntheticRouting {
-  std::string router = "locmoe+";
+  RouterConfig router;  // name, k, capacity factor...: router/'s own configuration
   int32_t tokens_per_rank = 4096;
-  int32_t k = 8;
   int32_t experts = 256;
-  double capacity_factor = 1.25;
   int32_t route_hidden = 64;
   double affinity = 0.5;
   uint64_t seed = 1;
