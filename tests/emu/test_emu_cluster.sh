@@ -11,7 +11,7 @@ FAILS=0
 fail() { echo "FAIL: $*" >&2; FAILS=$((FAILS + 1)); }
 ok() { echo "ok: $*"; }
 ours() { ip netns list 2>/dev/null | awk '{print $1}' | grep -c "^$LOCMOE_EMU_PREFIX-" || true; }
-cleanup() { "$EMU" down >/dev/null 2>&1; rm -rf "$LOCMOE_EMU_STATE"; }
+cleanup() { "$EMU" down >/dev/null 2>&1; rm -rf "$LOCMOE_EMU_STATE" "$LOCMOE_EMU_STATE".*; }
 trap cleanup EXIT
 
 # Without rights: a non-root user is refused with the skip code and a reason.
