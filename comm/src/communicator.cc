@@ -8,22 +8,25 @@
 //     too-small buffer makes every rank return the same error before any data moves.
 //  2. Data, sized by the matrix, so every receive is posted with exactly the bytes that will come.
 //
-// Hierarchical data path, for node m and each remote node N (rail rule below):
-//  stage 1  each rank of m sends its blocks for N's ranks (N's ranks ascending) to rail(m, N);
-//  stage 2  rail(m, N) sends the gathered block [src in m][dst in N] to rail(N, m), its peer of
-//           the same local rank on N: one inter-node message per (node pair, direction);
-//  stage 3  rail(N, m) forwards to each rank d of N its part [src in m] (sources ascending).
+// Hierarchical data path, for node m (L_m ranks) and each remote node N (L_N ranks). Rail l of
+// the node pair is local rank l on both nodes, l < min(L_m, L_N); it carries the data for the
+// ranks of N whose local rank j has j mod L_m == l (with equal nodes: exactly local rank l).
+//  stage 1  inside m, every rank sends its blocks for rail l's destinations to local rank l
+//           (the gather onto the rank that owns that rail);
+//  stage 2  local rank l of m sends the gathered block [src in m][dst in group] to local rank l of
+//           N: one inter-node message per remote node per rank, never more;
+//  stage 3  local rank l of N forwards to each other rank of its group its part [src in m]
+//           (only with uneven nodes: with equal nodes the rail rank is the destination).
 // Data between ranks of one node goes directly. Stages overlap per remote node: stage 2 for N
-// starts when N's gather is complete, stage 3 from N as soon as N's block arrived, while other
-// nodes' stages are still in flight.
-//
-// Rail rule (uneven nodes): rail(m, N) is local rank (m + N) mod min(L_m, L_N) of node m, so
-// rail(m, N) and rail(N, m) have the same local rank, every pair of nodes has exactly one rail
-// pair, and the nodes a rank serves are spread over local ranks. A rank serves at most nodes-1
-// remote nodes, so it sends at most nodes-1 inter-node data messages per exchange.
+// starts when N's gather is complete and stage 3 from N as soon as N's block arrived, while
+// other nodes' stages are still in flight; messages over LOCMOE_CHUNK_BYTES go as chunks.
+// Uneven nodes: ranks j >= L_m of N are reached through rail j mod L_m and stage 3, and ranks of
+// m with local rank >= L_N send no inter-node message to N (their data rides the gather).
+// Metadata (small) uses a single rail per node pair, local rank (m + N) mod min(L_m, L_N).
 //
 // Tags (< 2^30): sequence (6 bits) | phase (3) | key (9: node index) | chunk (12).
 #include <algorithm>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <functional>
@@ -40,9 +43,27 @@
 namespace locmoe {
 namespace {
 
-enum Phase : uint64_t { kMetaA = 0, kMetaB = 1, kMetaC = 2, kDirect = 3, kStage1 = 4, kStage2 = 5, kStage3 = 6 };
+enum Phase : uint64_t { kMetaA = 0, kMetaB = 1, kMetaC = 2, kDirect = 3, kStage1 = 4, kStage2 = 5, kStage3 = 6, kAbort = 7 };
 constexpr uint64_t kMaxChunks = 1u << 12;
 constexpr int kMaxKey = 1 << 9;
+
+// Grow-only uninitialized byte buffer (a std::vector<char> would zero-fill on every growth).
+class Buffer {
+ public:
+  void resize(size_t n) {
+    if (n > cap_) {
+      p_.reset(new char[n]);
+      cap_ = n;
+    }
+    n_ = n;
+  }
+  char* data() { return p_.get(); }
+  size_t size() const { return n_; }
+
+ private:
+  std::unique_ptr<char[]> p_;
+  size_t cap_ = 0, n_ = 0;
+};
 
 // A set of requests and what to do when all are done (may post more groups).
 struct Group {
@@ -64,6 +85,8 @@ class CommunicatorImpl final : public Communicator {
       Status s = boot_.barrier();
       if (!s.ok()) failed_ = true;
     }
+    for (Request& r : abort_recv_)
+      if (!r.done && r.transport) r.transport->cancel(r);
     for (Transport* t : {intra_.get(), inter_.get()}) {
       if (!t) continue;
       if (failed_) t->mark_failed();
@@ -87,8 +110,10 @@ class CommunicatorImpl final : public Communicator {
     std::copy(send_counts, send_counts + n_, row.begin());
     stats_ = {};
     ++seq_;
-    LOCMOE_ASSIGN_OR_RETURN(std::vector<uint64_t> matrix, exchange_rows(row, "exchange_counts"));
-    for (int r = 0; r < n_; ++r) recv_counts[r] = matrix[r * row_len() + me_];
+    LOCMOE_CHECK(!failed_, Code::kPeerFailure, "communicator unusable after an earlier peer failure or timeout");
+    auto matrix = exchange_rows(row, "exchange_counts");
+    if (!matrix.ok()) return failed(matrix.status());
+    for (int r = 0; r < n_; ++r) recv_counts[r] = (*matrix)[r * row_len() + me_];
     return ok_status();
   }
 
@@ -116,7 +141,10 @@ class CommunicatorImpl final : public Communicator {
     }
     row[2 * n_] = needed;
     row[2 * n_ + 1] = recv_capacity;
-    LOCMOE_ASSIGN_OR_RETURN(std::vector<uint64_t> m, exchange_rows(row, "alltoallv count metadata"));
+    LOCMOE_CHECK(!failed_, Code::kPeerFailure, "communicator unusable after an earlier peer failure or timeout");
+    auto meta = exchange_rows(row, "alltoallv count metadata");
+    if (!meta.ok()) return failed(meta.status());
+    const std::vector<uint64_t>& m = *meta;
     LOCMOE_RETURN_IF_ERROR(check_matrix(m));
     if (n_ > 0) LOCMOE_CHECK_ARG(recv || needed == 0, "recv is null but {} bytes are to be received", needed);
 
@@ -125,8 +153,7 @@ class CommunicatorImpl final : public Communicator {
     Status s = (algo_ == A2AAlgo::kHierarchical && mem == MemoryKind::kHost)
                    ? hierarchical(m, sbuf, send_displs, rbuf, recv_displs)
                    : flat(m, sbuf, send_displs, rbuf, recv_displs, mem, stream);
-    if (!s.ok() && (s.code() == Code::kTimeout || s.code() == Code::kPeerFailure)) failed_ = true;
-    return s;
+    return failed(s);
   }
 
  private:
@@ -195,6 +222,23 @@ class CommunicatorImpl final : public Communicator {
           if (!r.done && r.transport) r.transport->cancel(r);
       return s;
     };
+    // At the deadline a stuck rank tells every other rank whom it waits for, then keeps listening
+    // for a grace period: the peer it waits on may be alive but itself stuck behind the dead one,
+    // and following the "waits for" chain through the notices names the real culprit.
+    const auto grace = std::chrono::duration_cast<Clock::duration>(
+        std::chrono::duration<double>(std::min(0.25 * timeout_s_, 5.0)));
+    auto first_pending = [&]() -> const Request* {
+      for (const Group& g : groups)
+        for (const Request& r : g.reqs)
+          if (!r.done) return &r;
+      return nullptr;
+    };
+    auto group_of = [&](const Request* req) -> std::string {
+      for (const Group& g : groups)
+        for (const Request& r : g.reqs)
+          if (&r == req) return g.what;
+      return "";
+    };
     for (unsigned spins = 0;; ++spins) {
       bool all_done = true;
       for (size_t gi = 0; gi < groups.size(); ++gi) {
@@ -205,8 +249,9 @@ class CommunicatorImpl final : public Communicator {
           Status s = r.transport->test(r);
           if (!s.ok()) {
             r.done = true;
-            return fail(s.with_context(fmt::format("{} ({}) with {}", op, groups[gi].what,
-                                                   peer_name(r.peer, &cluster_))));
+            s.with_context(fmt::format("{} ({}) with {}", op, groups[gi].what, peer_name(r.peer, &cluster_)));
+            send_abort_notices(s, r.peer);
+            return fail(s);
           }
           done = done && r.done;
         }
@@ -224,22 +269,109 @@ class CommunicatorImpl final : public Communicator {
         }
       }
       if (all_done) return ok_status();
-      if (Clock::now() > until) {
-        std::string who;
-        int shown = 0;
-        for (const Group& g : groups)
-          for (const Request& r : g.reqs)
-            if (!r.done && shown++ < 6)
-              who += fmt::format("{}{} {} ({})", who.empty() ? "" : ", ", r.is_send ? "send to" : "receive from",
-                                 peer_name(r.peer, &cluster_), g.what);
-        return fail(error(Code::kTimeout,
-                          "{} on rank {} timed out after LOCMOE_TIMEOUT_S={} s waiting for: {} (a peer died, "
-                          "stopped or called a different operation)",
-                          op, me_, timeout_s_, who));
+      if (spins % 16 == 0) {
+        Status notice = poll_abort_notices(op);
+        if (!notice.ok()) return fail(notice);
       }
-      if (spins > 64) std::this_thread::yield();
+      const auto now = Clock::now();
+      if (now > until) {
+        const Request* stuck = first_pending();
+        const std::string what = group_of(stuck);
+        if (!notice_sent_) {
+          send_abort_notices(error(Code::kTimeout, "rank {} waits for {} in {} ({})", me_,
+                                   peer_name(stuck->peer, &cluster_), op, what),
+                             stuck->peer);
+        }
+        if (now > until + grace) {
+          // Follow "waits for" through the notices to a rank that sent none.
+          std::string chain = peer_name(me_, &cluster_);
+          int culprit = stuck->peer;
+          std::vector<bool> seen(n_, false);
+          seen[me_] = true;
+          while (!seen[culprit] && notice_from_[culprit] && waits_on_[culprit] >= 0) {
+            seen[culprit] = true;
+            chain += " waits for " + peer_name(culprit, &cluster_);
+            culprit = waits_on_[culprit];
+          }
+          chain += " waits for " + peer_name(culprit, &cluster_);
+          return fail(error(Code::kTimeout,
+                            "{} on rank {} timed out after LOCMOE_TIMEOUT_S={} s: {} stopped answering or died "
+                            "({}; this rank was at: {} {} in {})",
+                            op, me_, timeout_s_, peer_name(culprit, &cluster_), chain,
+                            stuck->is_send ? "send to" : "receive from", peer_name(stuck->peer, &cluster_), what));
+        }
+      }
+      // Spin first (with a core per rank small exchanges finish in microseconds: yielding at 64
+      // spins cost 100 us vs 4 us at 1024 for 2 ranks, measured), then yield so oversubscribed
+      // ranks let their peers run, then nap.
+      if (spins > 1024) std::this_thread::yield();
       if (spins > 4096) std::this_thread::sleep_for(std::chrono::microseconds(20));
     }
+  }
+
+  // ---- failure notices ------------------------------------------------------------------------
+  // Each rank keeps one receive posted per peer for a notice (phase kAbort, sequence 0, so no
+  // data tag matches it). A rank that gives up, or is stuck at its deadline, sends every other
+  // rank one notice: its error and the peer it waits for. A peer-failure notice makes the others
+  // fail at once; "waits for" links let stuck ranks name the rank at the end of the chain.
+  struct Notice {
+    int32_t code = 0;
+    int32_t waiting_on = -1;
+    char message[496] = {};
+  };
+  Status post_abort_receives() {
+    if (!inter_->supports(MemoryKind::kHost)) return ok_status();
+    notices_in_.resize(n_);
+    abort_recv_.resize(n_);
+    notice_from_.assign(n_, false);
+    waits_on_.assign(n_, -1);
+    for (int p = 0; p < n_; ++p) {
+      if (p == me_) continue;
+      LOCMOE_RETURN_IF_ERROR(to(p).post_recv(abort_recv_[p], p, uint64_t{kAbort} << 21, &notices_in_[p], sizeof(Notice)));
+    }
+    return ok_status();
+  }
+  Status poll_abort_notices(std::string_view op) {
+    for (int p = 0; p < static_cast<int>(abort_recv_.size()); ++p) {
+      Request& r = abort_recv_[p];
+      if (p == me_ || r.done || !r.transport) continue;
+      if (!r.transport->test(r).ok()) {
+        r.transport = nullptr;  // released by test()
+        continue;
+      }
+      if (!r.done) continue;
+      Notice& nt = notices_in_[p];
+      nt.message[sizeof(Notice::message) - 1] = 0;
+      notice_from_[p] = true;
+      waits_on_[p] = nt.waiting_on;
+      if (nt.code != int32_t(Code::kTimeout)) {
+        Status s = error(Code::kPeerFailure, "{} on rank {} aborted: {} gave up: {}", op, me_, peer_name(p, &cluster_),
+                         nt.message);
+        send_abort_notices(s, p);
+        return s;
+      }
+    }
+    return ok_status();
+  }
+  // Tells every other rank why this one gives up or whom it waits for (once; never waited for).
+  void send_abort_notices(const Status& why, int waiting_on) {
+    if (notice_sent_ || abort_recv_.empty()) return;
+    notice_sent_ = true;
+    notice_out_.code = static_cast<int32_t>(why.code());
+    notice_out_.waiting_on = waiting_on;
+    std::snprintf(notice_out_.message, sizeof notice_out_.message, "%s", why.message().c_str());
+    abort_send_.resize(n_);
+    for (int p = 0; p < n_; ++p)
+      if (p != me_) (void)to(p).post_send(abort_send_[p], p, uint64_t{kAbort} << 21, &notice_out_, sizeof(Notice));
+    for (Request& r : abort_send_)
+      if (r.transport && !r.done) (void)r.transport->test(r);  // push eager sends out now
+  }
+  Status failed(Status s) {
+    if (s.code() == Code::kTimeout || s.code() == Code::kPeerFailure) {
+      failed_ = true;
+      send_abort_notices(s, -1);
+    }
+    return s;
   }
 
   // ---- metadata -------------------------------------------------------------------------------
@@ -387,16 +519,24 @@ class CommunicatorImpl final : public Communicator {
   }
 
   // ---- hierarchical -----------------------------------------------------------------------------
+  // Ranks of node `dst_node` whose data from node `src_node` travels over rail `l`.
+  std::vector<int> rail_group(int src_node, int dst_node, int l) const {
+    std::vector<int> out;
+    for (int d : cluster_.nodes[dst_node])
+      if (cluster_.local_rank_of(d) % cluster_.local_size(src_node) == l) out.push_back(d);
+    return out;
+  }
+
   Status hierarchical(const std::vector<uint64_t>& m, const char* send, const uint64_t* sdispl, char* recv,
                       const uint64_t* rdispl) {
-    const int nodes = cluster_.num_nodes(), my_node = cluster_.my_node();
+    const int nodes = cluster_.num_nodes(), my_node = cluster_.my_node(), my_local = cluster_.my_local_rank();
     const auto& local = cluster_.nodes[my_node];
+    const int my_size = cluster_.my_local_size();
     std::deque<Group> groups;
     auto mut = [](const char* p) { return const_cast<char*>(p); };
-    // Bytes from the ranks of node `src_node` to the ranks of node `dst_node`, per source rank.
-    auto block_bytes = [&](int s, int dst_node) {
+    auto bytes_to = [&](int s, const std::vector<int>& dsts) {
       uint64_t b = 0;
-      for (int d : cluster_.nodes[dst_node]) b += count(m, s, d);
+      for (int d : dsts) b += count(m, s, d);
       return b;
     };
 
@@ -416,71 +556,84 @@ class CommunicatorImpl final : public Communicator {
       if (count(m, me_, me_) > 0) std::memmove(recv + rdispl[me_], send + sdispl[me_], count(m, me_, me_));
     }
 
-    // Owned buffers live until run() returns.
-    std::vector<std::vector<char>> out(nodes), gathered(nodes), arrived(nodes), landing(nodes);
-    std::vector<std::vector<std::vector<char>>> fwd(nodes);
+    // Staging buffers persist across exchanges (no page faults or zero-filling on the hot path);
+    // indexed [node][rail] or [node][destination].
+    auto& out = scratch_.out;
+    auto& gathered = scratch_.gathered;
+    auto& arrived = scratch_.arrived;
+    auto& landing = scratch_.landing;
+    auto& fwd = scratch_.fwd;
+    out.resize(nodes), gathered.resize(nodes), arrived.resize(nodes), landing.resize(nodes), fwd.resize(nodes);
+    for (int nn = 0; nn < nodes; ++nn) out[nn].resize(my_size), gathered[nn].resize(my_size);
 
     for (int nn = 0; nn < nodes; ++nn) {
       if (nn == my_node) continue;
-      const auto& dst_ranks = cluster_.nodes[nn];
-      const int my_rail = rail(my_node, nn);
-      // Stage 1: my blocks for node nn, contiguous when my send displacements are.
-      const uint64_t mine = block_bytes(me_, nn);
-      const int64_t start = back_to_back(dst_ranks, sdispl, [&](int d) { return count(m, me_, d); });
-      const char* my_block = start >= 0 ? send + start : nullptr;
-      if (start < 0) {
-        out[nn].resize(mine);
-        uint64_t off = 0;
-        for (int d : dst_ranks) {
-          std::memcpy(out[nn].data() + off, send + sdispl[d], count(m, me_, d));
-          off += count(m, me_, d);
+      const int rails = std::min(my_size, cluster_.local_size(nn));
+      for (int l = 0; l < rails; ++l) {
+        const std::vector<int> dsts = rail_group(my_node, nn, l);
+        const int rail = local[l];
+        // Stage 1: my blocks for this rail's destinations, in place when back to back.
+        const uint64_t mine = bytes_to(me_, dsts);
+        const int64_t start = back_to_back(dsts, sdispl, [&](int d) { return count(m, me_, d); });
+        const char* my_block = start >= 0 ? send + start : nullptr;
+        if (start < 0) {
+          out[nn][l].resize(mine);
+          uint64_t off = 0;
+          for (int d : dsts) {
+            std::memcpy(out[nn][l].data() + off, send + sdispl[d], count(m, me_, d));
+            off += count(m, me_, d);
+          }
+          my_block = out[nn][l].data();
         }
-        my_block = out[nn].data();
-      }
-      if (my_rail != me_) {
-        Group& g = groups.emplace_back(Group{fmt::format("stage 1: gather for node {}", nn), {}, {}, false});
-        LOCMOE_RETURN_IF_ERROR(post(g, true, my_rail, kStage1, nn, mut(my_block), mine));
-        count_send(my_rail, mine);
-      } else {
-        // I am the rail for nn: gather [src in my node][dst in nn], then stage 2.
+        if (rail != me_) {
+          Group& g = groups.emplace_back(Group{fmt::format("stage 1: gather for node {}", nn), {}, {}, false});
+          LOCMOE_RETURN_IF_ERROR(post(g, true, rail, kStage1, nn, mut(my_block), mine));
+          count_send(rail, mine);
+          continue;
+        }
+        // I am rail l towards nn: gather [src in my node][dst in dsts], then stage 2 to (nn, l).
         uint64_t total = 0;
-        for (int s : local) total += block_bytes(s, nn);
-        gathered[nn].resize(total);
+        for (int s : local) total += bytes_to(s, dsts);
+        auto& buf = gathered[nn][l];
+        buf.resize(total);
         Group& g = groups.emplace_back(Group{fmt::format("stage 1: gather for node {}", nn), {}, {}, false});
         uint64_t off = 0;
         for (int s : local) {
-          const uint64_t b = block_bytes(s, nn);
+          const uint64_t b = bytes_to(s, dsts);
           if (s == me_) {
-            if (b) std::memcpy(gathered[nn].data() + off, my_block, b);
+            if (b) std::memcpy(buf.data() + off, my_block, b);
           } else {
-            LOCMOE_RETURN_IF_ERROR(post(g, false, s, kStage1, nn, gathered[nn].data() + off, b));
+            LOCMOE_RETURN_IF_ERROR(post(g, false, s, kStage1, nn, buf.data() + off, b));
           }
           off += b;
         }
-        const int peer = rail(nn, my_node);
-        g.then = [this, &groups, &gathered, nn, peer]() -> Status {
+        const int peer = cluster_.nodes[nn][l];
+        g.then = [this, &groups, &buf, nn, peer, my_node]() -> Status {
           Group& g2 = groups.emplace_back(Group{fmt::format("stage 2: to node {}", nn), {}, {}, false});
-          LOCMOE_RETURN_IF_ERROR(post(g2, true, peer, kStage2, my_node_(), gathered[nn].data(), gathered[nn].size()));
-          count_send(peer, gathered[nn].size());
+          LOCMOE_RETURN_IF_ERROR(post(g2, true, peer, kStage2, my_node, buf.data(), buf.size()));
+          count_send(peer, buf.size());
           return ok_status();
         };
+      }
 
-        // Stage 2 receive from node nn, then stage 3: forward to each rank of my node.
-        const auto& src_ranks = cluster_.nodes[nn];
+      // Stage 2 receive: as rail my_local of node nn's traffic to my node, I get the data of
+      // every rank of nn for my rail group, then forward (stage 3) to each rank of the group.
+      if (my_local < std::min(my_size, cluster_.local_size(nn))) {
+        const std::vector<int> dsts = rail_group(nn, my_node, my_local);
+        const auto& srcs = cluster_.nodes[nn];
         uint64_t in_total = 0;
-        for (int s : src_ranks) in_total += block_bytes(s, my_node);
+        for (int s : srcs) in_total += bytes_to(s, dsts);
         arrived[nn].resize(in_total);
         Group& r2 = groups.emplace_back(Group{fmt::format("stage 2: from node {}", nn), {}, {}, false});
-        LOCMOE_RETURN_IF_ERROR(post(r2, false, peer, kStage2, nn, arrived[nn].data(), in_total));
-        r2.then = [this, &groups, &arrived, &fwd, &m, nn, recv, rdispl]() -> Status {
+        LOCMOE_RETURN_IF_ERROR(post(r2, false, srcs[my_local], kStage2, nn, arrived[nn].data(), in_total));
+        r2.then = [this, &groups, &arrived, &fwd, &m, nn, dsts, recv, rdispl]() -> Status {
           const auto& srcs = cluster_.nodes[nn];
-          const auto& dsts = cluster_.nodes[my_node_()];
-          // Offset of (s, d) inside the [src][dst] block.
-          std::vector<uint64_t> src_off(srcs.size(), 0);
-          for (size_t i = 1; i < srcs.size(); ++i) {
+          // Layout [src][dst in dsts]: offset of source i's block.
+          std::vector<uint64_t> src_off(srcs.size() + 1, 0);
+          for (size_t i = 0; i < srcs.size(); ++i) {
             uint64_t b = 0;
-            for (int d : dsts) b += count(m, srcs[i - 1], d);
-            src_off[i] = src_off[i - 1] + b;
+            for (int d : dsts) b += count(m, srcs[i], d);
+            src_off[i + 1] = src_off[i] + b;
           }
           fwd[nn].resize(dsts.size());
           Group& g3 = groups.emplace_back(Group{fmt::format("stage 3: forward from node {}", nn), {}, {}, false});
@@ -493,10 +646,7 @@ class CommunicatorImpl final : public Communicator {
             uint64_t o = 0;
             for (size_t si = 0; si < srcs.size(); ++si) {
               uint64_t within = 0;
-              for (int dd : dsts) {
-                if (dd == d) break;
-                within += count(m, srcs[si], dd);
-              }
+              for (size_t k = 0; k < di; ++k) within += count(m, srcs[si], dsts[k]);
               const uint64_t c = count(m, srcs[si], d);
               const char* from = arrived[nn].data() + src_off[si] + within;
               if (c) std::memcpy(d == me_ ? recv + rdispl[srcs[si]] : buf.data() + o, from, c);
@@ -513,12 +663,13 @@ class CommunicatorImpl final : public Communicator {
         };
       }
 
-      // Final receive of node nn's data for me from the rail of (my node, nn), unless that is me.
-      if (my_rail != me_) {
+      // Final receive of nn's data for me, forwarded by the rail of my group (uneven nodes only:
+      // with equal nodes every rank is its own rail).
+      const int my_rail_local = my_local % cluster_.local_size(nn);
+      if (my_rail_local != my_local) {
         const auto& srcs = cluster_.nodes[nn];
         uint64_t b = 0;
         for (int s : srcs) b += count(m, s, me_);
-        // Received in place when my blocks from nn's ranks lie back to back in `recv`.
         const int64_t start = back_to_back(srcs, rdispl, [&](int s) { return count(m, s, me_); });
         stats_.bytes_received += b;
         Group& g = groups.emplace_back(Group{fmt::format("stage 3: from node {}", nn), {}, {}, false});
@@ -536,7 +687,7 @@ class CommunicatorImpl final : public Communicator {
             return ok_status();
           };
         }
-        LOCMOE_RETURN_IF_ERROR(post(g, false, my_rail, kStage3, nn, into, b));
+        LOCMOE_RETURN_IF_ERROR(post(g, false, local[my_rail_local], kStage3, nn, into, b));
       }
     }
     return run(groups, deadline(), "alltoallv (hierarchical)");
@@ -568,6 +719,19 @@ class CommunicatorImpl final : public Communicator {
   uint64_t seq_ = 0;
   ExchangeStats stats_;
   bool failed_ = false;
+  struct Scratch {
+    std::vector<std::vector<Buffer>> out, gathered, fwd;
+    std::vector<Buffer> arrived, landing;
+  } scratch_;
+  std::vector<Notice> notices_in_;
+  std::vector<bool> notice_from_;
+  std::vector<int> waits_on_;
+  std::vector<Request> abort_recv_, abort_send_;
+  Notice notice_out_;
+  bool notice_sent_ = false;
+
+ public:
+  Status start() { return post_abort_receives(); }
 };
 
 Result<A2AAlgo> resolve_algo(A2AAlgo requested, const ClusterMap& cluster) {
@@ -621,8 +785,10 @@ Result<std::unique_ptr<Communicator>> Communicator::create(Bootstrap& bootstrap,
                      "intra-node transport {} and inter-node transport {} move different kinds of memory",
                      intra_name, inter_name);
   }
-  return std::unique_ptr<Communicator>(
-      new CommunicatorImpl(bootstrap, cluster, std::move(inter), std::move(intra), algo, chunk, timeout_s));
+  auto comm = std::make_unique<CommunicatorImpl>(bootstrap, cluster, std::move(inter), std::move(intra), algo, chunk,
+                                                 timeout_s);
+  LOCMOE_RETURN_IF_ERROR(comm->start());
+  return std::unique_ptr<Communicator>(std::move(comm));
 }
 
 }  // namespace locmoe
