@@ -43,8 +43,6 @@ Result<TrafficMatrix> traffic_from_plans(const std::vector<RoutingPlan>& plans, 
 
 const char* algo_name(Algo algo) { return algo == Algo::kFlat ? "flat" : "hier"; }
 
-int rail_local_rank(const ClusterModel& c, int m, int n) { return (m + n) % c.ranks_per_node; }
-
 namespace {
 
 // Loads of one stage on every resource.
@@ -139,13 +137,15 @@ Result<Prediction> predict(const TrafficMatrix& t, const ClusterModel& c, Algo a
     for (int s = 0; s < R; ++s)
       for (int d = 0; d < R; ++d) stages[0].add(s, d, t.at(s, d));
   } else {
-    // comm's hierarchical path: (1) rows inside the node, and every rank's rows for node n to
-    // the rail rail(m, n); (2) rail(m, n) -> rail(n, m) with the node pair's whole block;
-    // (3) rail(n, m) to each destination rank of n.
+    // comm's hierarchical path (equal nodes): rail l of a node pair is local rank l on both
+    // nodes and carries the data for local rank l of the remote node. (1) rows inside the node go
+    // directly, and every rank sends its rows for remote ranks of local rank l to its node's local
+    // rank l; (2) local rank l of m sends the gathered block for (n, l) to local rank l of n, which
+    // is the destination. Stages are summed (comm overlaps them per remote node: the lower bound
+    // is the overlapped limit).
     stages.emplace_back(c, "intra gather");
     stages.emplace_back(c, "inter rails");
-    stages.emplace_back(c, "intra scatter");
-    std::vector<uint64_t> block(size_t(c.nodes) * c.nodes, 0);
+    std::vector<uint64_t> block(size_t(R) * c.nodes, 0);  // [destination rank][source node]
     for (int s = 0; s < R; ++s)
       for (int d = 0; d < R; ++d) {
         const uint64_t b = t.at(s, d);
@@ -154,13 +154,12 @@ Result<Prediction> predict(const TrafficMatrix& t, const ClusterModel& c, Algo a
           stages[0].add(s, d, b);
           continue;
         }
-        stages[0].add(s, m * G + rail_local_rank(c, m, n), b);
-        block[size_t(m) * c.nodes + n] += b;
-        stages[2].add(n * G + rail_local_rank(c, n, m), d, b);
+        stages[0].add(s, m * G + d % G, b);
+        block[size_t(d) * c.nodes + m] += b;
       }
-    for (int m = 0; m < c.nodes; ++m)
-      for (int n = 0; n < c.nodes; ++n)
-        if (m != n) stages[1].add(m * G + rail_local_rank(c, m, n), n * G + rail_local_rank(c, n, m), block[size_t(m) * c.nodes + n]);
+    for (int d = 0; d < R; ++d)
+      for (int m = 0; m < c.nodes; ++m)
+        if (m != d / G) stages[1].add(m * G + d % G, d, block[size_t(d) * c.nodes + m]);
   }
   for (Loads& l : stages) {
     p.stages.push_back(l.finish(&p.intra_seconds, &p.inter_seconds));

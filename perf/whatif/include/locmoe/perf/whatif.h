@@ -10,8 +10,8 @@
 //     (rails); inter.bw per NIC and direction. An emulated host has one shaped veth: nics = 1.
 // A stage moves its transfers concurrently; its time is its most loaded resource's bytes over
 // that resource's bandwidth, plus the latency of the slowest class it uses. Stages run one after
-// the other (the hierarchical exchange: gather inside the node, rail to rail between nodes,
-// scatter inside the node).
+// the other (the hierarchical exchange: gather inside the node onto the rail of each destination
+// local rank, then rail l to rail l between nodes; nodes of equal size).
 //
 // Lower bound (algorithm-independent): every byte between nodes must leave its source node and
 // enter its destination node through that node's NICs, at best spread evenly over them; every
@@ -61,7 +61,7 @@ Result<TrafficMatrix> traffic_from_plans(const std::vector<RoutingPlan>& plans, 
                                          int64_t dtype_bytes);
 
 struct StageTime {
-  std::string name;                // "flat", "intra gather", "inter rails", "intra scatter"
+  std::string name;                // "flat", "intra gather", "inter rails"
   double seconds = 0;
   uint64_t max_intra_bytes = 0;    // most loaded rank port (send or receive) of the stage
   uint64_t max_inter_bytes = 0;    // most loaded NIC (send or receive) of the stage
