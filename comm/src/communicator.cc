@@ -185,8 +185,12 @@ class CommunicatorImpl final : public Communicator {
     for (uint64_t c = 0; c < chunks; ++c) {
       const uint64_t off = c * chunk_, len = std::min(chunk_, bytes - off);
       Request r;
-      LOCMOE_RETURN_IF_ERROR(is_send ? t.post_send(r, peer, tag(phase, key, c), buf + off, len, stream)
-                                     : t.post_recv(r, peer, tag(phase, key, c), buf + off, len, stream));
+      Status s = is_send ? t.post_send(r, peer, tag(phase, key, c), buf + off, len, stream)
+                         : t.post_recv(r, peer, tag(phase, key, c), buf + off, len, stream);
+      // A transport refuses a post to a peer it already knows failed: say which peer and host.
+      if (!s.ok())
+        return s.with_context(fmt::format("posting a {} {} ({})", is_send ? "send to" : "receive from",
+                                          peer_name(peer, &cluster_), g.what));
       g.reqs.push_back(r);
     }
     return ok_status();

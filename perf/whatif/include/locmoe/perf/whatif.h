@@ -1,0 +1,129 @@
+// Cost model of an all-to-all-v (dispatch or combine) on a cluster: from the bytes every rank
+// sends to every rank and the figures of the two link classes, the time of each stage of the flat
+// and the hierarchical exchange (comm/src/communicator.cc), and a lower bound that no algorithm
+// beats.
+//
+// Resources (each full duplex, a send and a receive direction of `bw` bytes/s each):
+//   * intra: every rank's path to the other ranks of its node (NVLink port; shared memory when
+//     emulated), intra.bw per rank and direction;
+//   * inter: the node's NICs, `nics_per_node` of them; rank of local rank l uses NIC l % nics
+//     (rails); inter.bw per NIC and direction. An emulated host has one shaped veth: nics = 1.
+// A stage moves its transfers concurrently; its time is its most loaded resource's bytes over
+// that resource's bandwidth, plus the latency of the slowest class it uses. Stages run one after
+// the other (the hierarchical exchange: gather inside the node onto the rail of each destination
+// local rank, then rail l to rail l between nodes; nodes of equal size).
+//
+// Lower bound (algorithm-independent): every byte between nodes must leave its source node and
+// enter its destination node through that node's NICs, at best spread evenly over them; every
+// byte between two ranks of one node must leave and enter those ranks' intra ports. The bound is
+// the largest of these loads over its bandwidth plus one latency of the class it comes from.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "locmoe/core/status.h"
+#include "locmoe/router/plan.h"
+#include "locmoe/router/router.h"
+
+namespace locmoe::whatif {
+
+struct LinkClassFigures {
+  double bw = 0;         // bytes per second, per direction
+  double latency_s = 0;  // one message's start-up time
+};
+
+struct ClusterModel {
+  int nodes = 1;
+  int ranks_per_node = 1;
+  int nics_per_node = 1;
+  LinkClassFigures intra;  // per rank
+  LinkClassFigures inter;  // per NIC
+  int size() const { return nodes * ranks_per_node; }
+};
+
+// bytes[src * R + dst]: payload bytes src sends to dst (R = ranks). The diagonal (to itself) is
+// a local copy and costs nothing on any link.
+struct TrafficMatrix {
+  int ranks = 0;
+  std::vector<uint64_t> bytes;
+  uint64_t at(int src, int dst) const { return bytes[static_cast<size_t>(src) * ranks + dst]; }
+  TrafficMatrix transposed() const;  // combine: every byte of dispatch goes back
+};
+
+// `per_pair` bytes from every rank to every other rank (locmoe-perf a2a's pattern).
+TrafficMatrix uniform_traffic(int ranks, uint64_t per_pair);
+
+// Dispatch traffic of one routing plan per rank (plans[r].rank == r, finalized): rank_count[d]
+// token copies of `hidden` elements of `dtype_bytes` each go from r to d.
+Result<TrafficMatrix> traffic_from_plans(const std::vector<RoutingPlan>& plans, int64_t hidden,
+                                         int64_t dtype_bytes);
+
+struct StageTime {
+  std::string name;                // "flat", "intra gather", "inter rails"
+  double seconds = 0;
+  uint64_t max_intra_bytes = 0;    // most loaded rank port (send or receive) of the stage
+  uint64_t max_inter_bytes = 0;    // most loaded NIC (send or receive) of the stage
+  uint64_t intra_bytes = 0;        // all bytes the stage moves inside nodes
+  uint64_t inter_bytes = 0;        // all bytes the stage moves between nodes
+  uint64_t inter_msgs = 0;         // messages between nodes
+};
+
+enum class Algo { kFlat, kHierarchical };
+const char* algo_name(Algo algo);
+
+struct Prediction {
+  Algo algo = Algo::kFlat;
+  std::vector<StageTime> stages;
+  double seconds = 0;        // sum of the stages
+  double intra_seconds = 0;  // the stages' intra-node share: sum over stages of intra load / bw
+  double inter_seconds = 0;  // the stages' inter-node share
+  double lower_bound_s = 0;  // see the header comment; the same for every algorithm
+  uint64_t internode_bytes = 0;
+  uint64_t internode_msgs = 0;
+  uint64_t intranode_bytes = 0;
+};
+
+// The rail of node m towards node n: the local rank (m + n) mod min(L_m, L_n), as comm's
+// hierarchical exchange picks it (uniform nodes here).
+int rail_local_rank(const ClusterModel& cluster, int m, int n);
+
+// Fails when the matrix does not match the cluster or a figure is not positive.
+Result<Prediction> predict(const TrafficMatrix& traffic, const ClusterModel& cluster, Algo algo);
+
+// Inter- and intra-node link figures and the node's shape read from a topology file (NCCL XML):
+// GPUs (PCI class 0x0302/0x0300) give ranks_per_node, NICs (0x0207 InfiniBand, 0x0200 Ethernet)
+// nics_per_node, and a <net speed="Mb/s"> attribute, where the file has one, the NIC bandwidth.
+// Fields the file does not state are left as they are in `cluster` (the caller's defaults).
+// Stopgap until topology/ exposes its parser: counts elements, does not build a tree.
+struct TopologyFacts {
+  int gpus = 0;
+  int nics = 0;
+  double nic_bw = 0;  // bytes/s per NIC, 0 = not in the file
+};
+Result<TopologyFacts> read_topology_facts(const std::string& path);
+
+}  // namespace locmoe::whatif
+
+namespace locmoe::whatif {
+
+// Routing for projections: one of router/'s routers (router.name: locmoe+, gshard,
+// node-limited, dropless, ...) run by route_all_ranks on a synthetic input of `tokens_per_rank`
+// tokens per rank: a Gaussian gate [E, route_hidden] and tokens drawn around the gate row of an
+// expert picked uniformly at random (signal `affinity` times the unit row, plus N(0, 1/route_hidden)
+// noise per element), seeded. Routing runs on route_hidden features (the bytes are then counted at
+// the real hidden size): the plans depend on scores, not on the row width.
+struct SyntheticRouting {
+  RouterConfig router;  // name, k, capacity factor...: router/'s own configuration
+  int32_t tokens_per_rank = 4096;
+  int32_t experts = 256;
+  int32_t route_hidden = 64;
+  double affinity = 0.5;
+  uint64_t seed = 1;
+};
+
+// One finalized plan per rank of `cluster` (ranks placed node by node).
+Result<std::vector<RoutingPlan>> synthetic_plans(const SyntheticRouting& routing, const ClusterModel& cluster);
+
+}  // namespace locmoe::whatif

@@ -1,0 +1,202 @@
+#include "locmoe/perf/whatif.h"
+
+#include <algorithm>
+#include <fstream>
+#include <regex>
+#include <sstream>
+
+#include "locmoe/core/check.h"
+
+namespace locmoe::whatif {
+
+TrafficMatrix TrafficMatrix::transposed() const {
+  TrafficMatrix t{ranks, std::vector<uint64_t>(bytes.size())};
+  for (int s = 0; s < ranks; ++s)
+    for (int d = 0; d < ranks; ++d) t.bytes[static_cast<size_t>(d) * ranks + s] = at(s, d);
+  return t;
+}
+
+TrafficMatrix uniform_traffic(int ranks, uint64_t per_pair) {
+  TrafficMatrix t{ranks, std::vector<uint64_t>(static_cast<size_t>(ranks) * ranks, per_pair)};
+  for (int r = 0; r < ranks; ++r) t.bytes[static_cast<size_t>(r) * ranks + r] = 0;
+  return t;
+}
+
+Result<TrafficMatrix> traffic_from_plans(const std::vector<RoutingPlan>& plans, int64_t hidden,
+                                         int64_t dtype_bytes) {
+  const int R = static_cast<int>(plans.size());
+  LOCMOE_CHECK_ARG(R > 0, "traffic_from_plans: no plans");
+  LOCMOE_CHECK_ARG(hidden > 0 && dtype_bytes > 0, "traffic_from_plans: hidden {} and dtype bytes {} must be > 0",
+                   hidden, dtype_bytes);
+  TrafficMatrix t{R, std::vector<uint64_t>(static_cast<size_t>(R) * R, 0)};
+  for (int r = 0; r < R; ++r) {
+    const RoutingPlan& p = plans[r];
+    LOCMOE_CHECK_ARG(p.rank == r, "traffic_from_plans: plan {} is rank {}'s; expected rank {}", r, p.rank, r);
+    LOCMOE_CHECK_ARG(p.num_ranks == R && static_cast<int>(p.rank_count.size()) == R,
+                     "traffic_from_plans: plan of rank {} has {} ranks and {} rank counts; expected {} (finalized?)",
+                     r, p.num_ranks, p.rank_count.size(), R);
+    for (int d = 0; d < R; ++d)
+      if (d != r) t.bytes[static_cast<size_t>(r) * R + d] = uint64_t(p.rank_count[d]) * hidden * dtype_bytes;
+  }
+  return t;
+}
+
+const char* algo_name(Algo algo) { return algo == Algo::kFlat ? "flat" : "hier"; }
+
+namespace {
+
+// Loads of one stage on every resource.
+struct Loads {
+  const ClusterModel& c;
+  std::vector<uint64_t> intra_tx, intra_rx, nic_tx, nic_rx;
+  StageTime st;
+  explicit Loads(const ClusterModel& cm, std::string name)
+      : c(cm), intra_tx(cm.size()), intra_rx(cm.size()), nic_tx(size_t(cm.nodes) * cm.nics_per_node),
+        nic_rx(size_t(cm.nodes) * cm.nics_per_node) {
+    st.name = std::move(name);
+  }
+  int node(int r) const { return r / c.ranks_per_node; }
+  int nic(int r) const { return node(r) * c.nics_per_node + (r % c.ranks_per_node) % c.nics_per_node; }
+  void add(int s, int d, uint64_t b) {
+    if (b == 0 || s == d) return;
+    if (node(s) == node(d)) {
+      intra_tx[s] += b;
+      intra_rx[d] += b;
+      st.intra_bytes += b;
+    } else {
+      nic_tx[nic(s)] += b;
+      nic_rx[nic(d)] += b;
+      st.inter_bytes += b;
+      st.inter_msgs += 1;
+    }
+  }
+  // Closes the stage: its time and its per-class shares.
+  StageTime finish(double* intra_s, double* inter_s) {
+    auto mx = [](const std::vector<uint64_t>& a, const std::vector<uint64_t>& b) {
+      uint64_t m = 0;
+      for (uint64_t x : a) m = std::max(m, x);
+      for (uint64_t x : b) m = std::max(m, x);
+      return m;
+    };
+    st.max_intra_bytes = mx(intra_tx, intra_rx);
+    st.max_inter_bytes = mx(nic_tx, nic_rx);
+    const double ti = st.max_intra_bytes / c.intra.bw, te = st.max_inter_bytes / c.inter.bw;
+    double lat = 0;
+    if (st.intra_bytes) lat = std::max(lat, c.intra.latency_s);
+    if (st.inter_bytes) lat = std::max(lat, c.inter.latency_s);
+    st.seconds = (st.intra_bytes || st.inter_bytes) ? std::max(ti, te) + lat : 0;
+    *intra_s += ti;
+    *inter_s += te;
+    return st;
+  }
+};
+
+double lower_bound(const TrafficMatrix& t, const ClusterModel& c) {
+  const int R = c.size(), G = c.ranks_per_node;
+  std::vector<uint64_t> node_out(c.nodes), node_in(c.nodes), rank_out(R), rank_in(R);
+  for (int s = 0; s < R; ++s)
+    for (int d = 0; d < R; ++d) {
+      const uint64_t b = t.at(s, d);
+      if (s == d || !b) continue;
+      if (s / G != d / G) {
+        node_out[s / G] += b;
+        node_in[d / G] += b;
+      } else {
+        rank_out[s] += b;
+        rank_in[d] += b;
+      }
+    }
+  const uint64_t inter = std::max(*std::max_element(node_out.begin(), node_out.end()),
+                                  *std::max_element(node_in.begin(), node_in.end()));
+  const uint64_t intra = std::max(*std::max_element(rank_out.begin(), rank_out.end()),
+                                  *std::max_element(rank_in.begin(), rank_in.end()));
+  const double te = inter ? inter / (c.inter.bw * c.nics_per_node) + c.inter.latency_s : 0;
+  const double ti = intra ? intra / c.intra.bw + c.intra.latency_s : 0;
+  return std::max(te, ti);
+}
+
+}  // namespace
+
+Result<Prediction> predict(const TrafficMatrix& t, const ClusterModel& c, Algo algo) {
+  LOCMOE_CHECK_ARG(c.nodes >= 1 && c.ranks_per_node >= 1 && c.nics_per_node >= 1,
+                   "whatif: nodes {}, ranks per node {}, NICs per node {} must be >= 1", c.nodes,
+                   c.ranks_per_node, c.nics_per_node);
+  LOCMOE_CHECK_ARG(c.intra.bw > 0 && c.inter.bw > 0, "whatif: link bandwidths intra {} and inter {} B/s must be > 0",
+                   c.intra.bw, c.inter.bw);
+  LOCMOE_CHECK_ARG(c.intra.latency_s >= 0 && c.inter.latency_s >= 0, "whatif: latencies {} and {} s must be >= 0",
+                   c.intra.latency_s, c.inter.latency_s);
+  LOCMOE_CHECK_ARG(t.ranks == c.size() && t.bytes.size() == size_t(t.ranks) * t.ranks,
+                   "whatif: traffic of {} ranks ({} entries) for a cluster of {} x {} = {} ranks", t.ranks,
+                   t.bytes.size(), c.nodes, c.ranks_per_node, c.size());
+  const int R = c.size(), G = c.ranks_per_node;
+  Prediction p;
+  p.algo = algo;
+  std::vector<Loads> stages;
+  if (algo == Algo::kFlat) {
+    stages.emplace_back(c, "flat");
+    for (int s = 0; s < R; ++s)
+      for (int d = 0; d < R; ++d) stages[0].add(s, d, t.at(s, d));
+  } else {
+    // comm's hierarchical path (equal nodes): rail l of a node pair is local rank l on both
+    // nodes and carries the data for local rank l of the remote node. (1) rows inside the node go
+    // directly, and every rank sends its rows for remote ranks of local rank l to its node's local
+    // rank l; (2) local rank l of m sends the gathered block for (n, l) to local rank l of n, which
+    // is the destination. Stages are summed (comm overlaps them per remote node: the lower bound
+    // is the overlapped limit).
+    stages.emplace_back(c, "intra gather");
+    stages.emplace_back(c, "inter rails");
+    std::vector<uint64_t> block(size_t(R) * c.nodes, 0);  // [destination rank][source node]
+    for (int s = 0; s < R; ++s)
+      for (int d = 0; d < R; ++d) {
+        const uint64_t b = t.at(s, d);
+        const int m = s / G, n = d / G;
+        if (m == n) {
+          stages[0].add(s, d, b);
+          continue;
+        }
+        stages[0].add(s, m * G + d % G, b);
+        block[size_t(d) * c.nodes + m] += b;
+      }
+    for (int d = 0; d < R; ++d)
+      for (int m = 0; m < c.nodes; ++m)
+        if (m != d / G) stages[1].add(m * G + d % G, d, block[size_t(d) * c.nodes + m]);
+  }
+  for (Loads& l : stages) {
+    p.stages.push_back(l.finish(&p.intra_seconds, &p.inter_seconds));
+    p.seconds += p.stages.back().seconds;
+    p.internode_bytes += p.stages.back().inter_bytes;
+    p.internode_msgs += p.stages.back().inter_msgs;
+    p.intranode_bytes += p.stages.back().intra_bytes;
+  }
+  p.lower_bound_s = lower_bound(t, c);
+  return p;
+}
+
+Result<TopologyFacts> read_topology_facts(const std::string& path) {
+  std::ifstream in(path);
+  LOCMOE_CHECK(in.good(), Code::kNotFound, "whatif: cannot read topology file '{}'", path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string text = ss.str();
+  LOCMOE_CHECK(text.find("<system") != std::string::npos, Code::kParseError,
+               "whatif: '{}' is not an NCCL topology file (no <system> element)", path);
+  TopologyFacts f;
+  static const std::regex cls(R"re(class="0x(0302|0300|0207|0200)[0-9a-fA-F]*")re");
+  for (auto it = std::sregex_iterator(text.begin(), text.end(), cls); it != std::sregex_iterator(); ++it) {
+    const std::string c = (*it)[1];
+    if (c == "0302" || c == "0300") ++f.gpus;
+    else ++f.nics;
+  }
+  // NCCL writes a NIC's port as <net name=... speed="400000" ...> in Mb/s.
+  static const std::regex net(R"re(<net\b[^>]*\bspeed="([0-9.]+)")re");
+  std::smatch m;
+  if (std::regex_search(text, m, net)) f.nic_bw = std::stod(m[1]) * 1e6 / 8;
+  // A <nic> of <net> ports without a PCI class of its own still counts as one NIC per net.
+  if (f.nics == 0) {
+    static const std::regex nets(R"re(<net\b)re");
+    f.nics = static_cast<int>(std::distance(std::sregex_iterator(text.begin(), text.end(), nets), std::sregex_iterator()));
+  }
+  return f;
+}
+
+}  // namespace locmoe::whatif

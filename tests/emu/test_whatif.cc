@@ -1,0 +1,133 @@
+// Cost model (perf/whatif): hand-computed stage loads, invariants on random traffic, topology
+// facts of a known machine, and the synthetic routing rules' defining properties.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+#include <set>
+
+#include "locmoe/perf/whatif.h"
+
+namespace w = locmoe::whatif;
+
+namespace {
+
+w::ClusterModel model(int nodes, int g, int nics, double intra_bw, double inter_bw) {
+  w::ClusterModel c;
+  c.nodes = nodes, c.ranks_per_node = g, c.nics_per_node = nics;
+  c.intra = {intra_bw, 0};
+  c.inter = {inter_bw, 0};
+  return c;
+}
+
+}  // namespace
+
+TEST(Whatif, UniformTwoNodesByHand) {
+  // 2 nodes x 4 ranks, one NIC per node, b bytes between every pair.
+  const double b = 1000, bi = 1e6, be = 1e4;
+  const w::ClusterModel c = model(2, 4, 1, bi, be);
+  const auto t = w::uniform_traffic(8, uint64_t(b));
+  auto flat = w::predict(t, c, w::Algo::kFlat);
+  ASSERT_TRUE(flat.ok()) << flat.status().to_string();
+  // Flat: the NIC of node 0 carries 4 ranks x 4 remote ranks x b; a rank's intra port 3b.
+  EXPECT_DOUBLE_EQ(flat->seconds, 16 * b / be);
+  EXPECT_DOUBLE_EQ(flat->intra_seconds, 3 * b / bi);
+  EXPECT_EQ(flat->internode_bytes, uint64_t(32 * b));
+  EXPECT_EQ(flat->internode_msgs, 32u);
+  // Hierarchical, rail l = local rank l on both nodes, carrying the data for remote local rank l.
+  // Gather: each rank sends b to each of the 3 other local ranks (for their remote namesakes) and b
+  // directly to each: 6b out, and 6b in. Rails: each of 4 rails carries 4 sources x b = 4b, all
+  // through the node's one NIC: 16b, in 8 messages (4 rails x 2 directions).
+  auto hier = w::predict(t, c, w::Algo::kHierarchical);
+  ASSERT_TRUE(hier.ok());
+  ASSERT_EQ(hier->stages.size(), 2u);
+  EXPECT_DOUBLE_EQ(hier->stages[0].seconds, 6 * b / bi);
+  EXPECT_DOUBLE_EQ(hier->stages[1].seconds, 16 * b / be);
+  EXPECT_DOUBLE_EQ(hier->seconds, 6 * b / bi + 16 * b / be);
+  EXPECT_EQ(hier->internode_bytes, uint64_t(32 * b));
+  EXPECT_EQ(hier->internode_msgs, 8u);
+  // Lower bound: 16b through each node's NIC.
+  EXPECT_DOUBLE_EQ(hier->lower_bound_s, 16 * b / be);
+}
+
+TEST(Whatif, InvariantsOnRandomTraffic) {
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 20; ++trial) {
+    const int nodes = 1 + int(rng() % 4), g = 1 + int(rng() % 4), nics = 1 + int(rng() % g);
+    w::ClusterModel c = model(nodes, g, nics, 1e9 * (1 + rng() % 10), 1e8 * (1 + rng() % 10));
+    c.intra.latency_s = 1e-6, c.inter.latency_s = 5e-6;
+    const int R = nodes * g;
+    w::TrafficMatrix t{R, std::vector<uint64_t>(size_t(R) * R)};
+    uint64_t cross = 0, cross_pairs = 0;
+    for (int s = 0; s < R; ++s)
+      for (int d = 0; d < R; ++d) {
+        const uint64_t v = (rng() % 3 == 0) ? 0 : rng() % 100000;
+        t.bytes[size_t(s) * R + d] = v;
+        if (s / g != d / g) cross += v, cross_pairs += v != 0;
+      }
+    for (w::Algo a : {w::Algo::kFlat, w::Algo::kHierarchical}) {
+      auto p = w::predict(t, c, a);
+      ASSERT_TRUE(p.ok());
+      EXPECT_LE(p->lower_bound_s, p->seconds * (1 + 1e-12)) << w::algo_name(a) << " trial " << trial;
+      EXPECT_EQ(p->internode_bytes, cross) << w::algo_name(a);
+      if (a == w::Algo::kFlat) EXPECT_EQ(p->internode_msgs, cross_pairs);
+      else EXPECT_LE(p->internode_msgs, uint64_t(nodes) * (nodes - 1) * g);  // one per remote node per rank
+      // Combine moves every byte back: the same bytes between nodes.
+      auto back = w::predict(t.transposed(), c, a);
+      ASSERT_TRUE(back.ok());
+      EXPECT_EQ(back->internode_bytes, cross);
+    }
+  }
+}
+
+TEST(Whatif, RejectsMismatchAndBadFigures) {
+  const auto t = w::uniform_traffic(6, 10);
+  auto p = w::predict(t, model(2, 4, 1, 1e9, 1e8), w::Algo::kFlat);
+  ASSERT_FALSE(p.ok());
+  EXPECT_EQ(p.status().code(), locmoe::Code::kInvalidArgument);
+  EXPECT_NE(p.status().message().find("6 ranks"), std::string::npos) << p.status().message();
+  auto z = w::predict(w::uniform_traffic(8, 10), model(2, 4, 1, 0, 1e8), w::Algo::kFlat);
+  EXPECT_FALSE(z.ok());
+}
+
+TEST(Whatif, TopologyFactsOfNdH100v5) {
+  // Azure ND H100 v5: 8 H100 GPUs and 8 ConnectX-7 InfiniBand NICs (one per GPU) per VM.
+  auto f = w::read_topology_facts(std::string(LOCMOE_TEST_DATA) + "/topologies/azure-ndv5.nccl.xml");
+  ASSERT_TRUE(f.ok()) << f.status().to_string();
+  EXPECT_EQ(f->gpus, 8);
+  EXPECT_EQ(f->nics, 8);
+  auto missing = w::read_topology_facts("/nonexistent/topo.xml");
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.status().code(), locmoe::Code::kNotFound);
+  EXPECT_NE(missing.status().message().find("/nonexistent/topo.xml"), std::string::npos);
+}
+
+TEST(Whatif, TrafficFromRouterPlansCountsEveryCopy) {
+  // Plans of a real router on the synthetic input; the matrix row of rank r, counted here from the
+  // plan's slots (one copy per distinct destination rank of each token), times the row bytes.
+  const w::ClusterModel c = model(2, 2, 1, 1e9, 1e8);
+  w::SyntheticRouting s;
+  s.tokens_per_rank = 32, s.router.k = 2, s.experts = 8, s.route_hidden = 16;
+  for (const char* router : {"gshard", "locmoe+", "dropless"}) {
+    s.router.name = router;
+    auto plans = w::synthetic_plans(s, c);
+    ASSERT_TRUE(plans.ok()) << plans.status().to_string();
+    ASSERT_EQ(plans->size(), 4u);
+    auto t = w::traffic_from_plans(*plans, 100, 2);
+    ASSERT_TRUE(t.ok()) << t.status().to_string();
+    for (const locmoe::RoutingPlan& p : *plans) {
+      std::vector<uint64_t> copies(4, 0);
+      for (int tok = 0; tok < p.num_tokens; ++tok) {
+        std::set<int> dests;
+        for (int j = 0; j < p.k; ++j)
+          if (p.expert[size_t(tok) * p.k + j] >= 0) dests.insert(p.expert[size_t(tok) * p.k + j] / 2);
+        for (int d : dests) ++copies[d];
+      }
+      for (int d = 0; d < 4; ++d)
+        EXPECT_EQ(t->at(p.rank, d), d == p.rank ? 0u : copies[d] * 200) << router << " " << p.rank << "->" << d;
+    }
+  }
+  std::vector<locmoe::RoutingPlan> wrong(2);
+  wrong[1].rank = 0;
+  EXPECT_FALSE(w::traffic_from_plans(wrong, 100, 2).ok());
+}
