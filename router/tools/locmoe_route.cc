@@ -4,6 +4,11 @@
 // Tokens are split evenly over the ranks in rank order (rank r owns rows r T / R ...), experts are
 // contiguous (expert e on rank e / experts-per-rank), ranks fill nodes in order.
 //
+// Cluster shape: --nodes N --ranks-per-node R, or --nodes N --topo-file F where F is one node's
+// topology (hwloc XML or NCCL topology XML, read by the topology layer) and R = its GPU count (one
+// rank per GPU). Without either flag, LOCMOE_TOPO_FILE, when set, stands in for --topo-file (as it
+// stands in for live discovery in the topology layer); else R = 8.
+//
 // Synthetic input (--synthetic T,H,SEED; docs/PERFORMANCE.md "## Router"): gate rows are random
 // directions of norm --gate-scale (default 8: tokens are unit vectors, so the gate norm is the
 // logit scale; 8 gives a token's own-cluster expert p of about 0.6-0.8 at E = 64, a confident
@@ -29,6 +34,7 @@
 #include "locmoe/core/params.h"
 #include "locmoe/router/metrics.h"
 #include "locmoe/router/router.h"
+#include "locmoe/topology/topology.h"
 
 namespace {
 
@@ -174,6 +180,20 @@ void print_table(const std::vector<std::string>& names, const std::vector<Router
   }
 }
 
+// Ranks per node of a node described by topology file `path`: one rank per GPU. A file the topology
+// layer rejects, or one without a GPU, is an error naming the file.
+Result<int> ranks_per_node_from_topology(const std::string& path) {
+  Result<topo::Topology> t = topo::load_file(path);
+  if (!t.ok()) {
+    Status st = t.status();  // load_file's message names the file and the reason
+    return st.with_context("--topo-file");
+  }
+  LOCMOE_CHECK_ARG(t->num_gpus() > 0,
+                   "--topo-file: {} has no GPU; ranks per node = GPUs per node, so give --ranks-per-node",
+                   t->source());
+  return t->num_gpus();
+}
+
 int fail(const Status& st) {
   fmt::print(stderr, "locmoe-route: {}\n", st.to_string());
   return 1;
@@ -184,7 +204,7 @@ int fail(const Status& st) {
 int main(int argc, char** argv) {
   CLI::App app{"locmoe-route: route token features with LocMoE+ or a baseline and print the metrics"};
   std::string features_path, gate_spec, synthetic_spec, router_name = "locmoe+", compare, out_experts,
-      out_weights, save_prefix, ecr = "affinity";
+      out_weights, save_prefix, ecr = "affinity", topo_file;
   int nodes = 2, ranks_per_node = 8, experts_per_rank = 1, steps = 1, dtype_bytes = 2;
   bool as_json = false, bf16 = false, no_renorm = false;
   Synthetic syn;
@@ -199,7 +219,11 @@ int main(int argc, char** argv) {
   app.add_option("--save-synthetic", save_prefix, "write PREFIX_features.npy and PREFIX_gate.npy (first step)");
   app.add_flag("--bf16", bf16, "'<u2' .npy arrays hold bfloat16 bits");
   app.add_option("--nodes", nodes, "nodes of the emulated EP group")->capture_default_str();
-  app.add_option("--ranks-per-node", ranks_per_node, "ranks per node")->capture_default_str();
+  CLI::Option* rpn_opt = app.add_option("--ranks-per-node", ranks_per_node, "ranks per node")->capture_default_str();
+  app.add_option("--topo-file", topo_file,
+                 "one node's topology (hwloc or NCCL XML): ranks per node = its GPUs (default: LOCMOE_TOPO_FILE "
+                 "when set and --ranks-per-node is not given)")
+      ->excludes(rpn_opt);
   app.add_option("--experts-per-rank", experts_per_rank, "experts per rank")->capture_default_str();
   app.add_option("--router", router_name, "locmoe+|gshard|switch|expert-choice|node-limited|locmoe|hash|dropless")->capture_default_str();
   app.add_option("--compare", compare, "comma-separated routers to run side by side (overrides --router)");
@@ -227,6 +251,16 @@ int main(int argc, char** argv) {
   if (!order.ok()) return fail(order.status());
   c.ecr_order = *order;
   if (steps < 1) return fail(error(Code::kInvalidArgument, "--steps {} must be >= 1", steps));
+  if (topo_file.empty() && rpn_opt->count() == 0) {
+    auto env = params::get_string(params::Id::topo_file);
+    if (!env.ok()) return fail(env.status());
+    topo_file = *env;
+  }
+  if (!topo_file.empty()) {
+    auto r = ranks_per_node_from_topology(topo_file);
+    if (!r.ok()) return fail(r.status());
+    ranks_per_node = *r;
+  }
   auto placement = uniform_placement(nodes, ranks_per_node, experts_per_rank);
   if (!placement.ok()) return fail(placement.status());
   const int64_t E = placement->num_experts();
@@ -286,6 +320,7 @@ int main(int argc, char** argv) {
   json doc = {{"input",
                {{"tokens", T}, {"hidden", H}, {"experts", E}, {"nodes", nodes}, {"ranks_per_node", ranks_per_node},
                 {"experts_per_rank", experts_per_rank}, {"steps", steps},
+                {"topology_file", topo_file.empty() ? json(nullptr) : json(topo_file)},
                 {"source", synthetic ? "synthetic " + synthetic_spec : features_path},
                 {"gate", gate_spec.empty() ? "synthetic" : gate_spec}}},
               {"routers", json::array()}};
@@ -334,8 +369,9 @@ int main(int argc, char** argv) {
   if (as_json) {
     fmt::print("{}\n", doc.dump(2));
   } else {
-    fmt::print("T={} H={} E={} on {} nodes x {} ranks, k={}, capacity factor {}, {} step(s)\n", T, H, E, nodes,
-               ranks_per_node, c.k, c.capacity_factor, steps);
+    fmt::print("T={} H={} E={} on {} nodes x {} ranks{}, k={}, capacity factor {}, {} step(s)\n", T, H, E, nodes,
+               ranks_per_node, topo_file.empty() ? "" : fmt::format(" (GPUs of {})", topo_file), c.k,
+               c.capacity_factor, steps);
     print_table(names, all_metrics);
   }
   return 0;
