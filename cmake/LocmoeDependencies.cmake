@@ -8,6 +8,9 @@ find_package(MPI REQUIRED COMPONENTS C CXX)
 find_package(fmt REQUIRED)
 find_package(nlohmann_json 3.10 REQUIRED)
 find_package(CLI11 REQUIRED)
+# pugixml parses NCCL topology files and validates hwloc XML before hwloc sees it
+# (libpugixml-dev; hwloc 2.9 crashes on some malformed XML).
+find_package(pugixml REQUIRED)
 find_package(Threads REQUIRED)
 set(BLA_VENDOR OpenBLAS)
 find_package(BLAS REQUIRED)

@@ -9,7 +9,7 @@ LOCMOE_JOBS=${LOCMOE_JOBS:-$(nproc)}
 # only as a recommendation, and without it hwloc loses PCI discovery and its XML reader.
 LOCMOE_APT_PACKAGES=(build-essential cmake ninja-build pkg-config git
   libhwloc-dev libhwloc-plugins hwloc-nox libopenmpi-dev openmpi-bin libucx-dev ucx-utils
-  libopenblas-dev googletest libgtest-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev libfmt-dev
+  libopenblas-dev googletest libgtest-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev libfmt-dev libpugixml-dev
   clang libclang-rt-dev python3 python3-numpy python3-matplotlib python3-dev iproute2)
 
 log() { printf '\033[1m[locmoe]\033[0m %s\n' "$*" >&2; }

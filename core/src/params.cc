@@ -8,6 +8,9 @@
 #include <string_view>
 #include <vector>
 
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
 namespace locmoe::params {
 namespace {
 
@@ -158,6 +161,27 @@ Status validate_all() {
     if (!st.ok()) return st;
   }
   return ok_status();
+}
+
+std::string table(bool json) {
+  if (json) {
+    nlohmann::json list = nlohmann::json::array();
+    for (const Info& i : kInfos)
+      list.push_back({{"name", i.env}, {"type", type_name(i.type)}, {"default", i.def}, {"allowed", i.allowed},
+                      {"value", raw_value(i.id)}, {"source", source(i.id)}, {"description", i.description}});
+    return list.dump(2);
+  }
+  std::string out = fmt::format("{:<24} {:<7} {:<10} {:<12} {:<8} {}\n", "PARAMETER", "TYPE", "DEFAULT", "VALUE",
+                                "SOURCE", "DESCRIPTION");
+  for (const Info& i : kInfos)
+    out += fmt::format("{:<24} {:<7} {:<10} {:<12} {:<8} {}{}{}\n", i.env, type_name(i.type), i.def, raw_value(i.id),
+                       source(i.id), i.description, *i.allowed ? "; one of " : "", i.allowed);
+  return out;
+}
+
+void print_table(FILE* out, bool json) {
+  std::string text = table(json);
+  std::fprintf(out, "%s%s", text.c_str(), json ? "\n" : "");
 }
 
 }  // namespace locmoe::params

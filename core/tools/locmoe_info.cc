@@ -19,23 +19,15 @@ int main(int argc, char** argv) {
     nlohmann::json doc = {{"version", LOCMOE_VERSION},
                           {"backends", {{"mpi", true}, {"ucx", bool(LOCMOE_HAVE_UCX)},
                                         {"cuda", bool(LOCMOE_HAVE_CUDA)}, {"nccl", bool(LOCMOE_HAVE_NCCL)}}}};
-    nlohmann::json list = nlohmann::json::array();
-    for (const p::Info& i : p::all())
-      list.push_back({{"name", i.env}, {"type", p::type_name(i.type)}, {"default", i.def},
-                      {"allowed", i.allowed}, {"value", p::raw_value(i.id)}, {"source", p::source(i.id)},
-                      {"description", i.description}});
-    doc["params"] = list;
+    doc["params"] = nlohmann::json::parse(p::table(true));
     std::printf("%s\n", doc.dump(2).c_str());
   } else {
     std::printf("locmoe %s\nbackends: mpi=on ucx=%s cuda=%s nccl=%s\n", LOCMOE_VERSION,
                 LOCMOE_HAVE_UCX ? "on" : "off", LOCMOE_HAVE_CUDA ? "on" : "off",
                 LOCMOE_HAVE_NCCL ? "on" : "off");
     if (show_params) {
-      std::printf("\n%-24s %-7s %-10s %-12s %-8s %s\n", "PARAMETER", "TYPE", "DEFAULT", "VALUE", "SOURCE", "DESCRIPTION");
-      for (const p::Info& i : p::all())
-        std::printf("%-24s %-7s %-10s %-12s %-8s %s%s%s\n", i.env, p::type_name(i.type), i.def,
-                    p::raw_value(i.id).c_str(), p::source(i.id), i.description,
-                    *i.allowed ? "; one of " : "", i.allowed);
+      std::printf("\n");
+      p::print_table(stdout, false);
     }
   }
   locmoe::Status st = p::validate_all();

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
 #include <span>
 #include <string>
 #include <string_view>
@@ -53,5 +54,13 @@ Status set(std::string_view env_name, std::string_view value);
 void reset();
 // Parses every parameter; returns the first error.
 Status validate_all();
+
+// Every parameter with its type, default, current value, source and description: an aligned text
+// table (header line first), or with `json` a JSON array of {"name","type","default","allowed",
+// "value","source","description"}. The one printer behind `locmoe-info --params` and
+// `locmoe-topo --params`.
+std::string table(bool json);
+// Writes table(json) to `out` (a JSON array ends with a newline).
+void print_table(FILE* out, bool json);
 
 }  // namespace locmoe::params

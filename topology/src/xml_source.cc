@@ -1,0 +1,350 @@
+// Topology files: format detection, validation of hwloc XML before hwloc sees it (hwloc 2.9
+// segfaults on some malformed files, e.g. an object without complete_cpuset), and our own reader
+// of NCCL topology files. Parsed with pugixml; hwloc.h stays in hwloc_source.cc.
+#include <pugixml.hpp>
+
+#include <algorithm>
+#include <charconv>
+#include <cstring>
+#include <map>
+#include <regex>
+#include <set>
+
+#include "locmoe/core/check.h"
+#include "pci_tree.h"
+
+namespace locmoe::topo {
+namespace {
+
+using detail::PciTree;
+
+// Context for messages: "topology file 'x.xml', line 12".
+class Where {
+ public:
+  Where(const std::string& path, const std::string& content) : path_(path), content_(content) {}
+  std::string at(pugi::xml_node node) const { return at_offset(node.offset_debug()); }
+  std::string at_offset(ptrdiff_t offset) const {
+    if (offset < 0) return fmt::format("topology file '{}'", path_);
+    size_t end = std::min(static_cast<size_t>(offset), content_.size());
+    return fmt::format("topology file '{}', line {}", path_, 1 + std::count(content_.begin(), content_.begin() + end, '\n'));
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  const std::string& path_;
+  const std::string& content_;
+};
+
+bool parse_hex(std::string_view text, unsigned long& out) {
+  if (text.starts_with("0x") || text.starts_with("0X")) text.remove_prefix(2);
+  if (text.empty()) return false;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out, 16);
+  return ec == std::errc() && end == text.data() + text.size();
+}
+
+bool parse_long(std::string_view text, long& out) {
+  if (text.empty()) return false;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
+  return ec == std::errc() && end == text.data() + text.size();
+}
+
+// --- hwloc XML validation ----------------------------------------------------------------------
+
+// Object types hwloc 2.9 reads (v2 names, and the v1 names its importer still accepts).
+const std::set<std::string_view> kNormalTypes = {
+    "Machine", "Package", "Die", "Core", "PU", "Group", "NUMANode", "MemCache", "L1Cache", "L2Cache",
+    "L3Cache", "L4Cache", "L5Cache", "L1iCache", "L2iCache", "L3iCache", "System", "Socket", "Cache", "Node"};
+const std::set<std::string_view> kIoTypes = {"Bridge", "PCIDev", "OSDev", "Misc"};
+
+// hwloc's XML bitmap syntax: comma-separated 32-bit hex words, the first possibly "0xf...f"
+// (infinitely many bits set).
+bool valid_bitmap(std::string_view text) {
+  static const std::regex re("(0xf\\.\\.\\.f|0x[0-9a-fA-F]{1,8})(,0x[0-9a-fA-F]{1,8})*");
+  return std::regex_match(text.begin(), text.end(), re);
+}
+
+Status validate_object(const Where& where, pugi::xml_node obj, int depth) {
+  LOCMOE_CHECK(depth < 256, Code::kParseError, "{}: objects nested more than 256 deep", where.at(obj));
+  std::string_view type = obj.attribute("type").value();
+  LOCMOE_CHECK(!type.empty(), Code::kParseError, "{}: <object> without a type attribute", where.at(obj));
+  const bool normal = kNormalTypes.count(type) > 0;
+  LOCMOE_CHECK(normal || kIoTypes.count(type) > 0, Code::kParseError, "{}: unknown hwloc object type '{}'",
+               where.at(obj), type);
+  for (pugi::xml_attribute attr : obj.attributes()) {
+    std::string_view name = attr.name();
+    if (name.ends_with("set")) {
+      LOCMOE_CHECK(valid_bitmap(attr.value()), Code::kParseError,
+                   "{}: {} object has {}=\"{}\", not an hwloc bitmap (0x...,0x...)", where.at(obj), type, name,
+                   attr.value());
+    }
+    if (name == "os_index" || name == "gp_index" || name == "depth" || name == "osdev_type") {
+      long v = 0;
+      LOCMOE_CHECK(parse_long(attr.value(), v) && v >= 0, Code::kParseError,
+                   "{}: {} object has {}=\"{}\", not a non-negative integer", where.at(obj), type, name, attr.value());
+    }
+  }
+  if (normal) {
+    // hwloc 2.9 dereferences these without checking (the crash this validation exists for).
+    for (const char* attr : {"cpuset", "complete_cpuset"})
+      LOCMOE_CHECK(!obj.attribute(attr).empty(), Code::kParseError, "{}: {} object without the required {} attribute",
+                   where.at(obj), type, attr);
+    const bool numa = type == "NUMANode" || type == "Node";
+    if (numa || !obj.attribute("nodeset").empty())
+      for (const char* attr : {"nodeset", "complete_nodeset"})
+        LOCMOE_CHECK(!obj.attribute(attr).empty(), Code::kParseError,
+                     "{}: {} object without the required {} attribute", where.at(obj), type, attr);
+  } else if (type == "PCIDev") {
+    Result<std::string> id = normalize_pci_bus_id(obj.attribute("pci_busid").value());
+    LOCMOE_CHECK(id.ok(), Code::kParseError, "{}: PCIDev object needs a pci_busid \"dddd:bb:dd.f\", has \"{}\"",
+                 where.at(obj), obj.attribute("pci_busid").value());
+  } else if (type == "Bridge") {
+    std::string_view bt = obj.attribute("bridge_type").value();
+    LOCMOE_CHECK(bt == "0-1" || bt == "1-1", Code::kParseError,
+                 "{}: Bridge object needs bridge_type \"0-1\" (host) or \"1-1\" (PCI), has \"{}\"", where.at(obj), bt);
+    if (bt == "1-1") {
+      Result<std::string> id = normalize_pci_bus_id(obj.attribute("pci_busid").value());
+      LOCMOE_CHECK(id.ok(), Code::kParseError, "{}: PCI Bridge object needs a pci_busid \"dddd:bb:dd.f\", has \"{}\"",
+                   where.at(obj), obj.attribute("pci_busid").value());
+    }
+    LOCMOE_CHECK(!obj.attribute("bridge_pci").empty(), Code::kParseError,
+                 "{}: Bridge object without the required bridge_pci attribute", where.at(obj));
+  } else if (type == "OSDev") {
+    LOCMOE_CHECK(!obj.attribute("osdev_type").empty() && !obj.attribute("name").empty(), Code::kParseError,
+                 "{}: OSDev object needs name and osdev_type attributes", where.at(obj));
+  }
+  for (pugi::xml_node child : obj.children("object"))
+    LOCMOE_RETURN_IF_ERROR(validate_object(where, child, depth + 1));
+  return ok_status();
+}
+
+Status validate_hwloc_xml(const Where& where, pugi::xml_node root) {
+  pugi::xml_node top = root.child("object");
+  LOCMOE_CHECK(top, Code::kParseError, "{}: hwloc XML <topology> has no <object>", where.at(root));
+  std::string_view type = top.attribute("type").value();
+  LOCMOE_CHECK(type == "Machine" || type == "System", Code::kParseError,
+               "{}: the top hwloc object is '{}', expected 'Machine'", where.at(top), type);
+  LOCMOE_CHECK(!top.next_sibling("object"), Code::kParseError, "{}: hwloc XML has several top objects",
+               where.at(top.next_sibling("object")));
+  return validate_object(where, top, 0);
+}
+
+// --- NCCL topology files -------------------------------------------------------------------------
+
+// Linux cpumask "ffffffff,ffff0000,00000000": 32-bit hex words, most significant first.
+Result<std::vector<int>> parse_cpumask(const Where& where, pugi::xml_node node, std::string_view text) {
+  std::vector<std::string_view> words;
+  for (size_t start = 0;;) {
+    size_t comma = text.find(',', start);
+    words.push_back(text.substr(start, comma == std::string_view::npos ? comma : comma - start));
+    if (comma == std::string_view::npos) break;
+    start = comma + 1;
+  }
+  std::vector<int> cpus;
+  for (size_t k = 0; k < words.size(); ++k) {
+    unsigned long bits = 0;
+    std::string_view w = words[words.size() - 1 - k];
+    LOCMOE_CHECK(w.size() <= 10 && parse_hex(w, bits) && bits <= 0xffffffffUL, Code::kParseError,
+                 "{}: affinity \"{}\" is not a CPU mask of comma-separated 32-bit hex words", where.at(node), text);
+    for (int b = 0; b < 32; ++b)
+      if (bits >> b & 1UL) cpus.push_back(static_cast<int>(32 * k) + b);
+  }
+  std::sort(cpus.begin(), cpus.end());
+  return cpus;
+}
+
+// PCI class code in attribute `attr` ("0x030200" -> 0x0302, programming interface dropped); -1
+// when absent.
+Result<long> class_code(const Where& where, pugi::xml_node node, const char* attr) {
+  std::string_view text = node.attribute(attr).value();
+  if (text.empty()) return -1L;
+  unsigned long v = 0;
+  LOCMOE_CHECK(parse_hex(text, v), Code::kParseError, "{}: {} \"{}\" is not hexadecimal", where.at(node), attr, text);
+  std::string_view digits = text.substr(text.starts_with("0x") || text.starts_with("0X") ? 2 : 0);
+  return static_cast<long>(digits.size() > 4 ? v >> 8 : v);
+}
+
+NicKind kind_from_name(std::string_view name) {
+  if (name.starts_with("mlx") || name.starts_with("ib")) return NicKind::kInfiniBand;
+  if (name.starts_with("eth") || name.starts_with("en")) return NicKind::kEthernet;
+  return NicKind::kUnknown;
+}
+
+class NcclReader {
+ public:
+  NcclReader(const Where& where, TopologyParts& parts) : where_(where), parts_(parts) {}
+
+  Status read(pugi::xml_node system) {
+    const size_t cpus = std::distance(system.children("cpu").begin(), system.children("cpu").end());
+    int root = tree_.add(PciTree::Kind::kLocality, -1, static_cast<int>(cpus));
+    std::set<int> numa_ids;
+    for (pugi::xml_node cpu : system.children("cpu")) {
+      long numa = 0;
+      LOCMOE_CHECK(parse_long(cpu.attribute("numaid").value(), numa) && numa >= 0, Code::kParseError,
+                   "{}: <cpu> needs a numaid attribute (non-negative integer), has \"{}\"", where_.at(cpu),
+                   cpu.attribute("numaid").value());
+      LOCMOE_CHECK(numa_ids.insert(static_cast<int>(numa)).second, Code::kParseError,
+                   "{}: a second <cpu numaid=\"{}\">", where_.at(cpu), numa);
+      std::vector<int> local;
+      if (!cpu.attribute("affinity").empty()) {
+        LOCMOE_ASSIGN_OR_RETURN(local, parse_cpumask(where_, cpu, cpu.attribute("affinity").value()));
+      }
+      parts_.numa_domains.push_back({static_cast<int>(numa), local});
+      Locality loc{static_cast<int>(numa), local, tree_.add(PciTree::Kind::kLocality, root, 1)};
+      LOCMOE_RETURN_IF_ERROR(read_children(cpu, loc, loc.node));
+    }
+    return finish();
+  }
+
+ private:
+  struct Locality {
+    int numa;
+    std::vector<int> cpus;
+    int node;
+  };
+  struct Link {
+    std::string target;
+    int count;
+    long tclass;
+  };
+
+  Status read_children(pugi::xml_node parent, const Locality& loc, int parent_node) {
+    for (pugi::xml_node child : parent.children()) {
+      std::string_view name = child.name();
+      if (name == "pci") {
+        LOCMOE_RETURN_IF_ERROR(read_pci(child, loc, parent_node));
+      } else if (name == "nic") {
+        LOCMOE_RETURN_IF_ERROR(read_nic(child, loc, tree_.add(PciTree::Kind::kDevice, parent_node), "", -1));
+      }
+    }
+    return ok_status();
+  }
+
+  Status read_pci(pugi::xml_node pci, const Locality& loc, int parent_node) {
+    Result<std::string> id = normalize_pci_bus_id(pci.attribute("busid").value());
+    LOCMOE_CHECK(id.ok(), Code::kParseError, "{}: <pci> needs a busid \"dddd:bb:dd.f\", has \"{}\"",
+                 where_.at(pci), pci.attribute("busid").value());
+    LOCMOE_ASSIGN_OR_RETURN(long cls, class_code(where_, pci, "class"));
+    if (cls == 0x0604 || pci.child("pci")) {  // a switch (NCCL flattens each switch to one <pci>)
+      return read_children(pci, loc, tree_.add(PciTree::Kind::kSwitch, parent_node));
+    }
+    if (cls == 0x0302 || cls == 0x0300 || pci.child("gpu")) {
+      Gpu gpu;
+      gpu.pci_bus_id = *id;
+      unsigned long v = 0;
+      if (parse_hex(pci.attribute("vendor").value(), v)) gpu.vendor_id = static_cast<uint16_t>(v);
+      if (parse_hex(pci.attribute("device").value(), v)) gpu.device_id = static_cast<uint16_t>(v);
+      gpu.numa = loc.numa;
+      gpu.cpus = loc.cpus;
+      for (pugi::xml_node link : pci.child("gpu").children("nvlink")) {
+        long count = 0;
+        LOCMOE_CHECK(parse_long(link.attribute("count").value(), count) && count >= 0, Code::kParseError,
+                     "{}: <nvlink> count \"{}\" is not a non-negative integer", where_.at(link),
+                     link.attribute("count").value());
+        Result<std::string> target = normalize_pci_bus_id(link.attribute("target").value());
+        LOCMOE_CHECK(target.ok(), Code::kParseError, "{}: <nvlink> target \"{}\" is not a PCI bus id",
+                     where_.at(link), link.attribute("target").value());
+        LOCMOE_ASSIGN_OR_RETURN(long tclass, class_code(where_, link, "tclass"));
+        links_.push_back({*target, static_cast<int>(count), tclass});
+        link_owner_.push_back(static_cast<int>(parts_.gpus.size()));
+      }
+      parts_.gpus.push_back(std::move(gpu));
+      gpu_nodes_.push_back(tree_.add(PciTree::Kind::kDevice, parent_node));
+      return ok_status();
+    }
+    if (cls == 0x0207 || cls == 0x0200 || pci.child("nic")) {
+      int node = tree_.add(PciTree::Kind::kDevice, parent_node);
+      if (!pci.child("nic")) return add_nic(loc, node, *id, "", -1, cls);
+      for (pugi::xml_node nic : pci.children("nic"))
+        LOCMOE_RETURN_IF_ERROR(read_nic(nic, loc, node, *id, cls));
+    }
+    return ok_status();  // other devices (NVSwitches, storage) do not matter here
+  }
+
+  // <nic> with <net> children (one NIC each); `node` is its device's tree node, `bus_id` that of
+  // the enclosing <pci> ("" for a <nic> directly under a <cpu>).
+  Status read_nic(pugi::xml_node nic, const Locality& loc, int node, const std::string& bus_id, long cls) {
+    bool any = false;
+    for (pugi::xml_node net : nic.children("net")) {
+      long speed = -1;
+      if (!net.attribute("speed").empty())
+        LOCMOE_CHECK(parse_long(net.attribute("speed").value(), speed), Code::kParseError,
+                     "{}: <net> speed \"{}\" is not an integer (Mb/s)", where_.at(net), net.attribute("speed").value());
+      LOCMOE_RETURN_IF_ERROR(add_nic(loc, node, bus_id, net.attribute("name").value(), speed, cls));
+      any = true;
+    }
+    if (!any && !bus_id.empty()) return add_nic(loc, node, bus_id, "", -1, cls);
+    return ok_status();
+  }
+
+  Status add_nic(const Locality& loc, int node, const std::string& bus_id, std::string name, long speed, long cls) {
+    LOCMOE_CHECK(!bus_id.empty() || !name.empty(), Code::kParseError,
+                 "topology file '{}': a <net> without name outside any <pci>", where_.path());
+    Nic n;
+    n.kind = cls == 0x0207 ? NicKind::kInfiniBand : cls == 0x0200 ? NicKind::kEthernet : kind_from_name(name);
+    n.name = std::move(name);
+    n.pci_bus_id = bus_id;
+    n.numa = loc.numa;
+    n.speed_mbps = speed > 0 ? speed : -1;
+    parts_.nics.push_back(std::move(n));
+    nic_nodes_.push_back(node);
+    return ok_status();
+  }
+
+  Status finish() {
+    detail::NvLinks nv;
+    std::map<std::string, int> gpu_index;
+    for (size_t a = 0; a < parts_.gpus.size(); ++a) gpu_index[parts_.gpus[a].pci_bus_id] = static_cast<int>(a);
+    for (size_t i = 0; i < links_.size(); ++i) {
+      const Link& l = links_[i];
+      int a = link_owner_[i];
+      if (auto it = gpu_index.find(l.target); it != gpu_index.end()) {
+        if (it->second != a) nv.direct[{a, it->second}] += l.count;  // a link to itself says nothing
+      } else if (l.tclass == 0x0680) {  // NVSwitch
+        nv.to_switch[a] += l.count;
+      }
+    }
+    detail::fill_paths(tree_, gpu_nodes_, nic_nodes_, nv, parts_);
+    return ok_status();
+  }
+
+  const Where& where_;
+  TopologyParts& parts_;
+  PciTree tree_;
+  std::vector<int> gpu_nodes_, nic_nodes_;
+  std::vector<Link> links_;
+  std::vector<int> link_owner_;
+};
+
+}  // namespace
+
+Result<Topology> load_file(const std::string& path) {
+  LOCMOE_CHECK(!path.empty(), Code::kInvalidArgument, "topology file name is empty");
+  LOCMOE_ASSIGN_OR_RETURN(std::string content, detail::read_topology_file(path));
+  Where where(path, content);
+  pugi::xml_document doc;
+  pugi::xml_parse_result parsed = doc.load_buffer(content.data(), content.size(), pugi::parse_default);
+  LOCMOE_CHECK(parsed.status != pugi::status_no_document_element, Code::kParseError,
+               "topology file '{}': unknown format: not XML (no root element); expected hwloc XML or an NCCL "
+               "topology file", path);
+  LOCMOE_CHECK(parsed, Code::kParseError, "{}: not well-formed XML: {} (truncated or malformed file?)",
+               where.at_offset(parsed.offset), parsed.description());
+  pugi::xml_node root = doc.document_element();
+  std::string_view name = root.name();
+  if (name == "topology") {
+    LOCMOE_RETURN_IF_ERROR(validate_hwloc_xml(where, root));
+    return detail::load_hwloc_xml(content, fmt::format("file '{}' (hwloc XML)", path));
+  }
+  LOCMOE_CHECK(name == "system", Code::kParseError,
+               "topology file '{}': unknown format: root element <{}>, expected <topology> (hwloc XML) or "
+               "<system> (NCCL topology)",
+               path, name);
+  TopologyParts parts;
+  parts.source = fmt::format("file '{}' (NCCL topology)", path);
+  NcclReader reader(where, parts);
+  LOCMOE_RETURN_IF_ERROR(reader.read(root));
+  Result<Topology> t = Topology::create(std::move(parts));
+  if (!t.ok()) return Status(t.status()).with_context(fmt::format("topology file '{}'", path));
+  return t;
+}
+
+}  // namespace locmoe::topo
