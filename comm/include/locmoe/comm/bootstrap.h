@@ -1,7 +1,8 @@
-// Bootstrap implementations (the interface is locmoe/core/bootstrap.h).
+// Bootstrap implementations (the interface is locmoe/core/bootstrap.h): MPI and TCP rendezvous.
 #pragma once
 
 #include <memory>
+#include <string>
 
 #include <mpi.h>
 
@@ -15,5 +16,24 @@ namespace locmoe {
 // non-blocking MPI calls polled against LOCMOE_TIMEOUT_S: a rank that never arrives gives
 // Code::kTimeout instead of a hang (Open MPI has no ULFM; see docs/ARCHITECTURE.md).
 Result<std::unique_ptr<Bootstrap>> make_mpi_bootstrap(MPI_Comm comm);
+
+// TCP rendezvous, for jobs started without MPI (torchrun and the like). Rank 0 listens on
+// `addr`:`port` (a host name or IPv4 address of rank 0's machine; rank 0 binds all interfaces)
+// and every other rank connects to it, retrying until LOCMOE_TIMEOUT_S. Collectives go through
+// rank 0 (a star: fine for the small messages a bootstrap carries). Every connect, accept and
+// receive has the LOCMOE_TIMEOUT_S deadline; a peer that closes its socket gives
+// Code::kPeerFailure naming it, one that stays silent Code::kTimeout naming it, and a peer that
+// calls a different collective or size Code::kMismatch. `rank` in [0, size).
+Result<std::unique_ptr<Bootstrap>> make_tcp_bootstrap(const std::string& addr, int port, int rank, int size);
+
+// The bootstrap the environment asks for, by LOCMOE_BOOTSTRAP:
+//   mpi  - MPI_COMM_WORLD (MPI_Init is called if the caller has not; the caller finalizes);
+//   tcp  - make_tcp_bootstrap with LOCMOE_BOOTSTRAP_ADDR=host:port, else MASTER_ADDR and
+//          MASTER_PORT, and RANK and WORLD_SIZE (torchrun's variables);
+//   self - one process;
+//   auto - mpi when OMPI_COMM_WORLD_SIZE is set (started by Open MPI's mpirun), else tcp when
+//          RANK and WORLD_SIZE are set, else self.
+// A missing or malformed variable is an error naming it.
+Result<std::unique_ptr<Bootstrap>> make_bootstrap_from_env();
 
 }  // namespace locmoe

@@ -14,12 +14,12 @@
 #include <string>
 
 #include "locmoe/core/bootstrap.h"
+#include "locmoe/comm/transport.h"  // MemoryKind
 #include "locmoe/core/status.h"
 #include "locmoe/topology/cluster.h"
 
 namespace locmoe {
 
-enum class MemoryKind : int32_t { kHost = 0, kDevice = 1 };
 enum class A2AAlgo : int32_t { kAuto = 0, kFlat = 1, kHierarchical = 2 };
 
 struct CommConfig {
@@ -30,14 +30,21 @@ struct CommConfig {
   double timeout_s = 0;           // 0 = LOCMOE_TIMEOUT_S
 };
 
-// What the last exchange moved, from this rank's point of view (payload bytes only).
+// What the last exchange moved, from this rank's point of view (payload bytes only; a message
+// is one logical transfer to one peer, however many LOCMOE_CHUNK_BYTES chunks carry it; empty
+// transfers are not sent and not counted; the copy to itself is not a message).
 struct ExchangeStats {
-  uint64_t bytes_sent = 0;
-  uint64_t bytes_received = 0;
+  uint64_t bytes_sent = 0;            // bytes this rank put on any transport (forwarding included)
+  uint64_t bytes_received = 0;        // payload bytes that landed in `recv` from other ranks
   uint64_t internode_bytes_sent = 0;  // bytes this rank put on inter-node links
   uint64_t internode_msgs_sent = 0;   // messages this rank sent to another node
   uint64_t intranode_bytes_sent = 0;  // bytes to other ranks of its node (forwarding included)
-  uint64_t msgs_sent = 0;
+  uint64_t msgs_sent = 0;             // all data messages this rank sent
+  // Added: the count metadata every alltoallv exchanges first (2 x ranks + 2 uint64 per rank),
+  // along the same paths as the data (direct for flat; rail-aggregated for hierarchical).
+  uint64_t meta_msgs_sent = 0;
+  uint64_t meta_internode_msgs_sent = 0;
+  uint64_t chunks_sent = 0;           // transport sends of data (>= msgs_sent when chunked)
 };
 
 class Communicator {

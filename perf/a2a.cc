@@ -1,0 +1,298 @@
+// locmoe-perf a2a: all-to-all-v bandwidth of the flat and hierarchical exchanges and of plain
+// MPI_Alltoallv, side by side in one run, with the bytes and messages that crossed a node
+// boundary, next to this machine's memcpy bandwidth measured in the same run.
+//
+// Sizes follow nccl-tests' alltoall: SIZE is the bytes each rank sends in total (its send
+// buffer); each rank sends SIZE / ranks bytes to every rank, itself included. time is the mean
+// of -n iterations after -w warm-up ones, the slowest rank's (max over ranks). algbw = SIZE /
+// time; busbw = algbw * (ranks - 1) / ranks. #wrong counts bytes that differ from what the
+// receiver computes from (seed, src, dst, index), in a separate untimed iteration, summed over
+// ranks. Inter-node bytes and messages are ExchangeStats of the data phase, max over ranks (the
+// count metadata travels the same paths and is reported separately in the JSON).
+#include <mpi.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "locmoe/comm/bootstrap.h"
+#include "locmoe/comm/communicator.h"
+#include "locmoe/core/params.h"
+#include "locmoe/core/log.h"
+#include "subcommand.h"
+
+extern char** environ;
+
+namespace locmoe::perf {
+namespace {
+
+struct Options {
+  uint64_t min_bytes = 1024, max_bytes = 8u << 20;
+  double factor = 2;
+  int iters = 20, warmup = 5, check = 1;
+  double timeout_s = 0;
+  std::string json, algos = "flat,hier,mpi", transport = "auto";
+  uint64_t chunk = 0;
+};
+
+uint8_t pattern(int src, int dst, uint64_t i) {
+  uint64_t x = (uint64_t(src) * 0x9E3779B1u) ^ (uint64_t(dst) * 0x85EBCA77u) ^ (i * 0xC2B2AE3Du);
+  x ^= x >> 29;
+  return static_cast<uint8_t>(x * 0x27d4eb2fu >> 24);
+}
+
+double max_over_ranks(double v) {
+  MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  return v;
+}
+uint64_t sum_over_ranks(uint64_t v) {
+  MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
+  return v;
+}
+uint64_t max_over_ranks_u(uint64_t v) {
+  MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
+  return v;
+}
+
+// memcpy bandwidth (GB/s, read+write counted once as bytes copied) of one rank alone, and of
+// every rank copying at once (per rank), on buffers of `bytes`.
+std::pair<double, double> memcpy_bandwidth(uint64_t bytes, int rank) {
+  std::vector<char> a(bytes, 1), b(bytes, 2);
+  auto time_copies = [&] {
+    std::memcpy(b.data(), a.data(), bytes);  // warm
+    const int reps = 5;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < reps; ++i) std::memcpy(b.data(), a.data(), bytes);
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
+  };
+  double alone = 0;
+  MPI_Barrier(MPI_COMM_WORLD);
+  if (rank == 0) alone = bytes / time_copies() / 1e9;
+  MPI_Barrier(MPI_COMM_WORLD);
+  double together = bytes / time_copies() / 1e9;
+  MPI_Allreduce(MPI_IN_PLACE, &together, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
+  MPI_Bcast(&alone, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+  return {alone, together};
+}
+
+struct Row {
+  std::string algo;
+  uint64_t bytes = 0;
+  double time_us = 0, algbw = 0, busbw = 0;
+  uint64_t wrong = 0;
+  int64_t inter_bytes = -1, inter_msgs = -1, inter_bytes_mean = -1, meta_inter_msgs = -1;
+};
+
+int fail(int rank, const Status& s) {
+  std::fprintf(stderr, "locmoe-perf a2a: rank %d: %s\n", rank, s.to_string().c_str());
+  MPI_Abort(MPI_COMM_WORLD, 1);
+  return 1;
+}
+
+}  // namespace
+
+int run_a2a(int argc, char** argv) {
+  CLI::App app{"All-to-all-v bandwidth: flat, hierarchical and MPI_Alltoallv side by side (run under mpirun)",
+               "locmoe-perf a2a"};
+  Options o;
+  app.add_option("-b,--minbytes", o.min_bytes, "smallest size: bytes each rank sends in total (per rank)");
+  app.add_option("-e,--maxbytes", o.max_bytes, "largest size (per rank)");
+  app.add_option("-f,--stepfactor", o.factor, "size multiplier between steps")->check(CLI::PositiveNumber);
+  app.add_option("-n,--iters", o.iters, "timed iterations per size")->check(CLI::PositiveNumber);
+  app.add_option("-w,--warmup_iters", o.warmup, "untimed warm-up iterations per size");
+  app.add_option("-c,--check", o.check, "check the data of one extra untimed iteration (0/1)");
+  app.add_option("-T,--timeout", o.timeout_s, "deadline in seconds of every wait (default LOCMOE_TIMEOUT_S)");
+  app.add_option("-J,--json", o.json, "write the results as JSON to this file");
+  app.add_option("--algo", o.algos, "comma-separated subset of flat,hier,mpi");
+  app.add_option("--transport", o.transport, "mpi | ucx | nccl | auto (LOCMOE_TRANSPORT)");
+  app.add_option("--chunk", o.chunk, "LOCMOE_CHUNK_BYTES for this run (0: the parameter)");
+  int rank = 0, size = 1;
+  MPI_Init(nullptr, nullptr);
+  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = rank == 0 ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : 2);
+    MPI_Finalize();
+    return code;
+  }
+  set_log_rank(rank);
+  if (Status s = params::validate_all(); !s.ok()) return fail(rank, s);
+
+  auto boot = make_mpi_bootstrap(MPI_COMM_WORLD);
+  if (!boot.ok()) return fail(rank, boot.status());
+  auto host = local_host_id();
+  if (!host.ok()) return fail(rank, host.status());
+  auto cluster = exchange_cluster_map(**boot, RankDescriptor{*host, "", ""});
+  if (!cluster.ok()) return fail(rank, cluster.status());
+
+  std::vector<std::string> algos;
+  {
+    std::stringstream ss(o.algos);
+    for (std::string a; std::getline(ss, a, ',');) {
+      if (a != "flat" && a != "hier" && a != "mpi") {
+        if (rank == 0) std::fprintf(stderr, "locmoe-perf a2a: --algo '%s': expected flat, hier or mpi\n", a.c_str());
+        MPI_Finalize();
+        return 2;
+      }
+      algos.push_back(a);
+    }
+  }
+  std::unique_ptr<Communicator> comms[2];
+  std::string transport_name = "mpi";
+  for (int i = 0; i < 2; ++i) {
+    const std::string want = i == 0 ? "flat" : "hier";
+    if (std::find(algos.begin(), algos.end(), want) == algos.end()) continue;
+    CommConfig cfg;
+    cfg.transport = o.transport == "auto" ? "" : o.transport;
+    cfg.algo = i == 0 ? A2AAlgo::kFlat : A2AAlgo::kHierarchical;
+    cfg.chunk_bytes = o.chunk;
+    cfg.timeout_s = o.timeout_s;
+    auto c = Communicator::create(**boot, *cluster, cfg);
+    if (!c.ok()) return fail(rank, c.status());
+    comms[i] = std::move(c).value();
+    transport_name = comms[i]->transport_name();
+  }
+
+  const auto [memcpy_alone, memcpy_together] = memcpy_bandwidth(std::max<uint64_t>(o.max_bytes, 16u << 20), rank);
+  std::vector<std::string> node_sizes;
+  for (int nn = 0; nn < cluster->num_nodes(); ++nn) node_sizes.push_back(std::to_string(cluster->local_size(nn)));
+  const bool tty = rank == 0 && isatty(STDERR_FILENO);
+  if (rank == 0) {
+    std::printf("# locmoe-perf a2a: %d ranks on %d nodes (%s ranks per node), transport %s\n", size,
+                cluster->num_nodes(), fmt::format("{}", fmt::join(node_sizes, "+")).c_str(), transport_name.c_str());
+    std::printf("# size = bytes each rank sends in total; size/%d to every rank. iters %d, warm-up %d, check %d\n", size,
+                o.iters, o.warmup, o.check);
+    std::printf("# memcpy: %.2f GB/s one rank alone, %.2f GB/s per rank with all %d copying at once\n", memcpy_alone,
+                memcpy_together, size);
+    std::printf("#%5s %12s %11s %11s %11s %7s %16s %15s\n", "algo", "size(B)", "time(us)", "algbw(GB/s)",
+                "busbw(GB/s)", "#wrong", "internode B/rank", "internode msgs");
+  }
+
+  std::vector<uint64_t> sizes;
+  for (double b = static_cast<double>(o.min_bytes); b <= static_cast<double>(o.max_bytes) * 1.0000001; b *= o.factor) {
+    sizes.push_back(static_cast<uint64_t>(b));
+    if (o.factor <= 1) break;
+  }
+  std::vector<Row> rows;
+  int wrong_total = 0;
+  size_t step = 0;
+  for (uint64_t bytes : sizes) {
+    const uint64_t per_pair = bytes / size;
+    std::vector<uint64_t> counts(size, per_pair), displs(size);
+    for (int r = 0; r < size; ++r) displs[r] = r * per_pair;
+    std::vector<int> icounts(size, static_cast<int>(per_pair)), idispls(size);
+    for (int r = 0; r < size; ++r) idispls[r] = static_cast<int>(r * per_pair);
+    std::vector<uint8_t> send(per_pair * size), recv(per_pair * size);
+    for (const std::string& algo : algos) {
+      ++step;
+      if (tty) std::fprintf(stderr, "\r[%zu/%zu] %s %llu B        ", step, sizes.size() * algos.size(), algo.c_str(),
+                            static_cast<unsigned long long>(bytes));
+      Communicator* comm = algo == "flat" ? comms[0].get() : algo == "hier" ? comms[1].get() : nullptr;
+      auto once = [&]() -> Status {
+        if (comm)
+          return comm->alltoallv(send.data(), counts.data(), displs.data(), recv.data(), counts.data(), displs.data(),
+                                 recv.size());
+        int rc = MPI_Alltoallv(send.data(), icounts.data(), idispls.data(), MPI_BYTE, recv.data(), icounts.data(),
+                               idispls.data(), MPI_BYTE, MPI_COMM_WORLD);
+        return rc == MPI_SUCCESS ? ok_status() : error(Code::kSystemError, "MPI_Alltoallv failed");
+      };
+      for (int i = 0; i < o.warmup; ++i)
+        if (Status s = once(); !s.ok()) return fail(rank, s);
+      MPI_Barrier(MPI_COMM_WORLD);
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < o.iters; ++i)
+        if (Status s = once(); !s.ok()) return fail(rank, s);
+      const double t = max_over_ranks(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() /
+                                      o.iters);
+      Row row;
+      row.algo = algo;
+      row.bytes = per_pair * size;
+      row.time_us = t * 1e6;
+      row.algbw = row.bytes / t / 1e9;
+      row.busbw = row.algbw * (size - 1) / size;
+      if (comm) {
+        const ExchangeStats& st = comm->last_stats();
+        row.inter_bytes = static_cast<int64_t>(max_over_ranks_u(st.internode_bytes_sent));
+        row.inter_bytes_mean = static_cast<int64_t>(sum_over_ranks(st.internode_bytes_sent) / size);
+        row.inter_msgs = static_cast<int64_t>(max_over_ranks_u(st.internode_msgs_sent));
+        row.meta_inter_msgs = static_cast<int64_t>(max_over_ranks_u(st.meta_internode_msgs_sent));
+      }
+      if (o.check) {
+        for (int d = 0; d < size; ++d)
+          for (uint64_t i = 0; i < per_pair; ++i) send[d * per_pair + i] = pattern(rank, d, i);
+        std::fill(recv.begin(), recv.end(), 0);
+        if (Status s = once(); !s.ok()) return fail(rank, s);
+        uint64_t wrong = 0;
+        for (int src = 0; src < size; ++src)
+          for (uint64_t i = 0; i < per_pair; ++i) wrong += recv[src * per_pair + i] != pattern(src, rank, i);
+        row.wrong = sum_over_ranks(wrong);
+        wrong_total += row.wrong > 0;
+      }
+      if (rank == 0) {
+        auto opt = [](int64_t v) { return v < 0 ? std::string("-") : std::to_string(v); };
+        std::printf("%6s %12llu %11.1f %11.3f %11.3f %7llu %16s %15s\n", algo.c_str(),
+                    static_cast<unsigned long long>(row.bytes), row.time_us, row.algbw, row.busbw,
+                    static_cast<unsigned long long>(row.wrong), opt(row.inter_bytes).c_str(), opt(row.inter_msgs).c_str());
+        std::fflush(stdout);
+      }
+      rows.push_back(row);
+    }
+  }
+  if (tty) std::fprintf(stderr, "\r%60s\r", "");
+
+  if (rank == 0 && !o.json.empty()) {
+    nlohmann::json doc;
+    doc["ranks"] = size;
+    doc["nodes"] = cluster->num_nodes();
+    doc["ranks_per_node"] = node_sizes;
+    doc["transport"] = transport_name;
+    doc["bytes_are"] = "per rank: each rank sends bytes/ranks to every rank";
+    doc["iters"] = o.iters;
+    doc["warmup"] = o.warmup;
+    doc["memcpy_GBps_one_rank"] = memcpy_alone;
+    doc["memcpy_GBps_per_rank_all_ranks"] = memcpy_together;
+    nlohmann::json env = nlohmann::json::object();
+    for (char** e = environ; *e; ++e) {
+      const std::string kv = *e;
+      if (kv.rfind("LOCMOE_", 0) == 0 || kv.rfind("UCX_", 0) == 0 || kv.rfind("NCCL_", 0) == 0) {
+        const size_t eq = kv.find('=');
+        env[kv.substr(0, eq)] = kv.substr(eq + 1);
+      }
+    }
+    doc["env"] = env;
+    auto& results = doc["results"] = nlohmann::json::array();
+    for (const Row& r : rows) {
+      auto opt = [](int64_t v) { return v < 0 ? nlohmann::json(nullptr) : nlohmann::json(v); };
+      results.push_back({{"algo", r.algo},
+                         {"bytes", r.bytes},
+                         {"time_us", r.time_us},
+                         {"algbw", r.algbw},
+                         {"busbw", r.busbw},
+                         {"wrong", r.wrong},
+                         {"internode_bytes_per_rank", opt(r.inter_bytes)},
+                         {"internode_bytes_mean_per_rank", opt(r.inter_bytes_mean)},
+                         {"internode_msgs_per_rank", opt(r.inter_msgs)},
+                         {"meta_internode_msgs_per_rank", opt(r.meta_inter_msgs)}});
+    }
+    std::ofstream(o.json) << doc.dump(2) << "\n";
+  }
+  comms[0].reset();
+  comms[1].reset();
+  MPI_Finalize();
+  if (wrong_total > 0 && rank == 0) std::fprintf(stderr, "locmoe-perf a2a: %d result(s) with wrong data\n", wrong_total);
+  return wrong_total > 0 ? 1 : 0;
+}
+
+}  // namespace locmoe::perf

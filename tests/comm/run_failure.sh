@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# run_failure.sh MPIEXEC EXE TRANSPORT MODE ALGO: runs test_failure.cc on 4 ranks with
+# --enable-recovery (so a dead rank does not abort the job) and passes when the 3 survivors
+# each printed "SURVIVOR ... OK". mpirun's own exit status is ignored: a rank died on purpose.
+set -u
+mpiexec=$1 exe=$2 transport=$3 mode=$4 algo=$5
+out=$(LOCMOE_TIMEOUT_S=${LOCMOE_TIMEOUT_S:-3} timeout 120 "$mpiexec" --enable-recovery --oversubscribe --bind-to none \
+  -np 4 "$exe" "$transport" "$mode" "$algo" 2>&1)
+echo "$out"
+if grep -q "^SKIP" <<<"$out"; then exit 0; fi
+ok=$(grep -c "^SURVIVOR rank [0-9]* OK" <<<"$out")
+bad=$(grep -c "^SURVIVOR rank [0-9]* FAIL" <<<"$out")
+echo "survivors OK: $ok, FAIL: $bad"
+[ "$ok" -eq 3 ] && [ "$bad" -eq 0 ]

@@ -1,0 +1,278 @@
+// Multi-rank all-to-all-v tests (run under mpirun with 2, 4 and 8 ranks).
+// Scenarios, for each transport available here (MPI, UCX) x algorithm (flat, hierarchical):
+//  - emulated nodes: 1, 2, 4 nodes, uneven nodes (3 nodes of unequal size), and ranks interleaved
+//    over nodes (rank r on node r % K), set through LOCMOE_HOSTID and the cluster-map exchange;
+//  - count patterns: random with zeros, one rank sending nothing, very uneven (one pair of
+//    20 MiB), ~1 MiB per pair, all zero; small chunks (exercise chunking) and default chunks;
+//  - receive layouts: packed in source order, and reversed with gaps (exercise repacking).
+// Oracle: MPI_Alltoallv of the same data on MPI_COMM_WORLD, plus every byte recomputed from
+// (seed, src, dst, index); flat and hierarchical results are compared byte for byte.
+// Errors: counts that disagree (kMismatch on every rank, naming both ranks and counts), a
+// receive buffer too small (kOutOfRange on every rank, nothing written).
+#include <mpi.h>
+
+#include <cstring>
+#include <numeric>
+
+#include <gtest/gtest.h>
+
+#include "a2a_common.h"
+#include "locmoe/comm/bootstrap.h"
+#include "locmoe/comm/communicator.h"
+#include "locmoe/core/params.h"
+
+namespace locmoe {
+namespace {
+
+using namespace testing_a2a;
+
+int world_rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+int world_size() {
+  int n = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &n);
+  return n;
+}
+
+// Node layouts for n ranks: node index of each rank.
+std::vector<std::pair<std::string, std::vector<int>>> layouts(int n) {
+  std::vector<std::pair<std::string, std::vector<int>>> out;
+  auto blocked = [n](int k) {
+    std::vector<int> v(n);
+    for (int r = 0; r < n; ++r) v[r] = r * k / n;
+    return v;
+  };
+  out.push_back({"1 node", blocked(1)});
+  if (n >= 2) out.push_back({"2 nodes", blocked(2)});
+  if (n >= 4) out.push_back({"4 nodes", blocked(4)});
+  if (n >= 4) {
+    std::vector<int> v(n, 0);  // uneven: half, then all but one, then one rank alone
+    for (int r = 0; r < n; ++r) v[r] = r < n / 2 ? 0 : (r < n - 1 ? 1 : 2);
+    out.push_back({"3 uneven nodes", v});
+  }
+  if (n >= 4) {
+    std::vector<int> v(n);
+    for (int r = 0; r < n; ++r) v[r] = r % 2;
+    out.push_back({"2 interleaved nodes", v});
+  }
+  return out;
+}
+
+struct Fixture {
+  std::unique_ptr<Bootstrap> boot;
+  ClusterMap cluster;
+};
+
+Fixture make_fixture(const std::vector<int>& node_of) {
+  Fixture f;
+  auto b = make_mpi_bootstrap(MPI_COMM_WORLD);
+  EXPECT_TRUE(b.ok()) << b.status().to_string();
+  f.boot = std::move(b).value();
+  EXPECT_TRUE(params::set("LOCMOE_HOSTID", "emu" + std::to_string(node_of[world_rank()])).ok());
+  auto host = local_host_id();
+  EXPECT_TRUE(host.ok());
+  auto cm = exchange_cluster_map(*f.boot, RankDescriptor{*host, "", ""});
+  EXPECT_TRUE(cm.ok()) << cm.status().to_string();
+  f.cluster = std::move(cm).value();
+  params::reset();
+  return f;
+}
+
+struct Buffers {
+  std::vector<uint64_t> sc, sd, rc, rd;
+  std::vector<uint8_t> send, expect;
+  uint64_t recv_bytes = 0;
+};
+
+// reversed: receive blocks placed in reverse source order with 3-byte gaps.
+Buffers make_buffers(Pattern p, uint64_t seed, int n, int me, bool reversed) {
+  Buffers b;
+  b.sc.resize(n), b.sd.resize(n), b.rc.resize(n), b.rd.resize(n);
+  uint64_t off = 0;
+  for (int d = 0; d < n; ++d) b.sd[d] = off, off += b.sc[d] = count_of(p, seed, n, me, d);
+  b.send.resize(off);
+  for (int d = 0; d < n; ++d)
+    for (uint64_t i = 0; i < b.sc[d]; ++i) b.send[b.sd[d] + i] = byte_at(seed, me, d, i);
+  off = 0;
+  for (int k = 0; k < n; ++k) {
+    const int s = reversed ? n - 1 - k : k;
+    b.rc[s] = count_of(p, seed, n, s, me);
+    b.rd[s] = off;
+    off += b.rc[s] + (reversed ? 3 : 0);
+  }
+  b.recv_bytes = off;
+  b.expect.assign(off, 0xA5);
+  for (int s = 0; s < n; ++s)
+    for (uint64_t i = 0; i < b.rc[s]; ++i) b.expect[b.rd[s] + i] = byte_at(seed, s, me, i);
+  return b;
+}
+
+// MPI_Alltoallv of the same buffers (counts fit in int here).
+std::vector<uint8_t> oracle(const Buffers& b, int n) {
+  std::vector<int> sc(n), sd(n), rc(n), rd(n);
+  for (int r = 0; r < n; ++r) sc[r] = int(b.sc[r]), sd[r] = int(b.sd[r]), rc[r] = int(b.rc[r]), rd[r] = int(b.rd[r]);
+  std::vector<uint8_t> out(b.recv_bytes, 0xA5);
+  MPI_Alltoallv(b.send.data(), sc.data(), sd.data(), MPI_BYTE, out.data(), rc.data(), rd.data(), MPI_BYTE,
+                MPI_COMM_WORLD);
+  return out;
+}
+
+class A2ATest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (!transport_available(GetParam())) GTEST_SKIP() << GetParam() << " transport not built";
+  }
+};
+
+TEST_P(A2ATest, MatchesOracleForEveryLayoutPatternAndAlgorithm) {
+  const int n = world_size(), me = world_rank();
+  uint64_t seed = 11;
+  for (const auto& [lname, node_of] : layouts(n)) {
+    Fixture f = make_fixture(node_of);
+    for (A2AAlgo algo : {A2AAlgo::kFlat, A2AAlgo::kHierarchical}) {
+      for (uint64_t chunk : {uint64_t{0}, uint64_t{4096}}) {
+        // Small chunks on the layout with the most paths only (keeps 8 ranks on 2 cores quick).
+        if (chunk != 0 && lname != layouts(n).back().first && n > 2) continue;
+        CommConfig cfg;
+        cfg.transport = GetParam();
+        cfg.algo = algo;
+        cfg.chunk_bytes = chunk;
+        cfg.timeout_s = 60;
+        auto comm = Communicator::create(*f.boot, f.cluster, cfg);
+        ASSERT_TRUE(comm.ok()) << comm.status().to_string();
+        ASSERT_EQ((*comm)->algo(), algo);
+        for (Pattern p : {Pattern::kRandom, Pattern::kOneSilent, Pattern::kUneven, Pattern::kLarge, Pattern::kAllZero}) {
+          if (chunk != 0 && (p == Pattern::kUneven || p == Pattern::kLarge)) continue;  // 4 KiB chunks of MiBs: slow
+          for (bool reversed : {false, true}) {
+            if (reversed && (p == Pattern::kLarge || p == Pattern::kUneven)) continue;  // layout covered by others
+            ++seed;
+            SCOPED_TRACE(fmt::format("{} ranks, {}, transport {}, algo {}, chunk {}, pattern {}, {} layout", n, lname,
+                                     GetParam(), algo == A2AAlgo::kFlat ? "flat" : "hier", chunk, pattern_name(p),
+                                     reversed ? "reversed" : "packed"));
+            Buffers b = make_buffers(p, seed, n, me, reversed);
+            std::vector<uint64_t> got_counts(n);
+            Status s = (*comm)->exchange_counts(b.sc.data(), got_counts.data());
+            ASSERT_TRUE(s.ok()) << s.to_string();
+            ASSERT_EQ(got_counts, b.rc);
+            std::vector<uint8_t> recv(b.recv_bytes, 0xA5);
+            s = (*comm)->alltoallv(b.send.data(), b.sc.data(), b.sd.data(), recv.data(), b.rc.data(), b.rd.data(),
+                                   recv.size());
+            ASSERT_TRUE(s.ok()) << s.to_string();
+            ASSERT_TRUE(recv == b.expect) << "data differs from (seed, src, dst, index)";
+            ASSERT_TRUE(recv == oracle(b, n)) << "data differs from MPI_Alltoallv";
+            // Accounting invariants: what was received equals what the others announced.
+            const ExchangeStats& st = (*comm)->last_stats();
+            ASSERT_EQ(st.bytes_received, std::accumulate(b.rc.begin(), b.rc.end(), uint64_t{0}) - b.rc[me]);
+            ASSERT_EQ(st.bytes_sent, st.internode_bytes_sent + st.intranode_bytes_sent);
+          }
+        }
+      }
+    }
+  }
+}
+
+// Flat and hierarchical results, byte for byte, and the inter-node message bound, 2+ nodes.
+TEST_P(A2ATest, FlatAndHierarchicalAgreeAndHierSendsFewerInternodeMessages) {
+  const int n = world_size(), me = world_rank();
+  for (const auto& [lname, node_of] : layouts(n)) {
+    Fixture f = make_fixture(node_of);
+    if (f.cluster.num_nodes() < 2) continue;
+    Buffers b = make_buffers(Pattern::kOneSilent, 99, n, me, true);
+    std::vector<uint8_t> out[2];
+    ExchangeStats stats[2];
+    int i = 0;
+    for (A2AAlgo algo : {A2AAlgo::kFlat, A2AAlgo::kHierarchical}) {
+      CommConfig cfg;
+      cfg.transport = GetParam();
+      cfg.algo = algo;
+      auto comm = Communicator::create(*f.boot, f.cluster, cfg);
+      ASSERT_TRUE(comm.ok()) << comm.status().to_string();
+      out[i].assign(b.recv_bytes, 0);
+      Status s = (*comm)->alltoallv(b.send.data(), b.sc.data(), b.sd.data(), out[i].data(), b.rc.data(),
+                                    b.rd.data(), out[i].size());
+      ASSERT_TRUE(s.ok()) << s.to_string();
+      stats[i++] = (*comm)->last_stats();
+    }
+    SCOPED_TRACE(lname);
+    EXPECT_TRUE(out[0] == out[1]);
+    // Independent count: flat sends one message to each remote rank it has data for.
+    uint64_t remote_with_data = 0;
+    for (int d = 0; d < n; ++d) remote_with_data += (node_of[d] != node_of[me] && b.sc[d] > 0) ? 1 : 0;
+    EXPECT_EQ(stats[0].internode_msgs_sent, remote_with_data);
+    EXPECT_LE(stats[1].internode_msgs_sent, uint64_t(f.cluster.num_nodes() - 1));
+    // Total inter-node bytes are the same payload either way (summed over ranks).
+    uint64_t tot[2] = {stats[0].internode_bytes_sent, stats[1].internode_bytes_sent};
+    MPI_Allreduce(MPI_IN_PLACE, tot, 2, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
+    EXPECT_EQ(tot[0], tot[1]);
+  }
+}
+
+TEST_P(A2ATest, CountMismatchIsReportedOnEveryRankNamingBothRanks) {
+  const int n = world_size(), me = world_rank();
+  for (const auto& [lname, node_of] : layouts(n)) {
+    Fixture f = make_fixture(node_of);
+    for (A2AAlgo algo : {A2AAlgo::kFlat, A2AAlgo::kHierarchical}) {
+      CommConfig cfg;
+      cfg.transport = GetParam();
+      cfg.algo = algo;
+      auto comm = Communicator::create(*f.boot, f.cluster, cfg);
+      ASSERT_TRUE(comm.ok()) << comm.status().to_string();
+      Buffers b = make_buffers(Pattern::kOneSilent, 5, n, me, false);
+      // The last rank expects one byte more from rank 0 than rank 0 sends.
+      const uint64_t sent = count_of(Pattern::kOneSilent, 5, n, 0, n - 1);  // what rank 0 sends
+      if (me == n - 1) b.rc[0] += 1;
+      std::vector<uint8_t> recv(b.recv_bytes + 16, 0x5A);
+      Status s = (*comm)->alltoallv(b.send.data(), b.sc.data(), b.sd.data(), recv.data(), b.rc.data(), b.rd.data(),
+                                    recv.size());
+      SCOPED_TRACE(lname);
+      ASSERT_EQ(s.code(), Code::kMismatch) << s.to_string();
+      EXPECT_NE(s.message().find(fmt::format("rank 0 sends {} bytes to rank {}", sent, n - 1)), std::string::npos)
+          << s.message();
+      EXPECT_NE(s.message().find(fmt::format("expects {} bytes", sent + 1)), std::string::npos) << s.message();
+      EXPECT_TRUE(std::all_of(recv.begin(), recv.end(), [](uint8_t c) { return c == 0x5A; }));
+      // The communicator stays usable after a rejected exchange.
+      Buffers ok = make_buffers(Pattern::kRandom, 6, n, me, false);
+      std::vector<uint8_t> r2(ok.recv_bytes);
+      s = (*comm)->alltoallv(ok.send.data(), ok.sc.data(), ok.sd.data(), r2.data(), ok.rc.data(), ok.rd.data(),
+                             r2.size());
+      ASSERT_TRUE(s.ok()) << s.to_string();
+      EXPECT_TRUE(r2 == ok.expect);
+    }
+  }
+}
+
+TEST_P(A2ATest, TooSmallReceiveBufferFailsEverywhereWithoutWriting) {
+  const int n = world_size(), me = world_rank();
+  Fixture f = make_fixture(layouts(n).back().second);
+  for (A2AAlgo algo : {A2AAlgo::kFlat, A2AAlgo::kHierarchical}) {
+    CommConfig cfg;
+    cfg.transport = GetParam();
+    cfg.algo = algo;
+    auto comm = Communicator::create(*f.boot, f.cluster, cfg);
+    ASSERT_TRUE(comm.ok()) << comm.status().to_string();
+    Buffers b = make_buffers(Pattern::kRandom, 8, n, me, false);
+    const int victim = n / 2;
+    // Rank `victim` says its buffer is one byte short (the real allocation has a guard zone).
+    const uint64_t needed = b.recv_bytes;
+    std::vector<uint8_t> recv(needed + 64, 0x77);
+    const uint64_t capacity = me == victim ? needed - 1 : needed;
+    Status s = (*comm)->alltoallv(b.send.data(), b.sc.data(), b.sd.data(), recv.data(), b.rc.data(), b.rd.data(),
+                                  capacity);
+    ASSERT_EQ(s.code(), Code::kOutOfRange) << s.to_string();
+    uint64_t victim_needed = me == victim ? needed : 0;
+    MPI_Allreduce(MPI_IN_PLACE, &victim_needed, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
+    EXPECT_NE(s.message().find(fmt::format("rank {}'s receive buffer holds {} bytes", victim, victim_needed - 1)),
+              std::string::npos)
+        << s.message();
+    EXPECT_TRUE(std::all_of(recv.begin(), recv.end(), [](uint8_t c) { return c == 0x77; }));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, A2ATest, ::testing::Values("mpi", "ucx"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
+}  // namespace locmoe

@@ -1,0 +1,208 @@
+// TCP rendezvous bootstrap without MPI: the test forks N processes that find each other through
+// torchrun's variables (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT) and make_bootstrap_from_env.
+// Scenarios: every collective against values each rank computes independently; a Communicator
+// (UCX when built, 2 emulated nodes) over that bootstrap against (seed, src, dst, index) data; a
+// rank that never starts (timeout naming it), one that dies after connecting (peer failure naming
+// it), one that calls a different collective size (mismatch).
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+
+#include <gtest/gtest.h>
+
+#include "a2a_common.h"
+#include "locmoe/comm/bootstrap.h"
+#include "locmoe/comm/communicator.h"
+#include "locmoe/core/params.h"
+
+namespace locmoe {
+namespace {
+
+int free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa);
+  socklen_t len = sizeof sa;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len);
+  ::close(fd);
+  return ntohs(sa.sin_port);
+}
+
+// Child exit code: 0 on success, else the Status code (or 100 for a failed check).
+int code_of(const Status& s) {
+  if (!s.ok()) std::fprintf(stderr, "rank %s: %s\n", std::getenv("RANK"), s.to_string().c_str());
+  return s.ok() ? 0 : static_cast<int>(s.code());
+}
+#define CHILD_CHECK(cond)                                                                   \
+  do {                                                                                      \
+    if (!(cond)) {                                                                          \
+      std::fprintf(stderr, "rank %s: check failed: %s\n", std::getenv("RANK"), #cond);     \
+      return 100;                                                                           \
+    }                                                                                       \
+  } while (0)
+
+// Runs body(rank) in `ranks` forked processes of a `world`-sized job; returns exit codes.
+std::vector<int> launch(int world, const std::vector<int>& ranks, double timeout_s,
+                        const std::function<int(int)>& body) {
+  const int port = free_port();
+  std::vector<pid_t> pids;
+  for (int r : ranks) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      setenv("RANK", std::to_string(r).c_str(), 1);
+      setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
+      setenv("MASTER_ADDR", "127.0.0.1", 1);
+      setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+      setenv("LOCMOE_TIMEOUT_S", fmt::format("{}", timeout_s).c_str(), 1);
+      unsetenv("LOCMOE_BOOTSTRAP");
+      unsetenv("OMPI_COMM_WORLD_SIZE");
+      params::reset();
+      std::fflush(stderr);
+      _exit(body(r));
+    }
+    pids.push_back(pid);
+  }
+  std::vector<int> codes;
+  for (pid_t pid : pids) {
+    int st = 0;
+    waitpid(pid, &st, 0);
+    codes.push_back(WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+  }
+  return codes;
+}
+
+TEST(TcpBootstrap, CollectivesAgreeWithIndependentlyComputedValues) {
+  const int n = 4;
+  auto codes = launch(n, {0, 1, 2, 3}, 30, [n](int r) -> int {
+    auto b = make_bootstrap_from_env();
+    if (!b.ok()) return code_of(b.status());
+    Bootstrap& boot = **b;
+    CHILD_CHECK(std::string(boot.name()) == "tcp" && boot.rank() == r && boot.size() == n);
+    // allgather of 3 bytes per rank
+    uint8_t mine[3] = {uint8_t(r), uint8_t(r * 7), uint8_t(255 - r)};
+    std::vector<uint8_t> all(3 * n);
+    if (Status s = boot.allgather(mine, all.data(), 3); !s.ok()) return code_of(s);
+    for (int q = 0; q < n; ++q) CHILD_CHECK(all[3 * q] == q && all[3 * q + 1] == uint8_t(q * 7) && all[3 * q + 2] == 255 - q);
+    // allreduce sum / max
+    int64_t v[2] = {r + 1, -r};
+    if (Status s = boot.allreduce(v, v, 2, DataType::kInt64, ReduceOp::kSum); !s.ok()) return code_of(s);
+    CHILD_CHECK(v[0] == n * (n + 1) / 2 && v[1] == -(n * (n - 1) / 2));
+    double d = 0.5 * r;
+    if (Status s = boot.allreduce(&d, &d, 1, DataType::kFloat64, ReduceOp::kMax); !s.ok()) return code_of(s);
+    CHILD_CHECK(d == 0.5 * (n - 1));
+    // broadcast from a non-zero root
+    uint64_t word = r == 2 ? 0xC0FFEEull : 0;
+    if (Status s = boot.broadcast(&word, sizeof word, 2); !s.ok()) return code_of(s);
+    CHILD_CHECK(word == 0xC0FFEEull);
+    if (Status s = boot.barrier(); !s.ok()) return code_of(s);
+    return 0;
+  });
+  EXPECT_EQ(codes, std::vector<int>(n, 0));
+}
+
+TEST(TcpBootstrap, CommunicatorRunsWithoutMpi) {
+  if (!transport_available("ucx")) GTEST_SKIP() << "UCX transport not built";
+  const int n = 4;
+  auto codes = launch(n, {0, 1, 2, 3}, 30, [n](int r) -> int {
+    using namespace testing_a2a;
+    auto b = make_bootstrap_from_env();
+    if (!b.ok()) return code_of(b.status());
+    if (Status s = params::set("LOCMOE_HOSTID", r < 2 ? "tcpA" : "tcpB"); !s.ok()) return code_of(s);
+    auto host = local_host_id();
+    auto cm = exchange_cluster_map(**b, RankDescriptor{*host, "", ""});
+    if (!cm.ok()) return code_of(cm.status());
+    CHILD_CHECK(cm->num_nodes() == 2);
+    CommConfig cfg;
+    cfg.transport = "ucx";
+    auto comm = Communicator::create(**b, *cm, cfg);
+    if (!comm.ok()) return code_of(comm.status());
+    CHILD_CHECK((*comm)->algo() == A2AAlgo::kHierarchical);
+    std::vector<uint64_t> sc(n), sd(n), rc(n), rd(n);
+    uint64_t off = 0;
+    for (int d = 0; d < n; ++d) sd[d] = off, off += sc[d] = count_of(Pattern::kRandom, 3, n, r, d);
+    std::vector<uint8_t> send(off);
+    for (int d = 0; d < n; ++d)
+      for (uint64_t i = 0; i < sc[d]; ++i) send[sd[d] + i] = byte_at(3, r, d, i);
+    if (Status s = (*comm)->exchange_counts(sc.data(), rc.data()); !s.ok()) return code_of(s);
+    off = 0;
+    for (int s = 0; s < n; ++s) {
+      CHILD_CHECK(rc[s] == count_of(Pattern::kRandom, 3, n, s, r));
+      rd[s] = off, off += rc[s];
+    }
+    std::vector<uint8_t> recv(off);
+    Status s = (*comm)->alltoallv(send.data(), sc.data(), sd.data(), recv.data(), rc.data(), rd.data(), recv.size());
+    if (!s.ok()) return code_of(s);
+    for (int q = 0; q < n; ++q)
+      for (uint64_t i = 0; i < rc[q]; ++i) CHILD_CHECK(recv[rd[q] + i] == byte_at(3, q, r, i));
+    return 0;
+  });
+  EXPECT_EQ(codes, std::vector<int>(n, 0));
+}
+
+TEST(TcpBootstrap, RankThatNeverStartsIsNamedAfterTheDeadline) {
+  // World of 3, rank 2 is never started.
+  auto codes = launch(3, {0, 1}, 2, [](int) -> int {
+    auto b = make_bootstrap_from_env();
+    if (!b.ok()) {
+      const std::string& m = b.status().message();
+      if (b.status().code() == Code::kTimeout) CHILD_CHECK(m.find("ranks 2 did not connect") != std::string::npos);
+      return code_of(b.status());
+    }
+    uint64_t x = 1;
+    return code_of((*b)->allreduce(&x, &x, 1, DataType::kUint64, ReduceOp::kSum));
+  });
+  ASSERT_EQ(codes.size(), 2u);
+  EXPECT_EQ(codes[0], int(Code::kTimeout));     // rank 0: nobody came as rank 2
+  // rank 1 waits on rank 0 with the same deadline: it sees rank 0 give up (peer failure) or its
+  // own deadline pass first (timeout); either way an error, never a hang.
+  EXPECT_TRUE(codes[1] == int(Code::kPeerFailure) || codes[1] == int(Code::kTimeout)) << codes[1];
+}
+
+TEST(TcpBootstrap, PeerThatDiesIsNamed) {
+  auto codes = launch(3, {0, 1, 2}, 20, [](int r) -> int {
+    auto b = make_bootstrap_from_env();
+    if (!b.ok()) return code_of(b.status());
+    if (r == 1) _exit(42);  // dies right after connecting
+    uint64_t x = 1;
+    Status s = (*b)->allreduce(&x, &x, 1, DataType::kUint64, ReduceOp::kSum);
+    if (r == 0 && !s.ok()) CHILD_CHECK(s.message().find("rank 1 closed the connection") != std::string::npos);
+    return code_of(s);
+  });
+  EXPECT_EQ(codes, (std::vector<int>{int(Code::kPeerFailure), 42, int(Code::kPeerFailure)}));
+}
+
+TEST(TcpBootstrap, DifferentCollectiveSizesAreAMismatch) {
+  auto codes = launch(2, {0, 1}, 20, [](int r) -> int {
+    auto b = make_bootstrap_from_env();
+    if (!b.ok()) return code_of(b.status());
+    std::vector<uint8_t> in(r == 0 ? 4 : 8), out(2 * in.size());
+    Status s = (*b)->allgather(in.data(), out.data(), in.size());
+    if (r == 0 && !s.ok()) CHILD_CHECK(s.message().find("rank 1 called allgather of 8 bytes") != std::string::npos);
+    return code_of(s);
+  });
+  EXPECT_EQ(codes[0], int(Code::kMismatch));
+  EXPECT_NE(codes[1], 0);
+}
+
+TEST(TcpBootstrap, EnvironmentErrorsNameTheVariable) {
+  ASSERT_TRUE(params::set("LOCMOE_BOOTSTRAP", "tcp").ok());
+  unsetenv("MASTER_ADDR");
+  unsetenv("RANK");
+  auto b = make_bootstrap_from_env();
+  params::reset();
+  ASSERT_FALSE(b.ok());
+  EXPECT_NE(b.status().message().find("MASTER_ADDR"), std::string::npos) << b.status().to_string();
+  auto self = make_bootstrap_from_env();  // auto, no launcher variables: self
+  ASSERT_TRUE(self.ok());
+  EXPECT_EQ(std::string((*self)->name()), "self");
+}
+
+}  // namespace
+}  // namespace locmoe
