@@ -1,0 +1,688 @@
+#include "locmoe/router/router.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <thread>
+
+#include "locmoe/core/check.h"
+#include "locmoe/core/params.h"
+#include "locmoe/router/finalize.h"
+
+namespace locmoe {
+
+// A nominated (token, expert) pair; gathered between ranks as raw bytes.
+struct Candidate {
+  int64_t gid;     // global token id
+  int32_t expert;
+  int32_t slot;    // position in the token's nomination order (0 = its best expert)
+  float score;     // the router's score: p, or s = a + lambda [same node] for locmoe+/locmoe
+  float prob;      // p[t, e]
+  float affinity;  // a[t, e]
+  int32_t unused;
+};
+static_assert(sizeof(Candidate) == 32, "Candidate is exchanged as raw bytes");
+
+namespace {
+
+enum class Kind { kLocmoePlus, kGshard, kSwitch, kExpertChoice, kNodeLimited, kLocmoe, kHash, kDropless };
+
+Kind kind_of(std::string_view name) {
+  for (size_t i = 0; i < std::size(kRouterNames); ++i)
+    if (kRouterNames[i] == name) return static_cast<Kind>(i);
+  return Kind::kLocmoePlus;  // unreachable after validate()
+}
+
+// Candidate orders of the global selection. Every one is total, so sorting is deterministic.
+enum class Order { kScore, kSlotThenToken, kTokenThenSlot };
+
+// Logits are computed in blocks of this many rows aligned to global token ids, each by one
+// single-threaded sgemm: OpenBLAS gives a row the same bits whatever the block's other rows, but
+// its multi-threaded path and its small-matrix paths do not.
+constexpr int64_t kBlockRows = 128;
+
+int resolve_threads(int32_t configured) {
+  int64_t n = configured;
+  if (n <= 0) {
+    auto v = params::get_int(params::Id::num_threads);
+    n = v.ok() ? *v : 0;
+  }
+  if (n <= 0) n = std::thread::hardware_concurrency();
+  return static_cast<int>(std::clamp<int64_t>(n, 1, 256));
+}
+
+// Row norms of `m` (double), rejecting NaN/Inf and zero rows. `what` names the matrix; row i is
+// reported as "<what> row i" plus `label` (i + label_base), e.g. its global token id.
+Status row_norms(MatrixView m, std::string_view what, std::string_view label, int64_t label_base,
+                 std::vector<double>& norms) {
+  norms.assign(static_cast<size_t>(m.rows), 0.0);
+  for (int64_t i = 0; i < m.rows; ++i) {
+    const float* row = m.data + i * m.cols;
+    double ss = 0.0;
+    for (int64_t j = 0; j < m.cols; ++j) {
+      LOCMOE_CHECK_ARG(std::isfinite(row[j]), "{} row {} ({} {}) column {} is {}", what, i, label,
+                       i + label_base, j, row[j]);
+      ss += static_cast<double>(row[j]) * row[j];
+    }
+    LOCMOE_CHECK_ARG(ss > 0.0, "{} row {} ({} {}) has zero norm (affinity needs |x| > 0)", what, i,
+                     label, i + label_base);
+    norms[static_cast<size_t>(i)] = std::sqrt(ss);
+  }
+  return ok_status();
+}
+
+// Gate probabilities and affinities of one rank's tokens, [T, E] row-major.
+struct Scores {
+  std::vector<float> p;
+  std::vector<float> a;
+};
+
+class OpenblasSingleThread {  // OpenBLAS at one thread for a scope (see kBlockRows)
+ public:
+  OpenblasSingleThread() : prev_(openblas_get_num_threads()) { openblas_set_num_threads(1); }
+  ~OpenblasSingleThread() { openblas_set_num_threads(prev_); }
+
+ private:
+  int prev_;
+};
+
+Scores compute_scores(MatrixView x, MatrixView w, const std::vector<double>& xnorm,
+                      const std::vector<double>& wnorm, int64_t gid0, int threads) {
+  const int64_t T = x.rows, H = x.cols, E = w.rows;
+  Scores s;
+  s.p.resize(static_cast<size_t>(T * E));
+  s.a.resize(static_cast<size_t>(T * E));
+  if (T == 0) return s;
+  const int64_t first = gid0 / kBlockRows * kBlockRows;
+  const int64_t blocks = (gid0 + T - first + kBlockRows - 1) / kBlockRows;
+  OpenblasSingleThread single;
+  auto worker = [&](int64_t b0, int64_t step) {
+    std::vector<float> buf, z(static_cast<size_t>(kBlockRows * E));
+    for (int64_t b = b0; b < blocks; b += step) {
+      const int64_t bs = first + b * kBlockRows;
+      const int64_t lo = std::max(bs, gid0), hi = std::min(bs + kBlockRows, gid0 + T);
+      const float* a = x.data + (lo - gid0) * H;
+      if (lo != bs || hi != bs + kBlockRows) {  // partial block: zero-padded copy, same position
+        buf.assign(static_cast<size_t>(kBlockRows * H), 0.0f);
+        std::memcpy(buf.data() + (lo - bs) * H, a, static_cast<size_t>((hi - lo) * H) * sizeof(float));
+        a = buf.data();
+      }
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(kBlockRows),
+                  static_cast<int>(E), static_cast<int>(H), 1.0f, a, static_cast<int>(H), w.data,
+                  static_cast<int>(H), 0.0f, z.data(), static_cast<int>(E));
+      for (int64_t g = lo; g < hi; ++g) {
+        const float* zr = z.data() + (g - bs) * E;
+        const int64_t t = g - gid0;
+        float* pr = s.p.data() + t * E;
+        float* ar = s.a.data() + t * E;
+        const float m = *std::max_element(zr, zr + E);
+        double sum = 0.0;
+        for (int64_t e = 0; e < E; ++e) {
+          pr[e] = std::exp(zr[e] - m);
+          sum += pr[e];
+        }
+        for (int64_t e = 0; e < E; ++e) {
+          pr[e] = static_cast<float>(pr[e] / sum);
+          ar[e] = static_cast<float>(zr[e] / (xnorm[static_cast<size_t>(t)] * wnorm[static_cast<size_t>(e)]));
+        }
+      }
+    }
+  };
+  const int n = static_cast<int>(std::min<int64_t>(threads, blocks));
+  if (n <= 1) {
+    worker(0, 1);
+  } else {
+    std::vector<std::thread> pool;
+    for (int i = 0; i < n; ++i) pool.emplace_back(worker, i, n);
+    for (auto& th : pool) th.join();
+  }
+  return s;
+}
+
+// The first `n` of the allowed experts in (score desc, expert asc) order, written to `out`;
+// returns how many were written.
+int top_by_score(const float* score, int32_t E, int n, const std::vector<uint8_t>* allowed,
+                 std::vector<int32_t>& scratch, int32_t* out) {
+  scratch.clear();
+  for (int32_t e = 0; e < E; ++e)
+    if (!allowed || (*allowed)[static_cast<size_t>(e)]) scratch.push_back(e);
+  n = std::min<int>(n, static_cast<int>(scratch.size()));
+  std::partial_sort(scratch.begin(), scratch.begin() + n, scratch.end(), [&](int32_t x, int32_t y) {
+    return score[x] != score[y] ? score[x] > score[y] : x < y;
+  });
+  std::copy_n(scratch.begin(), n, out);
+  return n;
+}
+
+// Node limit (DeepSeek-V3): the `M` nodes with the largest sum of their `per_node` best scores
+// (ties by node id) and a mask of the experts on them.
+void node_limit_mask(const float* score, const ExpertPlacement& pl, int M, int per_node,
+                     std::vector<uint8_t>& mask) {
+  const int32_t E = pl.num_experts(), N = pl.num_nodes();
+  std::vector<std::vector<float>> by_node(static_cast<size_t>(N));
+  for (int32_t e = 0; e < E; ++e)
+    by_node[static_cast<size_t>(pl.node_of_rank[static_cast<size_t>(e / pl.experts_per_rank)])].push_back(score[e]);
+  std::vector<double> node_score(static_cast<size_t>(N), 0.0);
+  for (int32_t n = 0; n < N; ++n) {
+    auto& v = by_node[static_cast<size_t>(n)];
+    const size_t c = std::min<size_t>(static_cast<size_t>(per_node), v.size());
+    std::partial_sort(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(c), v.end(), std::greater<float>());
+    for (size_t i = 0; i < c; ++i) node_score[static_cast<size_t>(n)] += v[i];
+  }
+  std::vector<int32_t> nodes(static_cast<size_t>(N));
+  std::iota(nodes.begin(), nodes.end(), 0);
+  std::stable_sort(nodes.begin(), nodes.end(), [&](int32_t x, int32_t y) {
+    return node_score[static_cast<size_t>(x)] > node_score[static_cast<size_t>(y)];
+  });
+  std::vector<uint8_t> node_ok(static_cast<size_t>(N), 0);
+  for (int i = 0; i < std::min(M, N); ++i) node_ok[static_cast<size_t>(nodes[static_cast<size_t>(i)])] = 1;
+  mask.assign(static_cast<size_t>(E), 0);
+  for (int32_t e = 0; e < E; ++e)
+    mask[static_cast<size_t>(e)] = node_ok[static_cast<size_t>(pl.node_of_rank[static_cast<size_t>(e / pl.experts_per_rank)])];
+}
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+int64_t capacity_factor_capacity(double cf, int64_t k, int64_t T, int64_t E) {
+  return static_cast<int64_t>(std::ceil(cf * static_cast<double>(k) * static_cast<double>(T) /
+                                        static_cast<double>(E) - 1e-9));
+}
+
+}  // namespace
+
+// Everything a rank contributes to the global selection.
+struct LocalPhase {
+  std::vector<Candidate> cands;
+  std::vector<double> topk_mass;      // [T] sum of the token's k largest p
+  std::vector<int32_t> unconstrained; // [T] slots the router fills without capacity
+};
+
+struct RouterImpl {
+  // Shapes and values every rank can check alone. `rank`/`ranks` are the group's.
+  static Status check_inputs(const RouterConfig& c, MatrixView x, MatrixView w,
+                             const ExpertPlacement& pl, int rank, int ranks) {
+    LOCMOE_CHECK_ARG(pl.experts_per_rank > 0 && pl.num_ranks() > 0,
+                     "placement has {} experts per rank on {} ranks; both must be positive",
+                     pl.experts_per_rank, pl.num_ranks());
+    LOCMOE_CHECK_ARG(pl.num_ranks() == ranks, "placement has {} ranks but the EP group has {}",
+                     pl.num_ranks(), ranks);
+    LOCMOE_CHECK_RANGE(rank >= 0 && rank < pl.num_ranks(), "rank {} out of range [0, {})", rank,
+                       pl.num_ranks());
+    for (size_t r = 0; r < pl.node_of_rank.size(); ++r)
+      LOCMOE_CHECK_RANGE(pl.node_of_rank[r] >= 0 && pl.node_of_rank[r] < pl.num_ranks(),
+                         "node_of_rank[{}] = {} out of range", r, pl.node_of_rank[r]);
+    const int64_t E = pl.num_experts();
+    LOCMOE_CHECK_ARG(w.rows == E, "gate has {} rows but the placement has {} experts ({} ranks x {})",
+                     w.rows, E, pl.num_ranks(), pl.experts_per_rank);
+    LOCMOE_CHECK_ARG(w.cols > 0 && w.data != nullptr, "gate has {} columns (hidden size must be > 0)",
+                     w.cols);
+    LOCMOE_CHECK_ARG(x.rows >= 0 && x.cols == w.cols,
+                     "features are [{}, {}] but the gate has hidden size {}", x.rows, x.cols, w.cols);
+    LOCMOE_CHECK_ARG(x.rows == 0 || x.data != nullptr, "features of {} rows have no data", x.rows);
+    const Kind kind = kind_of(c.name);
+    if (kind != Kind::kSwitch)
+      LOCMOE_CHECK_ARG(c.k <= E, "k = {} exceeds the number of experts E = {}", c.k, E);
+    LOCMOE_CHECK_ARG(c.candidates <= E, "candidates l = {} exceeds the number of experts E = {}",
+                     c.candidates, E);
+    LOCMOE_CHECK_ARG(c.max_nodes <= pl.num_nodes(), "max_nodes M = {} exceeds the {} nodes",
+                     c.max_nodes, pl.num_nodes());
+    return ok_status();
+  }
+
+  static Result<LocalPhase> local_phase(const RouterConfig& c, MatrixView x, MatrixView w,
+                                        const std::vector<double>& wnorm, const ExpertPlacement& pl,
+                                        int src_rank, int64_t gid0, int64_t T_global) {
+    std::vector<double> xnorm;
+    LOCMOE_RETURN_IF_ERROR(row_norms(x, "features", "global token", gid0, xnorm));
+    const Scores sc = compute_scores(x, w, xnorm, wnorm, gid0, resolve_threads(c.num_threads));
+    const Kind kind = kind_of(c.name);
+    const int32_t E = pl.num_experts();
+    const int32_t k = kind == Kind::kSwitch ? 1 : c.k;
+    const int64_t T = x.rows;
+    const int32_t my_node = pl.node_of_rank[static_cast<size_t>(src_rank)];
+    LocalPhase out;
+    out.topk_mass.resize(static_cast<size_t>(T));
+    out.unconstrained.assign(static_cast<size_t>(T), 0);
+    std::vector<int32_t> scratch, best(static_cast<size_t>(E));
+    for (int64_t t = 0; t < T; ++t) {
+      const float* p = sc.p.data() + t * E;
+      const int n = top_by_score(p, E, k, nullptr, scratch, best.data());
+      double m = 0.0;
+      for (int i = 0; i < n; ++i) m += p[best[static_cast<size_t>(i)]];
+      out.topk_mass[static_cast<size_t>(t)] = m;
+    }
+    auto add = [&](int64_t t, int32_t e, int32_t slot, float score) {
+      out.cands.push_back(Candidate{gid0 + t, e, slot, score, sc.p[static_cast<size_t>(t * E + e)],
+                                    sc.a[static_cast<size_t>(t * E + e)], 0});
+    };
+    if (kind == Kind::kExpertChoice) {
+      // The group's top-C tokens of an expert are among the union of every rank's local top-C.
+      const int64_t C = capacity_factor_capacity(c.capacity_factor, c.k, T_global, E);
+      std::vector<int64_t> idx(static_cast<size_t>(T));
+      for (int32_t e = 0; e < E; ++e) {
+        std::iota(idx.begin(), idx.end(), 0);
+        const int64_t n = std::min(C, T);
+        std::partial_sort(idx.begin(), idx.begin() + n, idx.end(), [&](int64_t u, int64_t v) {
+          const float pu = sc.p[static_cast<size_t>(u * E + e)], pv = sc.p[static_cast<size_t>(v * E + e)];
+          return pu != pv ? pu > pv : u < v;
+        });
+        for (int64_t i = 0; i < n; ++i)
+          add(idx[static_cast<size_t>(i)], e, 0, sc.p[static_cast<size_t>(idx[static_cast<size_t>(i)] * E + e)]);
+      }
+      return out;
+    }
+    const float lambda = static_cast<float>(c.locality_margin);
+    const int32_t l = c.candidates > 0 ? c.candidates : std::min(2 * c.k, E);
+    std::vector<float> s(static_cast<size_t>(E));
+    std::vector<uint8_t> mask;
+    for (int64_t t = 0; t < T; ++t) {
+      const float* p = sc.p.data() + t * E;
+      const float* a = sc.a.data() + t * E;
+      const float* score = p;
+      if (kind == Kind::kLocmoePlus || kind == Kind::kLocmoe) {
+        for (int32_t e = 0; e < E; ++e)
+          s[static_cast<size_t>(e)] =
+              a[e] + (pl.node_of_rank[static_cast<size_t>(e / pl.experts_per_rank)] == my_node ? lambda : 0.0f);
+        score = s.data();
+      }
+      int n = 0;
+      switch (kind) {
+        case Kind::kGshard:
+        case Kind::kSwitch:
+        case Kind::kDropless:
+        case Kind::kLocmoe:
+          n = top_by_score(score, E, k, nullptr, scratch, best.data());
+          break;
+        case Kind::kNodeLimited: {
+          const int M = c.max_nodes > 0 ? c.max_nodes : std::max(1, (k + 1) / 2);
+          node_limit_mask(score, pl, M, std::max(1, k / M), mask);
+          n = top_by_score(score, E, k, &mask, scratch, best.data());
+          break;
+        }
+        case Kind::kHash: {
+          const int32_t h = static_cast<int32_t>(splitmix64(static_cast<uint64_t>(gid0 + t)) % static_cast<uint64_t>(E));
+          for (int j = 0; j < k; ++j) best[static_cast<size_t>(j)] = (h + j) % E;
+          n = k;
+          break;
+        }
+        case Kind::kLocmoePlus: {
+          const std::vector<uint8_t>* allowed = nullptr;
+          if (c.max_nodes > 0) {
+            node_limit_mask(score, pl, c.max_nodes, std::max(1, l / c.max_nodes), mask);
+            allowed = &mask;
+          }
+          n = top_by_score(score, E, l, allowed, scratch, best.data());
+          if (c.candidate_mass > 0.0) {  // shortest prefix holding candidate_mass of p
+            double sum = 0.0;
+            int keep = 0;
+            while (keep < n && sum < c.candidate_mass) sum += p[best[static_cast<size_t>(keep++)]];
+            n = std::max(keep, 1);
+          }
+          break;
+        }
+        case Kind::kExpertChoice:
+          break;
+      }
+      for (int j = 0; j < n; ++j) {
+        const int32_t e = best[static_cast<size_t>(j)];
+        add(t, e, j, kind == Kind::kHash ? p[e] : score[e]);
+      }
+      out.unconstrained[static_cast<size_t>(t)] = kind == Kind::kLocmoePlus ? std::min(n, k) : n;
+    }
+    return out;
+  }
+
+  // One pass of the greedy acceptance over `sorted` (spec step 3): a pair is accepted while its
+  // token has fewer than `token_limit` and its expert fewer than `capacity` (0: unlimited)
+  // accepted pairs. Returns the accepted gate mass.
+  static double greedy(const std::vector<Candidate>& sorted, int64_t capacity, int32_t token_limit,
+                       int64_t E, int64_t T_global, std::vector<uint8_t>* accepted) {
+    std::vector<int32_t> per_token(static_cast<size_t>(T_global), 0);
+    std::vector<int64_t> per_expert(static_cast<size_t>(E), 0);
+    if (accepted) accepted->assign(sorted.size(), 0);
+    double mass = 0.0;
+    for (size_t i = 0; i < sorted.size(); ++i) {
+      const Candidate& c = sorted[i];
+      int32_t& nt = per_token[static_cast<size_t>(c.gid)];
+      int64_t& ne = per_expert[static_cast<size_t>(c.expert)];
+      if (nt >= token_limit || (capacity > 0 && ne >= capacity)) continue;
+      ++nt;
+      ++ne;
+      mass += c.prob;
+      if (accepted) (*accepted)[i] = 1;
+    }
+    return mass;
+  }
+
+  // The global selection: sorts `all`, decides the capacity (LocMoE+: its lower bound and the
+  // smoothed state in `router`), marks accepted pairs and fills the step's statistics.
+  static RouteStats select(Router& router, std::vector<Candidate>& all,
+                           const std::vector<double>& topk_mass, int64_t T_global, int64_t E,
+                           int64_t H, std::vector<uint8_t>& accepted) {
+    const RouterConfig& c = router.config_;
+    const Kind kind = kind_of(c.name);
+    const int32_t k = kind == Kind::kSwitch ? 1 : c.k;
+    Order order = Order::kSlotThenToken;
+    if (kind == Kind::kExpertChoice || (kind == Kind::kLocmoePlus && c.ecr_order == EcrOrder::kAffinity))
+      order = Order::kScore;
+    if (kind == Kind::kDropless || (kind == Kind::kLocmoePlus && c.ecr_order == EcrOrder::kPosition))
+      order = Order::kTokenThenSlot;
+    std::sort(all.begin(), all.end(), [order](const Candidate& x, const Candidate& y) {
+      switch (order) {
+        case Order::kScore:
+          if (x.score != y.score) return x.score > y.score;
+          if (x.expert != y.expert) return x.expert < y.expert;
+          return x.gid < y.gid;
+        case Order::kSlotThenToken:
+          return x.slot != y.slot ? x.slot < y.slot : x.gid < y.gid;
+        case Order::kTokenThenSlot:
+          return x.gid != y.gid ? x.gid < y.gid : x.slot < y.slot;
+      }
+      return false;
+    });
+
+    RouteStats st;
+    st.step = router.steps_;
+    st.global_tokens = T_global;
+    st.hidden = H;
+    st.num_experts = E;
+    for (const double m : topk_mass) st.topk_mass += m;
+    const int32_t token_limit = kind == Kind::kExpertChoice ? static_cast<int32_t>(E) : k;
+    if (T_global > 0 && kind != Kind::kDropless) {
+      st.capacity_factor_capacity = capacity_factor_capacity(c.capacity_factor, k, T_global, E);
+      st.capacity = st.capacity_factor_capacity;
+    }
+    if (kind == Kind::kLocmoePlus && T_global > 0) {
+      // C_lb: the smallest capacity in [1, C_cf] keeping tau of the top-k mass (bisection).
+      const double target = c.tau * st.topk_mass;
+      int64_t lo = 1, hi = st.capacity_factor_capacity;
+      st.tau_reached = greedy(all, hi, k, E, T_global, nullptr) >= target;
+      if (st.tau_reached) {
+        while (lo < hi) {
+          const int64_t mid = lo + (hi - lo) / 2;
+          if (greedy(all, mid, k, E, T_global, nullptr) >= target) hi = mid; else lo = mid + 1;
+        }
+      }
+      st.capacity_lower_bound = hi;
+      router.smoothed_capacity_ =
+          router.steps_ == 0 ? static_cast<double>(hi)
+                             : c.beta * router.smoothed_capacity_ + (1.0 - c.beta) * static_cast<double>(hi);
+      st.capacity_smoothed = router.smoothed_capacity_;
+      const int64_t smoothed = static_cast<int64_t>(std::ceil(router.smoothed_capacity_ - 1e-9));
+      st.capacity = std::min(std::max(smoothed, c.capacity_floor), st.capacity_factor_capacity);
+    }
+    st.kept_mass = greedy(all, st.capacity, token_limit, E, T_global, &accepted);
+
+    std::vector<std::vector<double>> angles(static_cast<size_t>(E));
+    for (size_t i = 0; i < all.size(); ++i) {
+      if (!accepted[i]) continue;
+      st.kept_affinity_sum += all[i].affinity;
+      ++st.kept_slots;
+      angles[static_cast<size_t>(all[i].expert)].push_back(
+          std::acos(std::clamp(static_cast<double>(all[i].affinity), -1.0, 1.0)));
+    }
+    st.max_angle.assign(static_cast<size_t>(E), std::numeric_limits<double>::quiet_NaN());
+    st.p95_angle = st.max_angle;
+    st.c_min = st.max_angle;
+    for (int64_t e = 0; e < E; ++e) {
+      auto& v = angles[static_cast<size_t>(e)];
+      if (v.empty()) continue;
+      std::sort(v.begin(), v.end());
+      const double mx = v.back();
+      st.max_angle[static_cast<size_t>(e)] = mx;
+      st.p95_angle[static_cast<size_t>(e)] =
+          v[static_cast<size_t>(std::max<int64_t>(0, static_cast<int64_t>(std::ceil(0.95 * static_cast<double>(v.size()))) - 1))];
+      const double d = std::cos(mx);
+      st.c_min[static_cast<size_t>(e)] =
+          1.0 / (static_cast<double>(E) * std::erfc(std::sqrt(static_cast<double>(H) * d * d / (2.0 - d * d))));
+    }
+    if (T_global > 0) ++router.steps_;
+    router.stats_ = st;
+    return st;
+  }
+
+  // The plan of the tokens [gid0, gid0 + T) from the accepted pairs.
+  static Result<RoutingPlan> build_plan(const RouterConfig& c, const std::vector<Candidate>& all,
+                                        const std::vector<uint8_t>& accepted, const RouteStats& st,
+                                        const ExpertPlacement& pl, int rank, int64_t gid0, int64_t T,
+                                        const std::vector<int32_t>& unconstrained) {
+    const Kind kind = kind_of(c.name);
+    const int32_t E = pl.num_experts();
+    const int32_t k = kind == Kind::kSwitch ? 1 : kind == Kind::kExpertChoice ? E : c.k;
+    RoutingPlan plan;
+    plan.num_tokens = static_cast<int32_t>(T);
+    plan.k = k;
+    plan.num_experts = E;
+    plan.num_ranks = pl.num_ranks();
+    plan.num_nodes = pl.num_nodes();
+    plan.experts_per_rank = pl.experts_per_rank;
+    plan.rank = rank;
+    plan.global_token_offset = gid0;
+    plan.node_of_rank = pl.node_of_rank;
+    plan.expert.assign(static_cast<size_t>(T * k), -1);
+    plan.weight.assign(static_cast<size_t>(T * k), 0.0f);
+    plan.slot_dropped.assign(static_cast<size_t>(T * k), 0);
+    plan.capacity = st.capacity;
+    plan.capacity_lower_bound = st.capacity_lower_bound;
+    std::vector<int32_t> filled(static_cast<size_t>(T), 0);
+    std::vector<const Candidate*> slots(static_cast<size_t>(T * k), nullptr);
+    for (size_t i = 0; i < all.size(); ++i) {
+      const Candidate& cd = all[i];
+      if (!accepted[i] || cd.gid < gid0 || cd.gid >= gid0 + T) continue;
+      const int64_t t = cd.gid - gid0;
+      slots[static_cast<size_t>(t * k + filled[static_cast<size_t>(t)]++)] = &cd;
+    }
+    for (int64_t t = 0; t < T; ++t) {
+      const int32_t n = filled[static_cast<size_t>(t)];
+      auto first = slots.begin() + t * k;
+      std::sort(first, first + n, [](const Candidate* x, const Candidate* y) {
+        return x->score != y->score ? x->score > y->score : x->expert < y->expert;
+      });
+      double sum = 0.0;
+      for (int32_t j = 0; j < n; ++j) sum += first[j]->prob;
+      for (int32_t j = 0; j < n; ++j) {
+        plan.expert[static_cast<size_t>(t * k + j)] = first[j]->expert;
+        plan.weight[static_cast<size_t>(t * k + j)] =
+            c.renormalize ? static_cast<float>(first[j]->prob / sum) : first[j]->prob;
+      }
+      const int32_t want = kind == Kind::kExpertChoice ? 0 : unconstrained[static_cast<size_t>(t)];
+      for (int32_t j = n; j < std::min(want, k); ++j) plan.slot_dropped[static_cast<size_t>(t * k + j)] = 1;
+    }
+    return plan;
+  }
+};
+
+namespace {
+
+// Every rank learns whether any rank's input was rejected; the rejecting rank returns its own
+// error, the others one naming it, so no rank is left waiting in a later collective.
+Status agree(Bootstrap* group, Status local) {
+  if (!group) return local;
+  const int32_t bad = local.ok() ? 0 : 1;
+  std::vector<int32_t> all(static_cast<size_t>(group->size()));
+  LOCMOE_RETURN_IF_ERROR(group->allgather(&bad, all.data(), sizeof(bad)).with_context("router input check"));
+  if (!local.ok()) return local;
+  for (size_t r = 0; r < all.size(); ++r)
+    LOCMOE_CHECK(!all[r], Code::kMismatch, "rank {} of the EP group rejected its routing input", r);
+  return ok_status();
+}
+
+// Concatenation in rank order of every rank's `mine` (variable lengths).
+template <typename T>
+Result<std::vector<T>> gather_v(Bootstrap* group, const std::vector<T>& mine) {
+  if (!group) return mine;
+  const int64_t n = static_cast<int64_t>(mine.size());
+  std::vector<int64_t> counts(static_cast<size_t>(group->size()));
+  LOCMOE_RETURN_IF_ERROR(group->allgather(&n, counts.data(), sizeof(n)));
+  const int64_t mx = *std::max_element(counts.begin(), counts.end());
+  std::vector<T> send(static_cast<size_t>(mx)), recv(static_cast<size_t>(mx) * counts.size());
+  std::copy(mine.begin(), mine.end(), send.begin());
+  LOCMOE_RETURN_IF_ERROR(group->allgather(send.data(), recv.data(), static_cast<size_t>(mx) * sizeof(T)));
+  std::vector<T> out;
+  for (size_t r = 0; r < counts.size(); ++r)
+    out.insert(out.end(), recv.begin() + static_cast<std::ptrdiff_t>(r * mx),
+               recv.begin() + static_cast<std::ptrdiff_t>(r * mx + counts[r]));
+  return out;
+}
+
+}  // namespace
+
+Status validate(const RouterConfig& c) {
+  LOCMOE_CHECK_ARG(std::find(std::begin(kRouterNames), std::end(kRouterNames), c.name) != std::end(kRouterNames),
+                   "unknown router '{}' (locmoe+, gshard, switch, expert-choice, node-limited, locmoe, hash, dropless)",
+                   c.name);
+  LOCMOE_CHECK_ARG(c.k >= 1, "k = {} must be at least 1", c.k);
+  LOCMOE_CHECK_ARG(std::isfinite(c.capacity_factor) && c.capacity_factor > 0.0,
+                   "capacity_factor = {} must be positive (0 gives capacity 0)", c.capacity_factor);
+  LOCMOE_CHECK_ARG(c.tau > 0.0 && c.tau <= 1.0, "tau = {} must be in (0, 1]", c.tau);
+  LOCMOE_CHECK_ARG(std::isfinite(c.locality_margin) && c.locality_margin >= 0.0,
+                   "locality_margin = {} must be finite and >= 0", c.locality_margin);
+  LOCMOE_CHECK_ARG(c.candidates == 0 || c.candidates >= c.k, "candidates l = {} must be 0 (2k) or >= k = {}",
+                   c.candidates, c.k);
+  LOCMOE_CHECK_ARG(c.beta >= 0.0 && c.beta < 1.0, "beta = {} must be in [0, 1)", c.beta);
+  LOCMOE_CHECK_ARG(c.capacity_floor >= 1, "capacity_floor = {} must be >= 1 (capacity 0 keeps nothing)",
+                   c.capacity_floor);
+  LOCMOE_CHECK_ARG(c.candidate_mass >= 0.0 && c.candidate_mass <= 1.0,
+                   "candidate_mass = {} must be 0 (off) or in (0, 1]", c.candidate_mass);
+  LOCMOE_CHECK_ARG(c.max_nodes >= 0, "max_nodes = {} must be >= 0", c.max_nodes);
+  LOCMOE_CHECK_ARG(c.num_threads >= 0, "num_threads = {} must be >= 0", c.num_threads);
+  return ok_status();
+}
+
+Result<EcrOrder> parse_ecr_order(std::string_view text) {
+  if (text == "affinity") return EcrOrder::kAffinity;
+  if (text == "position") return EcrOrder::kPosition;
+  return error(Code::kInvalidArgument, "ecr_order '{}' must be 'affinity' or 'position'", text);
+}
+
+int32_t ExpertPlacement::num_nodes() const {
+  int32_t n = 0;
+  for (const int32_t v : node_of_rank) n = std::max(n, v + 1);
+  return n;
+}
+
+Result<ExpertPlacement> placement_from_cluster(const ClusterMap& cluster, int32_t experts_per_rank) {
+  LOCMOE_CHECK_ARG(experts_per_rank > 0, "experts_per_rank = {} must be positive", experts_per_rank);
+  LOCMOE_CHECK_ARG(cluster.size() > 0, "cluster map has no ranks");
+  ExpertPlacement p;
+  p.experts_per_rank = experts_per_rank;
+  p.rank = cluster.my_rank;
+  for (int r = 0; r < cluster.size(); ++r) p.node_of_rank.push_back(cluster.node_of(r));
+  return p;
+}
+
+Result<ExpertPlacement> uniform_placement(int32_t nodes, int32_t ranks_per_node, int32_t experts_per_rank,
+                                          int32_t rank) {
+  LOCMOE_CHECK_ARG(nodes > 0 && ranks_per_node > 0 && experts_per_rank > 0,
+                   "cluster shape {} nodes x {} ranks x {} experts must be positive", nodes,
+                   ranks_per_node, experts_per_rank);
+  LOCMOE_CHECK_RANGE(rank >= 0 && rank < nodes * ranks_per_node, "rank {} out of range [0, {})", rank,
+                     nodes * ranks_per_node);
+  ExpertPlacement p;
+  p.experts_per_rank = experts_per_rank;
+  p.rank = rank;
+  for (int32_t r = 0; r < nodes * ranks_per_node; ++r) p.node_of_rank.push_back(r / ranks_per_node);
+  return p;
+}
+
+Result<std::vector<float>> grap_gate(int64_t E, int64_t H) {
+  LOCMOE_CHECK_ARG(E > 0 && H > 0, "grap gate needs E = {} and H = {} positive", E, H);
+  LOCMOE_CHECK_ARG(H % E == 0, "grap gate needs H % E == 0, got H = {} and E = {}", H, E);
+  std::vector<float> w(static_cast<size_t>(E * H), 0.0f);
+  const int64_t b = H / E;
+  for (int64_t i = 0; i < E; ++i)
+    for (int64_t j = i * b; j < (i + 1) * b; ++j)
+      w[static_cast<size_t>(i * H + j)] = static_cast<float>(static_cast<double>(E) / static_cast<double>(H));
+  return w;
+}
+
+Result<Router> Router::create(const RouterConfig& config) {
+  LOCMOE_RETURN_IF_ERROR(validate(config));
+  return Router(config);
+}
+
+void Router::reset() {
+  steps_ = 0;
+  smoothed_capacity_ = 0.0;
+}
+
+Result<RoutingPlan> Router::route(MatrixView features, MatrixView gate, const ExpertPlacement& placement,
+                                  Bootstrap* group) {
+  Bootstrap* g = group != nullptr && group->size() > 1 ? group : nullptr;
+  const int rank = g ? g->rank() : 0, ranks = g ? g->size() : 1;
+  std::vector<double> wnorm;
+  Status input = RouterImpl::check_inputs(config_, features, gate, placement, rank, ranks);
+  if (input.ok()) input = row_norms(gate, "gate", "expert", 0, wnorm);
+  if (input.ok() && placement.rank != rank)
+    input = error(Code::kInvalidArgument, "placement.rank {} differs from the group rank {}", placement.rank, rank);
+  LOCMOE_RETURN_IF_ERROR(agree(g, input));
+  if (g) {
+    LOCMOE_RETURN_IF_ERROR(check_same_on_all_ranks(*g, static_cast<uint64_t>(gate.cols), "router hidden size"));
+    LOCMOE_RETURN_IF_ERROR(check_same_on_all_ranks(*g, static_cast<uint64_t>(gate.rows), "router experts"));
+    LOCMOE_RETURN_IF_ERROR(check_same_on_all_ranks(*g, static_cast<uint64_t>(config_.k), "router k"));
+  }
+  std::vector<int64_t> counts = {features.rows};
+  LOCMOE_ASSIGN_OR_RETURN(counts, gather_v(g, counts));
+  int64_t gid0 = 0, T_global = 0;
+  for (int r = 0; r < ranks; ++r) {
+    if (r < rank) gid0 += counts[static_cast<size_t>(r)];
+    T_global += counts[static_cast<size_t>(r)];
+  }
+  auto local = RouterImpl::local_phase(config_, features, gate, wnorm, placement, rank, gid0, T_global);
+  LOCMOE_RETURN_IF_ERROR(agree(g, local.ok() ? ok_status() : local.status()));
+  std::vector<Candidate> all;
+  std::vector<double> mass;
+  LOCMOE_ASSIGN_OR_RETURN(all, gather_v(g, local->cands));
+  LOCMOE_ASSIGN_OR_RETURN(mass, gather_v(g, local->topk_mass));
+  std::vector<uint8_t> accepted;
+  const RouteStats st = RouterImpl::select(*this, all, mass, T_global, gate.rows, gate.cols, accepted);
+  LOCMOE_ASSIGN_OR_RETURN(RoutingPlan plan, RouterImpl::build_plan(config_, all, accepted, st, placement, rank,
+                                                                  gid0, features.rows, local->unconstrained));
+  LOCMOE_RETURN_IF_ERROR(finalize_plan(plan, g));
+  return plan;
+}
+
+Result<std::vector<RoutingPlan>> Router::route_all_ranks(MatrixView features, MatrixView gate,
+                                                         const ExpertPlacement& placement) {
+  const int R = placement.num_ranks();
+  std::vector<double> wnorm;
+  LOCMOE_RETURN_IF_ERROR(RouterImpl::check_inputs(config_, features, gate, placement, 0, R));
+  LOCMOE_RETURN_IF_ERROR(row_norms(gate, "gate", "expert", 0, wnorm));
+  const int64_t T = features.rows;
+  std::vector<LocalPhase> locals;
+  std::vector<Candidate> all;
+  std::vector<double> mass;
+  for (int r = 0; r < R; ++r) {
+    const int64_t lo = T * r / R, hi = T * (r + 1) / R;
+    const MatrixView part{features.data + lo * features.cols, hi - lo, features.cols};
+    LOCMOE_ASSIGN_OR_RETURN(LocalPhase lp, RouterImpl::local_phase(config_, part, gate, wnorm, placement, r, lo, T));
+    all.insert(all.end(), lp.cands.begin(), lp.cands.end());
+    mass.insert(mass.end(), lp.topk_mass.begin(), lp.topk_mass.end());
+    locals.push_back(std::move(lp));
+  }
+  std::vector<uint8_t> accepted;
+  const RouteStats st = RouterImpl::select(*this, all, mass, T, gate.rows, gate.cols, accepted);
+  std::vector<RoutingPlan> plans;
+  std::vector<int64_t> global(static_cast<size_t>(gate.rows), 0);
+  for (int r = 0; r < R; ++r) {
+    const int64_t lo = T * r / R, hi = T * (r + 1) / R;
+    LOCMOE_ASSIGN_OR_RETURN(RoutingPlan plan, RouterImpl::build_plan(config_, all, accepted, st, placement, r, lo,
+                                                                    hi - lo, locals[static_cast<size_t>(r)].unconstrained));
+    LOCMOE_RETURN_IF_ERROR(finalize_plan(plan, nullptr));
+    for (size_t e = 0; e < global.size(); ++e) global[e] += plan.expert_count[e];
+    plans.push_back(std::move(plan));
+  }
+  for (auto& p : plans) p.global_expert_count = global;
+  return plans;
+}
+
+}  // namespace locmoe
