@@ -8,6 +8,12 @@ out=$(LOCMOE_TIMEOUT_S=${LOCMOE_TIMEOUT_S:-3} timeout 120 "$mpiexec" --enable-re
   -np 4 "$exe" "$transport" "$mode" "$algo" 2>&1)
 echo "$out"
 if grep -q "^SKIP" <<<"$out"; then exit 0; fi
+# mpirun's status is ignored above, so a sanitizer report (build-asan / build-tsan) must be caught
+# here: a survivor that prints OK and then reports a leak or an error at exit still fails.
+if grep -qE "ERROR: (Address|Leak|Thread)Sanitizer|WARNING: ThreadSanitizer|runtime error:" <<<"$out"; then
+  echo "sanitizer report in the output"
+  exit 1
+fi
 ok=$(grep -c "^SURVIVOR rank [0-9]* OK" <<<"$out")
 bad=$(grep -c "^SURVIVOR rank [0-9]* FAIL" <<<"$out")
 echo "survivors OK: $ok, FAIL: $bad"
