@@ -79,12 +79,12 @@ fuzz() {  # fuzz [SECONDS] [NAME]
 tsan() {
   # Configure the whole tree (cheap) but build only the tests labelled `threads` and what they
   # link: a full TSan build costs as much as the ASan one.
-  if [ ! -f "$LOCMOE_TSAN_BUILD/build.ninja" ]; then
-    cmake -S "$LOCMOE_ROOT" -B "$LOCMOE_TSAN_BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-      -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DLOCMOE_SANITIZE=thread \
-      -DLOCMOE_ENABLE_CUDA=OFF -DLOCMOE_ENABLE_PYTHON=OFF -DLOCMOE_BUILD_PERF=OFF \
-      -DLOCMOE_BUILD_EXAMPLES=OFF
-  fi
+  # Always (re)configure: the list of labelled tests is read from the generated CTest files,
+  # which must reflect the current CMakeLists before anything is built.
+  cmake -S "$LOCMOE_ROOT" -B "$LOCMOE_TSAN_BUILD" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+    -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DLOCMOE_SANITIZE=thread \
+    -DLOCMOE_ENABLE_CUDA=OFF -DLOCMOE_ENABLE_PYTHON=OFF -DLOCMOE_BUILD_PERF=OFF \
+    -DLOCMOE_BUILD_EXAMPLES=OFF >/dev/null
   local targets
   mapfile -t targets < <(ctest --test-dir "$LOCMOE_TSAN_BUILD" -N -L threads |
                          sed -n 's/^ *Test *#[0-9]*: *\([^ ]*\).*/\1/p')
