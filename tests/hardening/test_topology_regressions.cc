@@ -149,5 +149,20 @@ TEST(TopologyRegression, HwlocIdsAreUnsigned64AndExportsReadBack) {
   }
 }
 
+
+// fuzz_hwloc_xml leak-31c43ce1 (minimized: corpus/hwloc_xml/regress_unknown_encoding_leak.xml):
+// <?xml encoding="K"?> reached libxml2 (inside hwloc), which failed on the unknown encoding and
+// leaked its converter state. Only UTF-8 (and ASCII) hwloc XML is accepted now, before hwloc.
+TEST(TopologyRegression, HwlocXmlWithUnknownEncodingIsRejectedBeforeHwloc) {
+  TempFile file(corpus("hwloc_xml/regress_unknown_encoding_leak.xml"));
+  auto t = topo::load_file(file.path());
+  ASSERT_FALSE(t.ok());
+  EXPECT_NE(t.status().message().find("encoding \"k\""), std::string::npos) << t.status().message();
+  // The declaration hwloc itself writes is fine.
+  TempFile good(corpus("hwloc_xml/synthetic_1pack_2core.xml"));
+  auto ok = topo::load_file(good.path());
+  EXPECT_TRUE(ok.ok()) << ok.status().to_string();
+}
+
 }  // namespace
 }  // namespace locmoe
