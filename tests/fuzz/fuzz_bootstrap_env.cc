@@ -12,13 +12,9 @@
 
 #include "locmoe/comm/bootstrap.h"
 #include "locmoe/core/params.h"
+#include "fuzz_util.h"
 
 namespace {
-
-#define FUZZ_ASSERT(cond) \
-  do {                    \
-    if (!(cond)) __builtin_trap(); \
-  } while (0)
 
 // putenv with buffers of ours (glibc's setenv keeps every distinct value it was given).
 void put(std::string& slot, const char* name, const std::string& value, bool present) {

@@ -7,13 +7,9 @@
 #include <span>
 
 #include "locmoe/core/npy.h"
+#include "fuzz_util.h"
 
 namespace {
-
-#define FUZZ_ASSERT(cond) \
-  do {                    \
-    if (!(cond)) __builtin_trap(); \
-  } while (0)
 
 void check(std::span<const uint8_t> bytes, bool u2_is_bfloat16) {
   locmoe::NpyReadOptions options;

@@ -18,15 +18,11 @@
 #include <fuzzer/FuzzedDataProvider.h>
 
 #include "locmoe/core/params.h"
+#include "fuzz_util.h"
 
 namespace {
 
 namespace p = locmoe::params;
-
-#define FUZZ_ASSERT(cond) \
-  do {                    \
-    if (!(cond)) __builtin_trap(); \
-  } while (0)
 
 // Reads `id` with the getter of its declared type; true when it parses.
 bool typed_get_ok(p::Id id) {

@@ -15,16 +15,11 @@
 #include <string>
 
 #include "locmoe/topology/topology.h"
-#include "mem_file.h"
+#include "fuzz_util.h"
 
 namespace {
 
 namespace topo = locmoe::topo;
-
-#define FUZZ_ASSERT(cond) \
-  do {                    \
-    if (!(cond)) __builtin_trap(); \
-  } while (0)
 
 void check_model(const topo::Topology& t) {
   const int g = t.num_gpus(), n = t.num_nics();

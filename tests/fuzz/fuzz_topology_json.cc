@@ -7,15 +7,11 @@
 #include <string_view>
 
 #include "locmoe/topology/topology.h"
+#include "fuzz_util.h"
 
 namespace {
 
 namespace topo = locmoe::topo;
-
-#define FUZZ_ASSERT(cond) \
-  do {                    \
-    if (!(cond)) __builtin_trap(); \
-  } while (0)
 
 }  // namespace
 

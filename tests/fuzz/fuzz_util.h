@@ -1,5 +1,4 @@
-// A file that lives in memory (memfd), for fuzzing readers whose public API takes a path: each
-// input is written to it and read back through /proc/self/fd/N, with no disk traffic.
+// Helpers shared by the fuzz targets: FUZZ_ASSERT for invariants, and MemFile.
 #pragma once
 
 #include <sys/mman.h>
@@ -9,6 +8,14 @@
 #include <cstdlib>
 #include <string>
 
+// An invariant that does not hold is a crash for libFuzzer, which then saves the input.
+#define FUZZ_ASSERT(cond)           \
+  do {                              \
+    if (!(cond)) __builtin_trap();  \
+  } while (0)
+
+// A file that lives in memory (memfd), for fuzzing readers whose public API takes a path: each
+// input is written to it and read back through /proc/self/fd/N, with no disk traffic.
 class MemFile {
  public:
   MemFile() : fd_(memfd_create("locmoe-fuzz", 0)) {
