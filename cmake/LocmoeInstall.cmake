@@ -5,7 +5,7 @@ include(CMakePackageConfigHelpers)
 
 # Layers are static archives; the shared library takes them whole so every symbol is present.
 set(LOCMOE_LAYER_TARGETS locmoe_core locmoe_topology locmoe_router locmoe_comm)
-foreach(t IN ITEMS locmoe_kernels_impl locmoe_ep_impl)
+foreach(t IN ITEMS locmoe_kernels locmoe_ep_impl)
   if(TARGET ${t})
     list(APPEND LOCMOE_LAYER_TARGETS ${t})
   endif()

@@ -22,6 +22,11 @@
 #include <string>
 #include <vector>
 
+#include "locmoe/core/config.h"  // LOCMOE_HAVE_CUDA
+#if LOCMOE_HAVE_CUDA
+#include <cuda_runtime.h>
+#endif
+
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
@@ -99,14 +104,51 @@ int fail(int rank, const Status& s) {
   return 1;
 }
 
+// Device copies of the send and receive buffers for the NCCL transport (MPI is not CUDA-aware
+// here, so MPI_Alltoallv is not run on device buffers).
+struct DeviceBuffers {
+  void* send = nullptr;
+  void* recv = nullptr;
+  Status alloc(uint64_t bytes) {
+#if LOCMOE_HAVE_CUDA
+    free();
+    if (cudaMalloc(&send, bytes ? bytes : 1) != cudaSuccess || cudaMalloc(&recv, bytes ? bytes : 1) != cudaSuccess)
+      return error(Code::kSystemError, "cudaMalloc of {} bytes failed", bytes);
+    return ok_status();
+#else
+    (void)bytes;
+    return error(Code::kUnsupported, "this build has no CUDA: device buffers need -DLOCMOE_ENABLE_CUDA=ON");
+#endif
+  }
+  Status copy(void* dst, const void* src, uint64_t bytes) {
+#if LOCMOE_HAVE_CUDA
+    if (cudaMemcpy(dst, src, bytes, cudaMemcpyDefault) != cudaSuccess)
+      return error(Code::kSystemError, "cudaMemcpy of {} bytes failed", bytes);
+#else
+    (void)dst, (void)src, (void)bytes;
+#endif
+    return ok_status();
+  }
+  void free() {
+#if LOCMOE_HAVE_CUDA
+    if (send) cudaFree(send);
+    if (recv) cudaFree(recv);
+#endif
+    send = recv = nullptr;
+  }
+  ~DeviceBuffers() { free(); }
+};
+
 }  // namespace
 
 int run_a2a(int argc, char** argv) {
   CLI::App app{"All-to-all-v bandwidth: flat, hierarchical and MPI_Alltoallv side by side (run under mpirun)",
                "locmoe-perf a2a"};
   Options o;
-  app.add_option("-b,--minbytes", o.min_bytes, "smallest size: bytes each rank sends in total (per rank)");
-  app.add_option("-e,--maxbytes", o.max_bytes, "largest size (per rank)");
+  // Sizes accept K, M, G suffixes (powers of 1024), as nccl-tests does.
+  app.add_option("-b,--minbytes", o.min_bytes, "smallest size: bytes each rank sends in total (per rank)")
+      ->transform(CLI::AsSizeValue(false));
+  app.add_option("-e,--maxbytes", o.max_bytes, "largest size (per rank)")->transform(CLI::AsSizeValue(false));
   app.add_option("-f,--stepfactor", o.factor, "size multiplier between steps")->check(CLI::PositiveNumber);
   app.add_option("-n,--iters", o.iters, "timed iterations per size")->check(CLI::PositiveNumber);
   app.add_option("-w,--warmup_iters", o.warmup, "untimed warm-up iterations per size");
@@ -115,7 +157,8 @@ int run_a2a(int argc, char** argv) {
   app.add_option("-J,--json", o.json, "write the results as JSON to this file");
   app.add_option("--algo", o.algos, "comma-separated subset of flat,hier,mpi");
   app.add_option("--transport", o.transport, "mpi | ucx | nccl | auto (LOCMOE_TRANSPORT)");
-  app.add_option("--chunk", o.chunk, "LOCMOE_CHUNK_BYTES for this run (0: the parameter)");
+  app.add_option("--chunk", o.chunk, "LOCMOE_CHUNK_BYTES for this run (0: the parameter)")
+      ->transform(CLI::AsSizeValue(false));
   int rank = 0, size = 1;
   MPI_Init(nullptr, nullptr);
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
@@ -165,6 +208,12 @@ int run_a2a(int argc, char** argv) {
     transport_name = comms[i]->transport_name();
   }
 
+  const bool device = transport_name == "nccl";
+  if (device && std::find(algos.begin(), algos.end(), "mpi") != algos.end()) {
+    if (rank == 0) std::printf("# device buffers: MPI_Alltoallv (not CUDA-aware here) is left out\n");
+    algos.erase(std::find(algos.begin(), algos.end(), "mpi"));
+  }
+  DeviceBuffers dev;
   const auto [memcpy_alone, memcpy_together] = memcpy_bandwidth(std::max<uint64_t>(o.max_bytes, 16u << 20), rank);
   std::vector<std::string> node_sizes;
   for (int nn = 0; nn < cluster->num_nodes(); ++nn) node_sizes.push_back(std::to_string(cluster->local_size(nn)));
@@ -195,12 +244,18 @@ int run_a2a(int argc, char** argv) {
     std::vector<int> icounts(size, static_cast<int>(per_pair)), idispls(size);
     for (int r = 0; r < size; ++r) idispls[r] = static_cast<int>(r * per_pair);
     std::vector<uint8_t> send(per_pair * size), recv(per_pair * size);
+    if (device) {
+      if (Status s = dev.alloc(send.size()); !s.ok()) return fail(rank, s);
+    }
     for (const std::string& algo : algos) {
       ++step;
       if (tty) std::fprintf(stderr, "\r[%zu/%zu] %s %llu B        ", step, sizes.size() * algos.size(), algo.c_str(),
                             static_cast<unsigned long long>(bytes));
       Communicator* comm = algo == "flat" ? comms[0].get() : algo == "hier" ? comms[1].get() : nullptr;
       auto once = [&]() -> Status {
+        if (comm && device)
+          return comm->alltoallv(dev.send, counts.data(), displs.data(), dev.recv, counts.data(), displs.data(),
+                                 recv.size(), MemoryKind::kDevice, nullptr);
         if (comm)
           return comm->alltoallv(send.data(), counts.data(), displs.data(), recv.data(), counts.data(), displs.data(),
                                  recv.size());
@@ -233,7 +288,14 @@ int run_a2a(int argc, char** argv) {
         for (int d = 0; d < size; ++d)
           for (uint64_t i = 0; i < per_pair; ++i) send[d * per_pair + i] = pattern(rank, d, i);
         std::fill(recv.begin(), recv.end(), 0);
+        if (device) {
+          if (Status s = dev.copy(dev.send, send.data(), send.size()); !s.ok()) return fail(rank, s);
+          if (Status s = dev.copy(dev.recv, recv.data(), recv.size()); !s.ok()) return fail(rank, s);
+        }
         if (Status s = once(); !s.ok()) return fail(rank, s);
+        if (device) {
+          if (Status s = dev.copy(recv.data(), dev.recv, recv.size()); !s.ok()) return fail(rank, s);
+        }
         uint64_t wrong = 0;
         for (int src = 0; src < size; ++src)
           for (uint64_t i = 0; i < per_pair; ++i) wrong += recv[src * per_pair + i] != pattern(src, rank, i);
@@ -288,6 +350,7 @@ int run_a2a(int argc, char** argv) {
     }
     std::ofstream(o.json) << doc.dump(2) << "\n";
   }
+  dev.free();
   comms[0].reset();
   comms[1].reset();
   MPI_Finalize();

@@ -12,8 +12,6 @@ emulated_8() {  # runs "$@" as 8 ranks: LOCMOE_HOSTID=nodeA for ranks 0-3, nodeB
 }
 
 step "$B/core/locmoe-info"
-[ -x "$B/topology/locmoe-topo" ] && step "$B/topology/locmoe-topo"
-[ -x "$B/topology/locmoe-topo" ] && emulated_8 "$B/topology/locmoe-topo" --cluster
 for extra in "$LOCMOE_ROOT"/scripts/main.d/*.sh; do
   [ -e "$extra" ] && source "$extra"
 done

@@ -5,6 +5,7 @@
 #include "locmoe/comm/bootstrap.h"
 #include "locmoe/core/check.h"
 #include "locmoe/core/params.h"
+#include "mpi/mpi_error.h"
 
 namespace locmoe {
 namespace {
@@ -27,13 +28,6 @@ MPI_Op mpi_op(ReduceOp op) {
     case ReduceOp::kMin: return MPI_MIN;
   }
   return MPI_OP_NULL;
-}
-
-std::string mpi_error_string(int rc) {
-  char text[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  MPI_Error_string(rc, text, &len);
-  return std::string(text, len);
 }
 
 class MpiBootstrap final : public Bootstrap {
@@ -85,12 +79,12 @@ class MpiBootstrap final : public Bootstrap {
   // pending (MPI cannot cancel collectives); the communicator is unusable afterwards, which the
   // error says.
   Status wait(int rc, MPI_Request& req, const char* op) {
-    LOCMOE_CHECK(rc == MPI_SUCCESS, Code::kSystemError, "MPI bootstrap {} failed: {}", op, mpi_error_string(rc));
+    LOCMOE_CHECK(rc == MPI_SUCCESS, Code::kSystemError, "MPI bootstrap {} failed: {}", op, mpi_error_text(rc));
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s_);
     int done = 0;
     for (unsigned spins = 0;; ++spins) {
       rc = MPI_Test(&req, &done, MPI_STATUS_IGNORE);
-      LOCMOE_CHECK(rc == MPI_SUCCESS, Code::kPeerFailure, "MPI bootstrap {} failed: {}", op, mpi_error_string(rc));
+      LOCMOE_CHECK(rc == MPI_SUCCESS, Code::kPeerFailure, "MPI bootstrap {} failed: {}", op, mpi_error_text(rc));
       if (done) return ok_status();
       if (std::chrono::steady_clock::now() > deadline) break;
       if (spins > 1000) std::this_thread::sleep_for(std::chrono::microseconds(50));
@@ -116,7 +110,7 @@ Result<std::unique_ptr<Bootstrap>> make_mpi_bootstrap(MPI_Comm comm) {
   LOCMOE_CHECK_ARG(timeout_s > 0, "LOCMOE_TIMEOUT_S={} must be positive", timeout_s);
   MPI_Comm dup;
   int rc = MPI_Comm_dup(comm, &dup);
-  LOCMOE_CHECK(rc == MPI_SUCCESS, Code::kSystemError, "MPI_Comm_dup failed: {}", mpi_error_string(rc));
+  LOCMOE_CHECK(rc == MPI_SUCCESS, Code::kSystemError, "MPI_Comm_dup failed: {}", mpi_error_text(rc));
   MPI_Comm_set_errhandler(dup, MPI_ERRORS_RETURN);
   int rank = 0, size = 0;
   MPI_Comm_rank(dup, &rank);

@@ -303,12 +303,12 @@ Result<std::unique_ptr<Bootstrap>> make_tcp_bootstrap(const std::string& addr, i
 }
 
 Result<std::unique_ptr<Bootstrap>> make_bootstrap_from_env() {
-  LOCMOE_ASSIGN_OR_RETURN(std::string mode, params::get_string(params::Id::bootstrap));
-  if (mode == "auto") {
-    if (std::getenv("OMPI_COMM_WORLD_SIZE")) mode = "mpi";
-    else if (std::getenv("RANK") && std::getenv("WORLD_SIZE")) mode = "tcp";
-    else mode = "self";
-  }
+  auto requested = params::get_string(params::Id::bootstrap);
+  if (!requested.ok()) return requested.status();
+  const std::string_view mode = *requested != "auto"                                   ? std::string_view(*requested)
+                                : std::getenv("OMPI_COMM_WORLD_SIZE")                  ? "mpi"
+                                : (std::getenv("RANK") && std::getenv("WORLD_SIZE")) ? "tcp"
+                                                                                       : "self";
   if (mode == "self") return std::unique_ptr<Bootstrap>(new SelfBootstrap());
   if (mode == "mpi") {
     int initialized = 0;

@@ -8,19 +8,21 @@
 //     too-small buffer makes every rank return the same error before any data moves.
 //  2. Data, sized by the matrix, so every receive is posted with exactly the bytes that will come.
 //
-// Hierarchical data path, for node m and each remote node N (rail rule below):
-//  stage 1  each rank of m sends its blocks for N's ranks (N's ranks ascending) to rail(m, N);
-//  stage 2  rail(m, N) sends the gathered block [src in m][dst in N] to rail(N, m), its peer of
-//           the same local rank on N: one inter-node message per (node pair, direction);
-//  stage 3  rail(N, m) forwards to each rank d of N its part [src in m] (sources ascending).
+// Hierarchical data path, for node m (L_m ranks) and each remote node N (L_N ranks). Rail l of
+// the node pair is local rank l on both nodes, l < min(L_m, L_N); it carries the data for the
+// ranks of N whose local rank j has j mod L_m == l (with equal nodes: exactly local rank l).
+//  stage 1  inside m, every rank sends its blocks for rail l's destinations to local rank l
+//           (the gather onto the rank that owns that rail);
+//  stage 2  local rank l of m sends the gathered block [src in m][dst in group] to local rank l of
+//           N: one inter-node message per remote node per rank, never more;
+//  stage 3  local rank l of N forwards to each other rank of its group its part [src in m]
+//           (only with uneven nodes: with equal nodes the rail rank is the destination).
 // Data between ranks of one node goes directly. Stages overlap per remote node: stage 2 for N
-// starts when N's gather is complete, stage 3 from N as soon as N's block arrived, while other
-// nodes' stages are still in flight.
-//
-// Rail rule (uneven nodes): rail(m, N) is local rank (m + N) mod min(L_m, L_N) of node m, so
-// rail(m, N) and rail(N, m) have the same local rank, every pair of nodes has exactly one rail
-// pair, and the nodes a rank serves are spread over local ranks. A rank serves at most nodes-1
-// remote nodes, so it sends at most nodes-1 inter-node data messages per exchange.
+// starts when N's gather is complete and stage 3 from N as soon as N's block arrived, while
+// other nodes' stages are still in flight; messages over LOCMOE_CHUNK_BYTES go as chunks.
+// Uneven nodes: ranks j >= L_m of N are reached through rail j mod L_m and stage 3, and ranks of
+// m with local rank >= L_N send no inter-node message to N (their data rides the gather).
+// Metadata (small) uses a single rail per node pair, local rank (m + N) mod min(L_m, L_N).
 //
 // Tags (< 2^30): sequence (6 bits) | phase (3) | key (9: node index) | chunk (12).
 #include <algorithm>
@@ -44,6 +46,24 @@ namespace {
 enum Phase : uint64_t { kMetaA = 0, kMetaB = 1, kMetaC = 2, kDirect = 3, kStage1 = 4, kStage2 = 5, kStage3 = 6, kAbort = 7 };
 constexpr uint64_t kMaxChunks = 1u << 12;
 constexpr int kMaxKey = 1 << 9;
+
+// Grow-only uninitialized byte buffer (a std::vector<char> would zero-fill on every growth).
+class Buffer {
+ public:
+  void resize(size_t n) {
+    if (n > cap_) {
+      p_.reset(new char[n]);
+      cap_ = n;
+    }
+    n_ = n;
+  }
+  char* data() { return p_.get(); }
+  size_t size() const { return n_; }
+
+ private:
+  std::unique_ptr<char[]> p_;
+  size_t cap_ = 0, n_ = 0;
+};
 
 // A set of requests and what to do when all are done (may post more groups).
 struct Group {
@@ -277,7 +297,10 @@ class CommunicatorImpl final : public Communicator {
                             stuck->is_send ? "send to" : "receive from", peer_name(stuck->peer, &cluster_), what));
         }
       }
-      if (spins > 64) std::this_thread::yield();
+      // Spin first (with a core per rank small exchanges finish in microseconds: yielding at 64
+      // spins cost 100 us vs 4 us at 1024 for 2 ranks, measured), then yield so oversubscribed
+      // ranks let their peers run, then nap.
+      if (spins > 1024) std::this_thread::yield();
       if (spins > 4096) std::this_thread::sleep_for(std::chrono::microseconds(20));
     }
   }
@@ -492,16 +515,24 @@ class CommunicatorImpl final : public Communicator {
   }
 
   // ---- hierarchical -----------------------------------------------------------------------------
+  // Ranks of node `dst_node` whose data from node `src_node` travels over rail `l`.
+  std::vector<int> rail_group(int src_node, int dst_node, int l) const {
+    std::vector<int> out;
+    for (int d : cluster_.nodes[dst_node])
+      if (cluster_.local_rank_of(d) % cluster_.local_size(src_node) == l) out.push_back(d);
+    return out;
+  }
+
   Status hierarchical(const std::vector<uint64_t>& m, const char* send, const uint64_t* sdispl, char* recv,
                       const uint64_t* rdispl) {
-    const int nodes = cluster_.num_nodes(), my_node = cluster_.my_node();
+    const int nodes = cluster_.num_nodes(), my_node = cluster_.my_node(), my_local = cluster_.my_local_rank();
     const auto& local = cluster_.nodes[my_node];
+    const int my_size = cluster_.my_local_size();
     std::deque<Group> groups;
     auto mut = [](const char* p) { return const_cast<char*>(p); };
-    // Bytes from the ranks of node `src_node` to the ranks of node `dst_node`, per source rank.
-    auto block_bytes = [&](int s, int dst_node) {
+    auto bytes_to = [&](int s, const std::vector<int>& dsts) {
       uint64_t b = 0;
-      for (int d : cluster_.nodes[dst_node]) b += count(m, s, d);
+      for (int d : dsts) b += count(m, s, d);
       return b;
     };
 
@@ -521,71 +552,84 @@ class CommunicatorImpl final : public Communicator {
       if (count(m, me_, me_) > 0) std::memmove(recv + rdispl[me_], send + sdispl[me_], count(m, me_, me_));
     }
 
-    // Owned buffers live until run() returns.
-    std::vector<std::vector<char>> out(nodes), gathered(nodes), arrived(nodes), landing(nodes);
-    std::vector<std::vector<std::vector<char>>> fwd(nodes);
+    // Staging buffers persist across exchanges (no page faults or zero-filling on the hot path);
+    // indexed [node][rail] or [node][destination].
+    auto& out = scratch_.out;
+    auto& gathered = scratch_.gathered;
+    auto& arrived = scratch_.arrived;
+    auto& landing = scratch_.landing;
+    auto& fwd = scratch_.fwd;
+    out.resize(nodes), gathered.resize(nodes), arrived.resize(nodes), landing.resize(nodes), fwd.resize(nodes);
+    for (int nn = 0; nn < nodes; ++nn) out[nn].resize(my_size), gathered[nn].resize(my_size);
 
     for (int nn = 0; nn < nodes; ++nn) {
       if (nn == my_node) continue;
-      const auto& dst_ranks = cluster_.nodes[nn];
-      const int my_rail = rail(my_node, nn);
-      // Stage 1: my blocks for node nn, contiguous when my send displacements are.
-      const uint64_t mine = block_bytes(me_, nn);
-      const int64_t start = back_to_back(dst_ranks, sdispl, [&](int d) { return count(m, me_, d); });
-      const char* my_block = start >= 0 ? send + start : nullptr;
-      if (start < 0) {
-        out[nn].resize(mine);
-        uint64_t off = 0;
-        for (int d : dst_ranks) {
-          std::memcpy(out[nn].data() + off, send + sdispl[d], count(m, me_, d));
-          off += count(m, me_, d);
+      const int rails = std::min(my_size, cluster_.local_size(nn));
+      for (int l = 0; l < rails; ++l) {
+        const std::vector<int> dsts = rail_group(my_node, nn, l);
+        const int rail = local[l];
+        // Stage 1: my blocks for this rail's destinations, in place when back to back.
+        const uint64_t mine = bytes_to(me_, dsts);
+        const int64_t start = back_to_back(dsts, sdispl, [&](int d) { return count(m, me_, d); });
+        const char* my_block = start >= 0 ? send + start : nullptr;
+        if (start < 0) {
+          out[nn][l].resize(mine);
+          uint64_t off = 0;
+          for (int d : dsts) {
+            std::memcpy(out[nn][l].data() + off, send + sdispl[d], count(m, me_, d));
+            off += count(m, me_, d);
+          }
+          my_block = out[nn][l].data();
         }
-        my_block = out[nn].data();
-      }
-      if (my_rail != me_) {
-        Group& g = groups.emplace_back(Group{fmt::format("stage 1: gather for node {}", nn), {}, {}, false});
-        LOCMOE_RETURN_IF_ERROR(post(g, true, my_rail, kStage1, nn, mut(my_block), mine));
-        count_send(my_rail, mine);
-      } else {
-        // I am the rail for nn: gather [src in my node][dst in nn], then stage 2.
+        if (rail != me_) {
+          Group& g = groups.emplace_back(Group{fmt::format("stage 1: gather for node {}", nn), {}, {}, false});
+          LOCMOE_RETURN_IF_ERROR(post(g, true, rail, kStage1, nn, mut(my_block), mine));
+          count_send(rail, mine);
+          continue;
+        }
+        // I am rail l towards nn: gather [src in my node][dst in dsts], then stage 2 to (nn, l).
         uint64_t total = 0;
-        for (int s : local) total += block_bytes(s, nn);
-        gathered[nn].resize(total);
+        for (int s : local) total += bytes_to(s, dsts);
+        auto& buf = gathered[nn][l];
+        buf.resize(total);
         Group& g = groups.emplace_back(Group{fmt::format("stage 1: gather for node {}", nn), {}, {}, false});
         uint64_t off = 0;
         for (int s : local) {
-          const uint64_t b = block_bytes(s, nn);
+          const uint64_t b = bytes_to(s, dsts);
           if (s == me_) {
-            if (b) std::memcpy(gathered[nn].data() + off, my_block, b);
+            if (b) std::memcpy(buf.data() + off, my_block, b);
           } else {
-            LOCMOE_RETURN_IF_ERROR(post(g, false, s, kStage1, nn, gathered[nn].data() + off, b));
+            LOCMOE_RETURN_IF_ERROR(post(g, false, s, kStage1, nn, buf.data() + off, b));
           }
           off += b;
         }
-        const int peer = rail(nn, my_node);
-        g.then = [this, &groups, &gathered, nn, peer]() -> Status {
+        const int peer = cluster_.nodes[nn][l];
+        g.then = [this, &groups, &buf, nn, peer, my_node]() -> Status {
           Group& g2 = groups.emplace_back(Group{fmt::format("stage 2: to node {}", nn), {}, {}, false});
-          LOCMOE_RETURN_IF_ERROR(post(g2, true, peer, kStage2, my_node_(), gathered[nn].data(), gathered[nn].size()));
-          count_send(peer, gathered[nn].size());
+          LOCMOE_RETURN_IF_ERROR(post(g2, true, peer, kStage2, my_node, buf.data(), buf.size()));
+          count_send(peer, buf.size());
           return ok_status();
         };
+      }
 
-        // Stage 2 receive from node nn, then stage 3: forward to each rank of my node.
-        const auto& src_ranks = cluster_.nodes[nn];
+      // Stage 2 receive: as rail my_local of node nn's traffic to my node, I get the data of
+      // every rank of nn for my rail group, then forward (stage 3) to each rank of the group.
+      if (my_local < std::min(my_size, cluster_.local_size(nn))) {
+        const std::vector<int> dsts = rail_group(nn, my_node, my_local);
+        const auto& srcs = cluster_.nodes[nn];
         uint64_t in_total = 0;
-        for (int s : src_ranks) in_total += block_bytes(s, my_node);
+        for (int s : srcs) in_total += bytes_to(s, dsts);
         arrived[nn].resize(in_total);
         Group& r2 = groups.emplace_back(Group{fmt::format("stage 2: from node {}", nn), {}, {}, false});
-        LOCMOE_RETURN_IF_ERROR(post(r2, false, peer, kStage2, nn, arrived[nn].data(), in_total));
-        r2.then = [this, &groups, &arrived, &fwd, &m, nn, recv, rdispl]() -> Status {
+        LOCMOE_RETURN_IF_ERROR(post(r2, false, srcs[my_local], kStage2, nn, arrived[nn].data(), in_total));
+        r2.then = [this, &groups, &arrived, &fwd, &m, nn, dsts, recv, rdispl]() -> Status {
           const auto& srcs = cluster_.nodes[nn];
-          const auto& dsts = cluster_.nodes[my_node_()];
-          // Offset of (s, d) inside the [src][dst] block.
-          std::vector<uint64_t> src_off(srcs.size(), 0);
-          for (size_t i = 1; i < srcs.size(); ++i) {
+          // Layout [src][dst in dsts]: offset of source i's block.
+          std::vector<uint64_t> src_off(srcs.size() + 1, 0);
+          for (size_t i = 0; i < srcs.size(); ++i) {
             uint64_t b = 0;
-            for (int d : dsts) b += count(m, srcs[i - 1], d);
-            src_off[i] = src_off[i - 1] + b;
+            for (int d : dsts) b += count(m, srcs[i], d);
+            src_off[i + 1] = src_off[i] + b;
           }
           fwd[nn].resize(dsts.size());
           Group& g3 = groups.emplace_back(Group{fmt::format("stage 3: forward from node {}", nn), {}, {}, false});
@@ -598,10 +642,7 @@ class CommunicatorImpl final : public Communicator {
             uint64_t o = 0;
             for (size_t si = 0; si < srcs.size(); ++si) {
               uint64_t within = 0;
-              for (int dd : dsts) {
-                if (dd == d) break;
-                within += count(m, srcs[si], dd);
-              }
+              for (size_t k = 0; k < di; ++k) within += count(m, srcs[si], dsts[k]);
               const uint64_t c = count(m, srcs[si], d);
               const char* from = arrived[nn].data() + src_off[si] + within;
               if (c) std::memcpy(d == me_ ? recv + rdispl[srcs[si]] : buf.data() + o, from, c);
@@ -618,12 +659,13 @@ class CommunicatorImpl final : public Communicator {
         };
       }
 
-      // Final receive of node nn's data for me from the rail of (my node, nn), unless that is me.
-      if (my_rail != me_) {
+      // Final receive of nn's data for me, forwarded by the rail of my group (uneven nodes only:
+      // with equal nodes every rank is its own rail).
+      const int my_rail_local = my_local % cluster_.local_size(nn);
+      if (my_rail_local != my_local) {
         const auto& srcs = cluster_.nodes[nn];
         uint64_t b = 0;
         for (int s : srcs) b += count(m, s, me_);
-        // Received in place when my blocks from nn's ranks lie back to back in `recv`.
         const int64_t start = back_to_back(srcs, rdispl, [&](int s) { return count(m, s, me_); });
         stats_.bytes_received += b;
         Group& g = groups.emplace_back(Group{fmt::format("stage 3: from node {}", nn), {}, {}, false});
@@ -641,7 +683,7 @@ class CommunicatorImpl final : public Communicator {
             return ok_status();
           };
         }
-        LOCMOE_RETURN_IF_ERROR(post(g, false, my_rail, kStage3, nn, into, b));
+        LOCMOE_RETURN_IF_ERROR(post(g, false, local[my_rail_local], kStage3, nn, into, b));
       }
     }
     return run(groups, deadline(), "alltoallv (hierarchical)");
@@ -673,6 +715,10 @@ class CommunicatorImpl final : public Communicator {
   uint64_t seq_ = 0;
   ExchangeStats stats_;
   bool failed_ = false;
+  struct Scratch {
+    std::vector<std::vector<Buffer>> out, gathered, fwd;
+    std::vector<Buffer> arrived, landing;
+  } scratch_;
   std::vector<Notice> notices_in_;
   std::vector<bool> notice_from_;
   std::vector<int> waits_on_;

@@ -48,8 +48,9 @@ Status wait_all(std::span<Request> reqs, Clock::time_point deadline, std::string
       return error(Code::kTimeout, "{} timed out: no progress from the peer before the deadline; pending: {}",
                    op, who);
     }
-    // Ranks are often oversubscribed (8 ranks on 2 cores): spin briefly, then yield, then nap.
-    if (spins > 64) std::this_thread::yield();
+    // Spin first (a rank per core completes small exchanges in microseconds), then yield so
+    // oversubscribed ranks (8 on 2 cores) let their peers run, then nap.
+    if (spins > 1024) std::this_thread::yield();
     if (spins > 4096) std::this_thread::sleep_for(std::chrono::microseconds(20));
   }
   return ok_status();

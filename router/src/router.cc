@@ -252,92 +252,130 @@ struct RouterImpl {
     LocalPhase out;
     out.topk_mass.resize(static_cast<size_t>(T));
     out.unconstrained.assign(static_cast<size_t>(T), 0);
-    std::vector<int32_t> scratch, best(static_cast<size_t>(E));
-    for (int64_t t = 0; t < T; ++t) {
-      const float* p = sc.p.data() + t * E;
-      const int n = top_by_score(p, E, k, nullptr, scratch, best.data());
-      double m = 0.0;
-      for (int i = 0; i < n; ++i) m += p[best[static_cast<size_t>(i)]];
-      out.topk_mass[static_cast<size_t>(t)] = m;
-    }
-    auto add = [&](int64_t t, int32_t e, int32_t slot, float score) {
-      out.cands.push_back(Candidate{gid0 + t, e, slot, score, sc.p[static_cast<size_t>(t * E + e)],
-                                    sc.a[static_cast<size_t>(t * E + e)], 0});
+    const int threads = resolve_threads(c.num_threads);
+    // Work items (tokens, or experts for expert choice) are split into contiguous chunks, one
+    // candidate list per chunk, concatenated in chunk order: the result does not depend on the
+    // thread count (and the global selection sorts by a total order anyway).
+    const int64_t items = kind == Kind::kExpertChoice ? E : T;
+    const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(items, 4 * threads));
+    std::vector<std::vector<Candidate>> parts(static_cast<size_t>(chunks));
+    auto run_chunks = [&](auto&& body) {
+      auto worker = [&](int64_t first) {
+        for (int64_t ch = first; ch < chunks; ch += threads)
+          body(items * ch / chunks, items * (ch + 1) / chunks, parts[static_cast<size_t>(ch)]);
+      };
+      if (threads <= 1 || chunks <= 1) {
+        worker(0);
+        return;
+      }
+      std::vector<std::thread> pool;
+      for (int i = 0; i < std::min<int64_t>(threads, chunks); ++i) pool.emplace_back(worker, i);
+      for (auto& th : pool) th.join();
     };
+    auto make = [&](int64_t t, int32_t e, int32_t slot, float score) {
+      return Candidate{gid0 + t, e, slot, score, sc.p[static_cast<size_t>(t * E + e)],
+                       sc.a[static_cast<size_t>(t * E + e)], 0};
+    };
+
     if (kind == Kind::kExpertChoice) {
       // The group's top-C tokens of an expert are among the union of every rank's local top-C.
       const int64_t C = capacity_factor_capacity(c.capacity_factor, c.k, T_global, E);
-      std::vector<int64_t> idx(static_cast<size_t>(T));
-      for (int32_t e = 0; e < E; ++e) {
-        std::iota(idx.begin(), idx.end(), 0);
-        const int64_t n = std::min(C, T);
-        std::partial_sort(idx.begin(), idx.begin() + n, idx.end(), [&](int64_t u, int64_t v) {
-          const float pu = sc.p[static_cast<size_t>(u * E + e)], pv = sc.p[static_cast<size_t>(v * E + e)];
-          return pu != pv ? pu > pv : u < v;
-        });
-        for (int64_t i = 0; i < n; ++i)
-          add(idx[static_cast<size_t>(i)], e, 0, sc.p[static_cast<size_t>(idx[static_cast<size_t>(i)] * E + e)]);
-      }
-      return out;
-    }
-    const float lambda = static_cast<float>(c.locality_margin);
-    const int32_t l = c.candidates > 0 ? c.candidates : std::min(2 * c.k, E);
-    std::vector<float> s(static_cast<size_t>(E));
-    std::vector<uint8_t> mask;
-    for (int64_t t = 0; t < T; ++t) {
-      const float* p = sc.p.data() + t * E;
-      const float* a = sc.a.data() + t * E;
-      const float* score = p;
-      if (kind == Kind::kLocmoePlus || kind == Kind::kLocmoe) {
-        for (int32_t e = 0; e < E; ++e)
-          s[static_cast<size_t>(e)] =
-              a[e] + (pl.node_of_rank[static_cast<size_t>(e / pl.experts_per_rank)] == my_node ? lambda : 0.0f);
-        score = s.data();
-      }
-      int n = 0;
-      switch (kind) {
-        case Kind::kGshard:
-        case Kind::kSwitch:
-        case Kind::kDropless:
-        case Kind::kLocmoe:
-          n = top_by_score(score, E, k, nullptr, scratch, best.data());
-          break;
-        case Kind::kNodeLimited: {
-          const int M = c.max_nodes > 0 ? c.max_nodes : std::max(1, (k + 1) / 2);
-          node_limit_mask(score, pl, M, std::max(1, k / M), mask);
-          n = top_by_score(score, E, k, &mask, scratch, best.data());
-          break;
-        }
-        case Kind::kHash: {
-          const int32_t h = static_cast<int32_t>(splitmix64(static_cast<uint64_t>(gid0 + t)) % static_cast<uint64_t>(E));
-          for (int j = 0; j < k; ++j) best[static_cast<size_t>(j)] = (h + j) % E;
-          n = k;
-          break;
-        }
-        case Kind::kLocmoePlus: {
-          const std::vector<uint8_t>* allowed = nullptr;
-          if (c.max_nodes > 0) {
-            node_limit_mask(score, pl, c.max_nodes, std::max(1, l / c.max_nodes), mask);
-            allowed = &mask;
+      run_chunks([&](int64_t e0, int64_t e1, std::vector<Candidate>& cands) {
+        std::vector<int64_t> idx(static_cast<size_t>(T));
+        std::vector<int32_t> scratch, best(static_cast<size_t>(E));
+        if (e0 == 0) {  // every token's top-k mass, by the first chunk
+          for (int64_t t = 0; t < T; ++t) {
+            const float* p = sc.p.data() + t * E;
+            const int n = top_by_score(p, E, k, nullptr, scratch, best.data());
+            double m = 0.0;
+            for (int i = 0; i < n; ++i) m += p[best[static_cast<size_t>(i)]];
+            out.topk_mass[static_cast<size_t>(t)] = m;
           }
-          n = top_by_score(score, E, l, allowed, scratch, best.data());
-          if (c.candidate_mass > 0.0) {  // shortest prefix holding candidate_mass of p
-            double sum = 0.0;
-            int keep = 0;
-            while (keep < n && sum < c.candidate_mass) sum += p[best[static_cast<size_t>(keep++)]];
-            n = std::max(keep, 1);
-          }
-          break;
         }
-        case Kind::kExpertChoice:
-          break;
-      }
-      for (int j = 0; j < n; ++j) {
-        const int32_t e = best[static_cast<size_t>(j)];
-        add(t, e, j, kind == Kind::kHash ? p[e] : score[e]);
-      }
-      out.unconstrained[static_cast<size_t>(t)] = kind == Kind::kLocmoePlus ? std::min(n, k) : n;
+        for (int64_t e = e0; e < e1; ++e) {
+          std::iota(idx.begin(), idx.end(), 0);
+          const int64_t n = std::min(C, T);
+          std::partial_sort(idx.begin(), idx.begin() + n, idx.end(), [&](int64_t u, int64_t v) {
+            const float pu = sc.p[static_cast<size_t>(u * E + e)], pv = sc.p[static_cast<size_t>(v * E + e)];
+            return pu != pv ? pu > pv : u < v;
+          });
+          for (int64_t i = 0; i < n; ++i) {
+            const int64_t t = idx[static_cast<size_t>(i)];
+            cands.push_back(make(t, static_cast<int32_t>(e), 0, sc.p[static_cast<size_t>(t * E + e)]));
+          }
+        }
+      });
+    } else {
+      const float lambda = static_cast<float>(c.locality_margin);
+      const int32_t l = c.candidates > 0 ? c.candidates : std::min(2 * c.k, E);
+      run_chunks([&](int64_t t0, int64_t t1, std::vector<Candidate>& cands) {
+        std::vector<int32_t> scratch, best(static_cast<size_t>(E));
+        std::vector<float> s(static_cast<size_t>(E));
+        std::vector<uint8_t> mask;
+        for (int64_t t = t0; t < t1; ++t) {
+          const float* p = sc.p.data() + t * E;
+          const float* a = sc.a.data() + t * E;
+          int n = top_by_score(p, E, k, nullptr, scratch, best.data());
+          double m = 0.0;
+          for (int i = 0; i < n; ++i) m += p[best[static_cast<size_t>(i)]];
+          out.topk_mass[static_cast<size_t>(t)] = m;
+          const float* score = p;
+          if (kind == Kind::kLocmoePlus || kind == Kind::kLocmoe) {
+            for (int32_t e = 0; e < E; ++e)
+              s[static_cast<size_t>(e)] =
+                  a[e] + (pl.node_of_rank[static_cast<size_t>(e / pl.experts_per_rank)] == my_node ? lambda : 0.0f);
+            score = s.data();
+          }
+          switch (kind) {
+            case Kind::kGshard:
+            case Kind::kSwitch:
+            case Kind::kDropless:
+              break;  // the top-k by p above
+            case Kind::kLocmoe:
+              n = top_by_score(score, E, k, nullptr, scratch, best.data());
+              break;
+            case Kind::kNodeLimited: {
+              const int M = c.max_nodes > 0 ? c.max_nodes : std::max(1, (k + 1) / 2);
+              node_limit_mask(score, pl, M, std::max(1, k / M), mask);
+              n = top_by_score(score, E, k, &mask, scratch, best.data());
+              break;
+            }
+            case Kind::kHash: {
+              const int32_t h = static_cast<int32_t>(splitmix64(static_cast<uint64_t>(gid0 + t)) % static_cast<uint64_t>(E));
+              for (int j = 0; j < k; ++j) best[static_cast<size_t>(j)] = (h + j) % E;
+              n = k;
+              break;
+            }
+            case Kind::kLocmoePlus: {
+              const std::vector<uint8_t>* allowed = nullptr;
+              if (c.max_nodes > 0) {
+                node_limit_mask(score, pl, c.max_nodes, std::max(1, l / c.max_nodes), mask);
+                allowed = &mask;
+              }
+              n = top_by_score(score, E, l, allowed, scratch, best.data());
+              if (c.candidate_mass > 0.0) {  // shortest prefix holding candidate_mass of p
+                double sum = 0.0;
+                int keep = 0;
+                while (keep < n && sum < c.candidate_mass) sum += p[best[static_cast<size_t>(keep++)]];
+                n = std::max(keep, 1);
+              }
+              break;
+            }
+            case Kind::kExpertChoice:
+              break;
+          }
+          for (int j = 0; j < n; ++j) {
+            const int32_t e = best[static_cast<size_t>(j)];
+            cands.push_back(make(t, e, j, kind == Kind::kHash ? p[e] : score[e]));
+          }
+          out.unconstrained[static_cast<size_t>(t)] = kind == Kind::kLocmoePlus ? std::min(n, k) : n;
+        }
+      });
     }
+    size_t total = 0;
+    for (const auto& part : parts) total += part.size();
+    out.cands.reserve(total);
+    for (const auto& part : parts) out.cands.insert(out.cands.end(), part.begin(), part.end());
     return out;
   }
 

@@ -7,6 +7,12 @@ mpiexec=$1 exe=$2 transport=$3 mode=$4 algo=$5
 out=$(LOCMOE_TIMEOUT_S=${LOCMOE_TIMEOUT_S:-3} timeout 120 "$mpiexec" --enable-recovery --oversubscribe --bind-to none \
   -np 4 "$exe" "$transport" "$mode" "$algo" 2>&1)
 echo "$out"
+# A stopped victim must never outlive the test, whatever happened to rank 0.
+victim=$(sed -n 's/^VICTIM PID \([0-9]*\)$/\1/p' <<<"$out")
+if [ -n "$victim" ] && kill -0 "$victim" 2>/dev/null; then
+  echo "killing leftover victim $victim"
+  kill -KILL "$victim" 2>/dev/null
+fi
 if grep -q "^SKIP" <<<"$out"; then exit 0; fi
 # mpirun's status is ignored above, so a sanitizer report (build-asan / build-tsan) must be caught
 # here: a survivor that prints OK and then reports a leak or an error at exit still fails.

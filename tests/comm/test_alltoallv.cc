@@ -125,6 +125,17 @@ class A2ATest : public ::testing::TestWithParam<std::string> {
   void SetUp() override {
     if (!transport_available(GetParam())) GTEST_SKIP() << GetParam() << " transport not built";
   }
+  // A communicator over this test's transport with `algo` (and `chunk`, 0 = the parameter).
+  std::unique_ptr<Communicator> make_comm(Fixture& f, A2AAlgo algo, uint64_t chunk = 0) {
+    CommConfig cfg;
+    cfg.transport = GetParam();
+    cfg.algo = algo;
+    cfg.chunk_bytes = chunk;
+    cfg.timeout_s = 60;
+    auto comm = Communicator::create(*f.boot, f.cluster, cfg);
+    EXPECT_TRUE(comm.ok()) << comm.status().to_string();
+    return comm.ok() ? std::move(comm).value() : nullptr;
+  }
 };
 
 TEST_P(A2ATest, MatchesOracleForEveryLayoutPatternAndAlgorithm) {
@@ -136,14 +147,9 @@ TEST_P(A2ATest, MatchesOracleForEveryLayoutPatternAndAlgorithm) {
       for (uint64_t chunk : {uint64_t{0}, uint64_t{4096}}) {
         // Small chunks on the layout with the most paths only (keeps 8 ranks on 2 cores quick).
         if (chunk != 0 && lname != layouts(n).back().first && n > 2) continue;
-        CommConfig cfg;
-        cfg.transport = GetParam();
-        cfg.algo = algo;
-        cfg.chunk_bytes = chunk;
-        cfg.timeout_s = 60;
-        auto comm = Communicator::create(*f.boot, f.cluster, cfg);
-        ASSERT_TRUE(comm.ok()) << comm.status().to_string();
-        ASSERT_EQ((*comm)->algo(), algo);
+        auto comm = make_comm(f, algo, chunk);
+        ASSERT_TRUE(comm);
+        ASSERT_EQ(comm->algo(), algo);
         for (Pattern p : {Pattern::kRandom, Pattern::kOneSilent, Pattern::kUneven, Pattern::kLarge, Pattern::kAllZero}) {
           if (chunk != 0 && (p == Pattern::kUneven || p == Pattern::kLarge)) continue;  // 4 KiB chunks of MiBs: slow
           for (bool reversed : {false, true}) {
@@ -154,17 +160,17 @@ TEST_P(A2ATest, MatchesOracleForEveryLayoutPatternAndAlgorithm) {
                                      reversed ? "reversed" : "packed"));
             Buffers b = make_buffers(p, seed, n, me, reversed);
             std::vector<uint64_t> got_counts(n);
-            Status s = (*comm)->exchange_counts(b.sc.data(), got_counts.data());
+            Status s = comm->exchange_counts(b.sc.data(), got_counts.data());
             ASSERT_TRUE(s.ok()) << s.to_string();
             ASSERT_EQ(got_counts, b.rc);
             std::vector<uint8_t> recv(b.recv_bytes, 0xA5);
-            s = (*comm)->alltoallv(b.send.data(), b.sc.data(), b.sd.data(), recv.data(), b.rc.data(), b.rd.data(),
+            s = comm->alltoallv(b.send.data(), b.sc.data(), b.sd.data(), recv.data(), b.rc.data(), b.rd.data(),
                                    recv.size());
             ASSERT_TRUE(s.ok()) << s.to_string();
             ASSERT_TRUE(recv == b.expect) << "data differs from (seed, src, dst, index)";
             ASSERT_TRUE(recv == oracle(b, n)) << "data differs from MPI_Alltoallv";
             // Accounting invariants: what was received equals what the others announced.
-            const ExchangeStats& st = (*comm)->last_stats();
+            const ExchangeStats& st = comm->last_stats();
             ASSERT_EQ(st.bytes_received, std::accumulate(b.rc.begin(), b.rc.end(), uint64_t{0}) - b.rc[me]);
             ASSERT_EQ(st.bytes_sent, st.internode_bytes_sent + st.intranode_bytes_sent);
           }
@@ -185,16 +191,13 @@ TEST_P(A2ATest, FlatAndHierarchicalAgreeAndHierSendsFewerInternodeMessages) {
     ExchangeStats stats[2];
     int i = 0;
     for (A2AAlgo algo : {A2AAlgo::kFlat, A2AAlgo::kHierarchical}) {
-      CommConfig cfg;
-      cfg.transport = GetParam();
-      cfg.algo = algo;
-      auto comm = Communicator::create(*f.boot, f.cluster, cfg);
-      ASSERT_TRUE(comm.ok()) << comm.status().to_string();
+      auto comm = make_comm(f, algo);
+      ASSERT_TRUE(comm);
       out[i].assign(b.recv_bytes, 0);
-      Status s = (*comm)->alltoallv(b.send.data(), b.sc.data(), b.sd.data(), out[i].data(), b.rc.data(),
+      Status s = comm->alltoallv(b.send.data(), b.sc.data(), b.sd.data(), out[i].data(), b.rc.data(),
                                     b.rd.data(), out[i].size());
       ASSERT_TRUE(s.ok()) << s.to_string();
-      stats[i++] = (*comm)->last_stats();
+      stats[i++] = comm->last_stats();
     }
     SCOPED_TRACE(lname);
     EXPECT_TRUE(out[0] == out[1]);
@@ -210,22 +213,65 @@ TEST_P(A2ATest, FlatAndHierarchicalAgreeAndHierSendsFewerInternodeMessages) {
   }
 }
 
-TEST_P(A2ATest, CountMismatchIsReportedOnEveryRankNamingBothRanks) {
+TEST_P(A2ATest, AlgorithmFollowsTopologyUnlessForced) {
+  const int n = world_size();
+  for (const auto& [lname, node_of] : layouts(n)) {
+    Fixture f = make_fixture(node_of);
+    SCOPED_TRACE(lname);
+    auto automatic = make_comm(f, A2AAlgo::kAuto);
+    ASSERT_TRUE(automatic);
+    EXPECT_EQ(automatic->algo(), f.cluster.num_nodes() > 1 ? A2AAlgo::kHierarchical : A2AAlgo::kFlat);
+    automatic.reset();
+    for (const char* forced : {"flat", "hier"}) {
+      ASSERT_TRUE(params::set("LOCMOE_A2A_ALGO", forced).ok());
+      auto comm = make_comm(f, A2AAlgo::kAuto);
+      params::reset();
+      ASSERT_TRUE(comm);
+      EXPECT_EQ(comm->algo(), std::string(forced) == "flat" ? A2AAlgo::kFlat : A2AAlgo::kHierarchical);
+    }
+  }
+}
+
+// LOCMOE_INTRA_TRANSPORT-style combination: the other transport inside nodes, this one between.
+TEST_P(A2ATest, SeparateIntraAndInterNodeTransportsGiveTheSameBytes) {
+  const std::string other = GetParam() == "mpi" ? "ucx" : "mpi";
+  if (!transport_available(other)) GTEST_SKIP() << other << " transport not built";
   const int n = world_size(), me = world_rank();
   for (const auto& [lname, node_of] : layouts(n)) {
     Fixture f = make_fixture(node_of);
     for (A2AAlgo algo : {A2AAlgo::kFlat, A2AAlgo::kHierarchical}) {
       CommConfig cfg;
       cfg.transport = GetParam();
+      cfg.intra_transport = other;
       cfg.algo = algo;
       auto comm = Communicator::create(*f.boot, f.cluster, cfg);
       ASSERT_TRUE(comm.ok()) << comm.status().to_string();
+      EXPECT_EQ((*comm)->transport_name(), other + "+" + GetParam());
+      Buffers b = make_buffers(Pattern::kRandom, 21, n, me, true);
+      std::vector<uint8_t> recv(b.recv_bytes, 0xA5);
+      Status s = (*comm)->alltoallv(b.send.data(), b.sc.data(), b.sd.data(), recv.data(), b.rc.data(), b.rd.data(),
+                                    recv.size());
+      SCOPED_TRACE(lname);
+      ASSERT_TRUE(s.ok()) << s.to_string();
+      EXPECT_TRUE(recv == b.expect);
+      EXPECT_TRUE(recv == oracle(b, n));
+    }
+  }
+}
+
+TEST_P(A2ATest, CountMismatchIsReportedOnEveryRankNamingBothRanks) {
+  const int n = world_size(), me = world_rank();
+  for (const auto& [lname, node_of] : layouts(n)) {
+    Fixture f = make_fixture(node_of);
+    for (A2AAlgo algo : {A2AAlgo::kFlat, A2AAlgo::kHierarchical}) {
+      auto comm = make_comm(f, algo);
+      ASSERT_TRUE(comm);
       Buffers b = make_buffers(Pattern::kOneSilent, 5, n, me, false);
       // The last rank expects one byte more from rank 0 than rank 0 sends.
       const uint64_t sent = count_of(Pattern::kOneSilent, 5, n, 0, n - 1);  // what rank 0 sends
       if (me == n - 1) b.rc[0] += 1;
       std::vector<uint8_t> recv(b.recv_bytes + 16, 0x5A);
-      Status s = (*comm)->alltoallv(b.send.data(), b.sc.data(), b.sd.data(), recv.data(), b.rc.data(), b.rd.data(),
+      Status s = comm->alltoallv(b.send.data(), b.sc.data(), b.sd.data(), recv.data(), b.rc.data(), b.rd.data(),
                                     recv.size());
       SCOPED_TRACE(lname);
       ASSERT_EQ(s.code(), Code::kMismatch) << s.to_string();
@@ -236,7 +282,7 @@ TEST_P(A2ATest, CountMismatchIsReportedOnEveryRankNamingBothRanks) {
       // The communicator stays usable after a rejected exchange.
       Buffers ok = make_buffers(Pattern::kRandom, 6, n, me, false);
       std::vector<uint8_t> r2(ok.recv_bytes);
-      s = (*comm)->alltoallv(ok.send.data(), ok.sc.data(), ok.sd.data(), r2.data(), ok.rc.data(), ok.rd.data(),
+      s = comm->alltoallv(ok.send.data(), ok.sc.data(), ok.sd.data(), r2.data(), ok.rc.data(), ok.rd.data(),
                              r2.size());
       ASSERT_TRUE(s.ok()) << s.to_string();
       EXPECT_TRUE(r2 == ok.expect);
@@ -248,18 +294,15 @@ TEST_P(A2ATest, TooSmallReceiveBufferFailsEverywhereWithoutWriting) {
   const int n = world_size(), me = world_rank();
   Fixture f = make_fixture(layouts(n).back().second);
   for (A2AAlgo algo : {A2AAlgo::kFlat, A2AAlgo::kHierarchical}) {
-    CommConfig cfg;
-    cfg.transport = GetParam();
-    cfg.algo = algo;
-    auto comm = Communicator::create(*f.boot, f.cluster, cfg);
-    ASSERT_TRUE(comm.ok()) << comm.status().to_string();
+    auto comm = make_comm(f, algo);
+    ASSERT_TRUE(comm);
     Buffers b = make_buffers(Pattern::kRandom, 8, n, me, false);
     const int victim = n / 2;
     // Rank `victim` says its buffer is one byte short (the real allocation has a guard zone).
     const uint64_t needed = b.recv_bytes;
     std::vector<uint8_t> recv(needed + 64, 0x77);
     const uint64_t capacity = me == victim ? needed - 1 : needed;
-    Status s = (*comm)->alltoallv(b.send.data(), b.sc.data(), b.sd.data(), recv.data(), b.rc.data(), b.rd.data(),
+    Status s = comm->alltoallv(b.send.data(), b.sc.data(), b.sd.data(), recv.data(), b.rc.data(), b.rd.data(),
                                   capacity);
     ASSERT_EQ(s.code(), Code::kOutOfRange) << s.to_string();
     uint64_t victim_needed = me == victim ? needed : 0;

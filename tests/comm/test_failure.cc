@@ -56,6 +56,10 @@ int main(int argc, char** argv) {
   std::vector<int> pids(size);
   const int mine = getpid();
   if (Status s = (*boot)->allgather(&mine, pids.data(), sizeof(int)); !s.ok()) fail(s.to_string());
+  if (rank == 0) {
+    std::printf("VICTIM PID %d\n", pids[victim]);  // run_failure.sh ends it if anything went wrong
+    std::fflush(stdout);
+  }
 
   if (rank == victim) {
     std::thread([mode] {

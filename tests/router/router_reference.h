@@ -1,4 +1,4 @@
-// Naive reference routers for the tests, written from the spec (/work/shared/LOCMOE_SPEC.md) with
+// Naive reference routers for the tests, written from the spec (docs/ROUTING.md) with
 // plain loops in double precision, sharing no code with router/src. Each returns, per token, its
 // accepted experts in descending router score with their gate probability, and how many slots the
 // unconstrained router would have filled that capacity dropped.

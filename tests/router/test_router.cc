@@ -344,3 +344,24 @@ TEST(Router, BadInputsAreNamedErrors) {
 
 }  // namespace
 }  // namespace locmoe
+
+namespace locmoe {
+namespace {
+
+TEST(Placement, FromClusterMapAndUniformAgree) {
+  auto cluster = uniform_cluster_map(3, 2, 4);
+  ASSERT_TRUE(cluster.ok());
+  auto a = placement_from_cluster(*cluster, 5);
+  auto b = uniform_placement(3, 2, 5, 4);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(a->node_of_rank, (std::vector<int32_t>{0, 0, 1, 1, 2, 2}));
+  EXPECT_EQ(a->node_of_rank, b->node_of_rank);
+  EXPECT_EQ(a->rank, 4);
+  EXPECT_EQ(a->num_experts(), 30);
+  EXPECT_EQ(a->num_nodes(), 3);
+  EXPECT_FALSE(placement_from_cluster(*cluster, 0).ok());
+  EXPECT_FALSE(uniform_placement(2, 2, 1, 4).ok());  // rank 4 of 4
+}
+
+}  // namespace
+}  // namespace locmoe

@@ -2,6 +2,7 @@
 // see xml_source.cc) and synthetic topologies, all reduced to TopologyParts + a PciTree.
 #include <hwloc.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -108,6 +109,49 @@ int64_t live_speed_mbps(const std::string& netdev, const std::string& ibdev) {
   return -1;
 }
 
+bool is_nvswitch(hwloc_obj_t obj) {
+  if (obj->type != HWLOC_OBJ_PCI_DEVICE) return false;
+  if (obj->subtype != nullptr && std::string_view(obj->subtype) == "NVSwitch") return true;
+  return obj->attr->pcidev.vendor_id == 0x10de && obj->attr->pcidev.class_id == 0x0680;
+}
+
+// NVLinks from hwloc's "NVLinkBandwidth" distances (written by its NVML backend; hwloc XML files
+// from NVIDIA machines carry them). Values are bandwidths, not link counts: one link is taken to
+// be the smallest non-zero bandwidth of a GPU entry, so NV# is bandwidth / that unit. GPUs appear
+// as NVML OS devices (their parent is the PCI device) or PCI devices; NVSwitches as PCI devices.
+detail::NvLinks nvlinks_of(hwloc_topology_t t, const std::vector<hwloc_obj_t>& gpu_objs) {
+  detail::NvLinks nv;
+  unsigned nr = 1;
+  hwloc_distances_s* d = nullptr;
+  if (hwloc_distances_get_by_name(t, "NVLinkBandwidth", &nr, &d, 0) != 0 || nr == 0 || d == nullptr) return nv;
+  auto gpu_index = [&](hwloc_obj_t obj) {
+    if (obj != nullptr && obj->type == HWLOC_OBJ_OS_DEVICE) obj = obj->parent;
+    auto it = std::find(gpu_objs.begin(), gpu_objs.end(), obj);
+    return it == gpu_objs.end() ? -1 : static_cast<int>(it - gpu_objs.begin());
+  };
+  const unsigned n = d->nbobjs;
+  hwloc_uint64_t unit = 0;
+  for (unsigned i = 0; i < n; ++i)
+    for (unsigned j = 0; j < n; ++j)
+      if (hwloc_uint64_t v = d->values[i * n + j]; v > 0 && gpu_index(d->objs[i]) >= 0 && (unit == 0 || v < unit)) unit = v;
+  for (unsigned i = 0; i < n && unit > 0; ++i) {
+    const int a = gpu_index(d->objs[i]);
+    if (a < 0) continue;
+    for (unsigned j = 0; j < n; ++j) {
+      const hwloc_uint64_t v = d->values[i * n + j];
+      if (v == 0 || i == j) continue;
+      const int links = static_cast<int>((v + unit / 2) / unit);
+      if (const int b = gpu_index(d->objs[j]); b >= 0 && b != a) {
+        nv.direct[{a, b}] = std::max(nv.direct[{a, b}], links);
+      } else if (is_nvswitch(d->objs[j])) {
+        nv.to_switch[a] += links;
+      }
+    }
+  }
+  hwloc_distances_release(t, d);
+  return nv;
+}
+
 Result<Topology> build(hwloc_topology_t t, std::string source, bool live) {
   TopologyParts parts;
   parts.source = std::move(source);
@@ -116,6 +160,7 @@ Result<Topology> build(hwloc_topology_t t, std::string source, bool live) {
 
   TreeBuilder builder;
   std::vector<int> gpu_nodes, nic_nodes;
+  std::vector<hwloc_obj_t> gpu_objs;
   for (hwloc_obj_t pci = nullptr; (pci = hwloc_get_next_pcidev(t, pci));) {
     const hwloc_obj_attr_u::hwloc_pcidev_attr_s& a = pci->attr->pcidev;
     hwloc_obj_t local = hwloc_get_non_io_ancestor_obj(t, pci);
@@ -131,6 +176,7 @@ Result<Topology> build(hwloc_topology_t t, std::string source, bool live) {
       if (const char* dev = hwloc_obj_get_info_by_name(pci, "PCIDevice"); dev && gpu.name.empty()) gpu.name = dev;
       parts.gpus.push_back(std::move(gpu));
       gpu_nodes.push_back(builder.node_of(pci));
+      gpu_objs.push_back(pci);
     } else if (a.class_id == 0x0207 || a.class_id == 0x0200) {
       Nic nic;
       nic.pci_bus_id = bus_id_of(pci);
@@ -154,7 +200,7 @@ Result<Topology> build(hwloc_topology_t t, std::string source, bool live) {
       nic_nodes.push_back(builder.node_of(pci));
     }
   }
-  detail::fill_paths(builder.tree, gpu_nodes, nic_nodes, detail::NvLinks{}, parts);
+  detail::fill_paths(builder.tree, gpu_nodes, nic_nodes, nvlinks_of(t, gpu_objs), parts);
 
   char* xml = nullptr;
   int len = 0;
@@ -206,7 +252,8 @@ Result<Topology> load_hwloc_xml(const std::string& xml, const std::string& sourc
   // The buffer length given to hwloc counts the terminating '\0'.
   LOCMOE_CHECK(hwloc_topology_set_xmlbuffer(t.get(), xml.c_str(), static_cast<int>(xml.size() + 1)) == 0,
                Code::kParseError, "{}: hwloc cannot read it as XML: {}", source, std::strerror(errno));
-  LOCMOE_CHECK(hwloc_topology_load(t.get()) == 0, Code::kParseError, "{}: hwloc rejected it: {}", source,
+  LOCMOE_CHECK(hwloc_topology_load(t.get()) == 0, Code::kParseError,
+               "{}: hwloc rejected it: {} (HWLOC_XML_VERBOSE=1 makes hwloc print its reason)", source,
                std::strerror(errno));
   return build(t.get(), source, false);
 }

@@ -4,6 +4,7 @@
 
 #include <map>
 #include <span>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -46,6 +47,10 @@ struct NvLinks {
 // parts.nics, whose tree nodes are gpu_nodes / nic_nodes.
 void fill_paths(const PciTree& tree, std::span<const int> gpu_nodes, std::span<const int> nic_nodes,
                 const NvLinks& nvlinks, TopologyParts& parts);
+
+// Whole-string number parsers shared by the sources; parse_hex accepts an optional "0x".
+bool parse_hex(std::string_view text, unsigned long& out);
+bool parse_long(std::string_view text, long& out);
 
 // Shared by the sources: reads a whole file. Errors name the file: kNotFound when it cannot be
 // opened, kParseError when it is empty (or only white space).

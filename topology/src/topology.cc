@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <charconv>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <numeric>
@@ -19,16 +20,13 @@ namespace {
 
 constexpr const char* kClassNames[] = {"X", "NV", "PIX", "PXB", "PHB", "NODE", "SYS"};
 
-bool parse_hex(std::string_view text, unsigned& out) {
-  if (text.empty()) return false;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out, 16);
-  return ec == std::errc() && end == text.data() + text.size();
-}
+using detail::parse_hex;
 
 bool parse_int(std::string_view text, int& out) {
-  if (text.empty()) return false;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
-  return ec == std::errc() && end == text.data() + text.size();
+  long v = 0;
+  if (!detail::parse_long(text, v) || v < INT32_MIN || v > INT32_MAX) return false;
+  out = static_cast<int>(v);
+  return true;
 }
 
 }  // namespace
@@ -57,7 +55,7 @@ const char* nic_kind_name(NicKind kind) {
 
 Result<std::string> normalize_pci_bus_id(std::string_view text) {
   // [domain:]bus:device.function, hex fields of at most 4/2/2/1 digits.
-  unsigned domain = 0, bus = 0, dev = 0, fn = 0;
+  unsigned long domain = 0, bus = 0, dev = 0, fn = 0;
   std::string_view rest = text;
   auto bad = [&] {
     return error(Code::kParseError, "PCI bus id '{}' is not of the form dddd:bb:dd.f", text);
@@ -114,6 +112,19 @@ Result<std::vector<int>> parse_cpu_list(std::string_view text) {
 
 namespace detail {
 
+bool parse_hex(std::string_view text, unsigned long& out) {
+  if (text.starts_with("0x") || text.starts_with("0X")) text.remove_prefix(2);
+  if (text.empty()) return false;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out, 16);
+  return ec == std::errc() && end == text.data() + text.size();
+}
+
+bool parse_long(std::string_view text, long& out) {
+  if (text.empty()) return false;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
+  return ec == std::errc() && end == text.data() + text.size();
+}
+
 Path PciTree::classify(int a, int b) const {
   if (a == b) return {PathClass::kX, 0};
   std::vector<int> up_a;
@@ -159,6 +170,9 @@ void fill_paths(const PciTree& tree, std::span<const int> gpu_nodes, std::span<c
 }
 
 Result<std::string> read_topology_file(const std::string& path) {
+  std::error_code ec;
+  LOCMOE_CHECK(!std::filesystem::is_directory(path, ec), Code::kInvalidArgument,
+               "topology file '{}' is a directory, expected a file", path);
   std::ifstream in(path, std::ios::binary);
   LOCMOE_CHECK(in.is_open(), Code::kNotFound, "topology file '{}' cannot be opened: {}", path,
                std::strerror(errno));

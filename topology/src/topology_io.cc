@@ -13,15 +13,16 @@ namespace locmoe::topo {
 namespace {
 
 using nlohmann::json;
+using ojson = nlohmann::ordered_json;  // dumps keep the documented field order
 
-json or_null(const std::string& s) { return s.empty() ? json(nullptr) : json(s); }
-json or_null(int64_t v) { return v < 0 ? json(nullptr) : json(v); }
-json hex_or_null(uint16_t v) { return v == 0 ? json(nullptr) : json(fmt::format("0x{:04x}", v)); }
+ojson or_null(const std::string& s) { return s.empty() ? ojson(nullptr) : ojson(s); }
+ojson or_null(int64_t v) { return v < 0 ? ojson(nullptr) : ojson(v); }
+ojson hex_or_null(uint16_t v) { return v == 0 ? ojson(nullptr) : ojson(fmt::format("0x{:04x}", v)); }
 
-json path_matrix(const std::vector<Path>& paths, size_t cols) {
-  json rows = json::array();
+ojson path_matrix(const std::vector<Path>& paths, size_t cols) {
+  ojson rows = ojson::array();
   for (size_t i = 0; cols > 0 && i < paths.size(); i += cols) {
-    json row = json::array();
+    ojson row = ojson::array();
     for (size_t j = 0; j < cols; ++j) row.push_back(path_name(paths[i + j]));
     rows.push_back(row);
   }
@@ -83,9 +84,9 @@ Result<Topology> parse_json(const json& doc) {
 }  // namespace
 
 std::string to_json(const Topology& t, int indent) {
-  json numa = json::array();
+  ojson numa = ojson::array();
   for (const NumaDomain& d : t.numa_domains()) numa.push_back({{"os_index", d.os_index}, {"cpus", cpu_list_string(d.cpus)}});
-  json gpus = json::array();
+  ojson gpus = ojson::array();
   for (int a = 0; a < t.num_gpus(); ++a) {
     const Gpu& g = t.gpus()[a];
     const int rail = t.rail(a);
@@ -95,18 +96,18 @@ std::string to_json(const Topology& t, int indent) {
                     {"numa", or_null(int64_t{g.numa})},
                     {"cpus", cpu_list_string(g.cpus)},
                     {"name", or_null(g.name)},
-                    {"nearest_nic", rail < 0 ? json(nullptr) : json(t.nics()[rail].label())},
-                    {"nic_path", rail < 0 ? json(nullptr) : json(path_name(t.nic_path(a, rail)))},
-                    {"rail", rail < 0 ? json(nullptr) : json(rail)}});
+                    {"nearest_nic", rail < 0 ? ojson(nullptr) : ojson(t.nics()[rail].label())},
+                    {"nic_path", rail < 0 ? ojson(nullptr) : ojson(path_name(t.nic_path(a, rail)))},
+                    {"rail", rail < 0 ? ojson(nullptr) : ojson(rail)}});
   }
-  json nics = json::array();
+  ojson nics = ojson::array();
   for (const Nic& n : t.nics())
     nics.push_back({{"name", or_null(n.name)},
                     {"pci_bus_id", or_null(n.pci_bus_id)},
                     {"numa", or_null(int64_t{n.numa})},
                     {"speed_mbps", or_null(n.speed_mbps)},
                     {"kind", nic_kind_name(n.kind)}});
-  json doc = {{"source", t.source()},
+  ojson doc = {{"source", t.source()},
               {"numa", numa},
               {"gpus", gpus},
               {"nics", nics},

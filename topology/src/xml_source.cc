@@ -7,7 +7,7 @@
 #include <charconv>
 #include <cstring>
 #include <map>
-#include <regex>
+#include <cctype>
 #include <set>
 
 #include "locmoe/core/check.h"
@@ -35,18 +35,8 @@ class Where {
   const std::string& content_;
 };
 
-bool parse_hex(std::string_view text, unsigned long& out) {
-  if (text.starts_with("0x") || text.starts_with("0X")) text.remove_prefix(2);
-  if (text.empty()) return false;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out, 16);
-  return ec == std::errc() && end == text.data() + text.size();
-}
-
-bool parse_long(std::string_view text, long& out) {
-  if (text.empty()) return false;
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
-  return ec == std::errc() && end == text.data() + text.size();
-}
+using detail::parse_hex;
+using detail::parse_long;
 
 // --- hwloc XML validation ----------------------------------------------------------------------
 
@@ -54,14 +44,29 @@ bool parse_long(std::string_view text, long& out) {
 const std::set<std::string_view> kNormalTypes = {
     "Machine", "Package", "Die", "Core", "PU", "Group", "NUMANode", "MemCache", "L1Cache", "L2Cache",
     "L3Cache", "L4Cache", "L5Cache", "L1iCache", "L2iCache", "L3iCache", "System", "Socket", "Cache", "Node"};
+constexpr long kMaxOsIndex = 1L << 20;  // CPUs or NUMA nodes; far above any machine
 const std::set<std::string_view> kIoTypes = {"Bridge", "PCIDev", "OSDev", "Misc"};
 
 
 // hwloc's XML bitmap syntax: comma-separated 32-bit hex words, the first possibly "0xf...f"
 // (infinitely many bits set).
+// (A loop, not std::regex: its recursion overflows the stack on a long bitmap.)
 bool valid_bitmap(std::string_view text) {
-  static const std::regex re("(0xf\\.\\.\\.f|0x[0-9a-fA-F]{1,8})(,0x[0-9a-fA-F]{1,8})*");
-  return std::regex_match(text.begin(), text.end(), re);
+  for (bool first = true;; first = false) {
+    if (!text.starts_with("0x")) return false;
+    text.remove_prefix(2);
+    if (first && text.starts_with("f...f")) {
+      text.remove_prefix(5);
+    } else {
+      size_t digits = 0;
+      while (digits < text.size() && std::isxdigit(static_cast<unsigned char>(text[digits]))) ++digits;
+      if (digits == 0 || digits > 8) return false;
+      text.remove_prefix(digits);
+    }
+    if (text.empty()) return true;
+    if (text.front() != ',') return false;
+    text.remove_prefix(1);
+  }
 }
 
 // hwloc 2.9 fails the whole load on a child element it does not expect, and on its error paths it
@@ -134,6 +139,10 @@ Status validate_object(const Where& where, pugi::xml_node obj, int depth) {
       long v = 0;
       LOCMOE_CHECK(parse_long(attr.value(), v) && v >= 0, Code::kParseError,
                    "{}: {} object has {}=\"{}\", not a non-negative integer", where.at(obj), type, name, attr.value());
+      // hwloc sizes bitmaps by OS indices: a huge one (or a missing one, read as ~0u) makes it
+      // spin for tens of seconds.
+      LOCMOE_CHECK(name != "os_index" || v < kMaxOsIndex, Code::kParseError,
+                   "{}: {} object has os_index {}, expected below {}", where.at(obj), type, v, kMaxOsIndex);
     }
     // hwloc reads gp_index, and id="obj<N>" (hwloc 3 files), with strtoull: "obj-4" would become
     // 2^64-4, which it then exports as gp_index and which we used to refuse on reading back (found
@@ -154,6 +163,8 @@ Status validate_object(const Where& where, pugi::xml_node obj, int depth) {
       LOCMOE_CHECK(!obj.attribute(attr).empty(), Code::kParseError, "{}: {} object without the required {} attribute",
                    where.at(obj), type, attr);
     const bool numa = type == "NUMANode" || type == "Node";
+    LOCMOE_CHECK(!(numa || type == "PU") || !obj.attribute("os_index").empty(), Code::kParseError,
+                 "{}: {} object without the required os_index attribute", where.at(obj), type);
     if (numa || !obj.attribute("nodeset").empty())
       for (const char* attr : {"nodeset", "complete_nodeset"})
         LOCMOE_CHECK(!obj.attribute(attr).empty(), Code::kParseError,
@@ -260,12 +271,15 @@ class NcclReader {
 
   Status read(pugi::xml_node system) {
     const size_t cpus = std::distance(system.children("cpu").begin(), system.children("cpu").end());
+    LOCMOE_CHECK(cpus > 0, Code::kParseError, "{}: NCCL topology <system> without any <cpu> element",
+                 where_.at(system));
     int root = tree_.add(PciTree::Kind::kLocality, -1, static_cast<int>(cpus));
     std::set<int> numa_ids;
     for (pugi::xml_node cpu : system.children("cpu")) {
       long numa = 0;
-      LOCMOE_CHECK(parse_long(cpu.attribute("numaid").value(), numa) && numa >= 0, Code::kParseError,
-                   "{}: <cpu> needs a numaid attribute (non-negative integer), has \"{}\"", where_.at(cpu),
+      LOCMOE_CHECK(parse_long(cpu.attribute("numaid").value(), numa) && numa >= 0 && numa < kMaxOsIndex,
+                   Code::kParseError, "{}: <cpu> needs a numaid attribute (integer in [0, {})), has \"{}\"",
+                   where_.at(cpu), kMaxOsIndex,
                    cpu.attribute("numaid").value());
       LOCMOE_CHECK(numa_ids.insert(static_cast<int>(numa)).second, Code::kParseError,
                    "{}: a second <cpu numaid=\"{}\">", where_.at(cpu), numa);
@@ -292,11 +306,12 @@ class NcclReader {
     long tclass;
   };
 
-  Status read_children(pugi::xml_node parent, const Locality& loc, int parent_node) {
+  Status read_children(pugi::xml_node parent, const Locality& loc, int parent_node, int depth = 0) {
+    LOCMOE_CHECK(depth < 64, Code::kParseError, "{}: <pci> elements nested more than 64 deep", where_.at(parent));
     for (pugi::xml_node child : parent.children()) {
       std::string_view name = child.name();
       if (name == "pci") {
-        LOCMOE_RETURN_IF_ERROR(read_pci(child, loc, parent_node));
+        LOCMOE_RETURN_IF_ERROR(read_pci(child, loc, parent_node, depth));
       } else if (name == "nic") {
         LOCMOE_RETURN_IF_ERROR(read_nic(child, loc, tree_.add(PciTree::Kind::kDevice, parent_node), "", -1));
       }
@@ -304,13 +319,13 @@ class NcclReader {
     return ok_status();
   }
 
-  Status read_pci(pugi::xml_node pci, const Locality& loc, int parent_node) {
+  Status read_pci(pugi::xml_node pci, const Locality& loc, int parent_node, int depth) {
     Result<std::string> id = normalize_pci_bus_id(pci.attribute("busid").value());
     LOCMOE_CHECK(id.ok(), Code::kParseError, "{}: <pci> needs a busid \"dddd:bb:dd.f\", has \"{}\"",
                  where_.at(pci), pci.attribute("busid").value());
     LOCMOE_ASSIGN_OR_RETURN(long cls, class_code(where_, pci, "class"));
     if (cls == 0x0604 || pci.child("pci")) {  // a switch (NCCL flattens each switch to one <pci>)
-      return read_children(pci, loc, tree_.add(PciTree::Kind::kSwitch, parent_node));
+      return read_children(pci, loc, tree_.add(PciTree::Kind::kSwitch, parent_node), depth + 1);
     }
     if (cls == 0x0302 || cls == 0x0300 || pci.child("gpu")) {
       Gpu gpu;
@@ -322,14 +337,14 @@ class NcclReader {
       gpu.cpus = loc.cpus;
       for (pugi::xml_node link : pci.child("gpu").children("nvlink")) {
         long count = 0;
-        LOCMOE_CHECK(parse_long(link.attribute("count").value(), count) && count >= 0, Code::kParseError,
-                     "{}: <nvlink> count \"{}\" is not a non-negative integer", where_.at(link),
+        LOCMOE_CHECK(parse_long(link.attribute("count").value(), count) && count >= 0 && count < 1024,
+                     Code::kParseError, "{}: <nvlink> count \"{}\" is not an integer in [0, 1024)", where_.at(link),
                      link.attribute("count").value());
+        // Targets that are not a PCI bus id (NVSwitch placeholders) simply match no GPU.
         Result<std::string> target = normalize_pci_bus_id(link.attribute("target").value());
-        LOCMOE_CHECK(target.ok(), Code::kParseError, "{}: <nvlink> target \"{}\" is not a PCI bus id",
-                     where_.at(link), link.attribute("target").value());
         LOCMOE_ASSIGN_OR_RETURN(long tclass, class_code(where_, link, "tclass"));
-        links_.push_back({*target, static_cast<int>(count), tclass});
+        links_.push_back({target.ok() ? *target : std::string(link.attribute("target").value()),
+                          static_cast<int>(count), tclass});
         link_owner_.push_back(static_cast<int>(parts_.gpus.size()));
       }
       parts_.gpus.push_back(std::move(gpu));

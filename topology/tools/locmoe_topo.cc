@@ -26,10 +26,15 @@ struct Options {
   bool json = false, cluster = false, params = false;
 };
 
+// --file / --synthetic, else what load_default() picks (LOCMOE_TOPO_FILE, LOCMOE_TOPO_SYNTHETIC,
+// this machine). LOCMOE_TOPO_DUMP_FILE applies to all (load_default() writes it itself).
 Result<topo::Topology> load(const Options& o) {
-  if (!o.file.empty()) return topo::load_file(o.file);
-  if (!o.synthetic.empty()) return topo::load_synthetic(o.synthetic);
-  return topo::load_default();
+  if (o.file.empty() && o.synthetic.empty()) return topo::load_default();
+  Result<topo::Topology> t = !o.file.empty() ? topo::load_file(o.file) : topo::load_synthetic(o.synthetic);
+  if (!t.ok()) return t;
+  LOCMOE_ASSIGN_OR_RETURN(std::string dump, locmoe::params::get_string(locmoe::params::Id::topo_dump_file));
+  if (!dump.empty()) LOCMOE_RETURN_IF_ERROR(topo::dump_file(*t, dump));
+  return t;
 }
 
 std::string gpu_label(int a) { return fmt::format("GPU{}", a); }
@@ -107,16 +112,16 @@ Result<locmoe::ClusterMap> cluster_map(const Options& o, locmoe::Bootstrap& boot
 std::string rank_list(const std::vector<int>& ranks) { return topo::cpu_list_string(ranks); }
 
 void print_cluster(const locmoe::ClusterMap& map, bool json) {
-  auto null_if_empty = [](const std::string& s) { return s.empty() ? nlohmann::json(nullptr) : nlohmann::json(s); };
+  auto null_if_empty = [](const std::string& s) { return s.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(s); };
   if (json) {
-    nlohmann::json nodes = nlohmann::json::array(), ranks = nlohmann::json::array();
+    nlohmann::ordered_json nodes = nlohmann::ordered_json::array(), ranks = nlohmann::ordered_json::array();
     for (int n = 0; n < map.num_nodes(); ++n)
       nodes.push_back({{"node", n}, {"host", map.host_of_node(n)}, {"ranks", map.nodes[n]}});
     for (const locmoe::RankInfo& r : map.ranks)
       ranks.push_back({{"rank", r.rank}, {"node", r.node}, {"local_rank", r.local_rank},
                        {"local_size", map.local_size(r.node)}, {"host", r.desc.host_id},
                        {"gpu", null_if_empty(r.desc.gpu_bus_id)}, {"nic", null_if_empty(r.desc.nic)}});
-    nlohmann::json doc = {{"size", map.size()}, {"num_nodes", map.num_nodes()}, {"uniform", map.uniform()},
+    nlohmann::ordered_json doc = {{"size", map.size()}, {"num_nodes", map.num_nodes()}, {"uniform", map.uniform()},
                           {"nodes", nodes}, {"ranks", ranks}};
     // Host ids (LOCMOE_HOSTID) and NIC names need not be UTF-8: replace bad bytes, never throw.
     std::printf("%s\n", doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());

@@ -9,16 +9,10 @@
 #include "locmoe/comm/communicator.h"
 #include "locmoe/comm/transport.h"
 #include "locmoe/core/check.h"
+#include "mpi_error.h"
 
 namespace locmoe {
 namespace {
-
-std::string mpi_error_text(int rc) {
-  char text[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  MPI_Error_string(rc, text, &len);
-  return std::string(text, len);
-}
 
 class MpiTransport final : public Transport {
  public:

@@ -62,6 +62,9 @@ class Communicator {
 
   // recv_counts[r] = bytes rank r sends to this rank, from every rank's send_counts. Checked:
   // the exchange itself fails if any rank later sends a count other than announced.
+  // Collective. send_counts and recv_counts: size() entries each, caller-owned, host memory.
+  // Optional before alltoallv (which exchanges and checks the counts itself); use it to size the
+  // receive buffer. Errors: kTimeout / kPeerFailure as alltoallv.
   virtual Status exchange_counts(const uint64_t* send_counts, uint64_t* recv_counts) = 0;
 
   // All-to-all-v in bytes: send_counts[r] bytes at send + send_displs[r] go to rank r, which
@@ -69,11 +72,19 @@ class Communicator {
   // (exchange_counts gives them); recv_capacity is the size of `recv`: any placement past it is
   // an error before anything is written. `mem` says where both buffers live; kDevice needs the
   // NCCL transport and runs on `stream` (a cudaStream_t; nullptr = default stream).
+  // Collective; all four arrays have size() entries, host memory, caller-owned; the self block
+  // (send_counts[rank()]) is copied locally. Errors, the same on every rank because every rank
+  // checks the exchanged count matrix before any data moves: kMismatch (rank a sends n bytes to
+  // rank b, which expects m; both ranks and counts named), kOutOfRange (a rank's recv_capacity is
+  // below its recv_displs + recv_counts; nothing is written). kTimeout / kPeerFailure name the
+  // peer rank, its host and the stage; after them the communicator refuses further calls.
+  // Data moved: see last_stats().
   virtual Status alltoallv(const void* send, const uint64_t* send_counts, const uint64_t* send_displs,
                            void* recv, const uint64_t* recv_counts, const uint64_t* recv_displs,
                            uint64_t recv_capacity, MemoryKind mem = MemoryKind::kHost,
                            void* stream = nullptr) = 0;
 
+  // Statistics of the last exchange_counts / alltoallv on this rank.
   virtual const ExchangeStats& last_stats() const = 0;
 };
 

@@ -1,4 +1,4 @@
-// Routers: LocMoE+ (docs: /work/shared/LOCMOE_SPEC.md, "The algorithm locmoe implements") and the
+// Routers: LocMoE+ (docs/ROUTING.md, from the LocMoE/LocMoE+ papers) and the
 // baselines, behind one interface that returns a RoutingPlan (plan.h).
 //
 // Every router runs the same three phases:

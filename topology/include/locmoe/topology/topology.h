@@ -13,8 +13,10 @@
 // Path classes (the names and order of `nvidia-smi topo -m`, best first):
 //   X     the device itself
 //   NV#   # NVLinks connect the two GPUs (directly, or both through NVSwitches: then # is the
-//         smaller link count of the two GPUs). Known only from NCCL files (`<nvlink>` elements);
-//         hwloc 2.9 on Debian has no NVML plugin, so live discovery and hwloc XML give PCI classes.
+//         smaller link count of the two GPUs). Known from NCCL files (`<nvlink>` elements) and from
+//         hwloc XML files that carry hwloc's "NVLinkBandwidth" distances (written by its NVML
+//         backend; # = bandwidth / the smallest non-zero GPU bandwidth in that matrix, one link).
+//         hwloc 2.9 on Debian has no NVML plugin, so live discovery here gives PCI classes only.
 //   PIX   both devices sit directly under one PCIe switch
 //   PXB   several PCIe switches between them, no host bridge
 //   PHB   through one PCIe host bridge (root complex): different root ports of one host bridge
