@@ -23,7 +23,7 @@ supp() {  # supp TOOL: ":suppressions=FILE" when tests/sanitizers/TOOL.supp exis
   [ -f "$SUPP/$1.supp" ] && printf ':suppressions=%s' "$SUPP/$1.supp"
   return 0
 }
-export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:fast_unwind_on_malloc=0:strict_string_checks=1:detect_stack_use_after_return=1:check_initialization_order=1:strict_init_order=1$(supp asan)"
+export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:fast_unwind_on_malloc=0:strict_string_checks=1:check_initialization_order=1:strict_init_order=1$(supp asan)"
 export LSAN_OPTIONS="print_suppressions=0$(supp lsan)"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1$(supp ubsan)"
 export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1$(supp tsan)"
