@@ -58,6 +58,9 @@ bool allowed(const Info& i, std::string_view value) {
 }
 
 Status parse(const Info& i, const std::string& text) {
+  // The C parsers below (and every consumer that calls c_str()) stop at a NUL byte: "12\0junk"
+  // would read as 12 from the API, and the environment cannot carry such a value at all.
+  if (text.find('\0') != std::string::npos) return bad(i, text, "text without NUL bytes");
   switch (i.type) {
     case Type::Int: {
       errno = 0;

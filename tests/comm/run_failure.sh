@@ -14,6 +14,12 @@ if [ -n "$victim" ] && kill -0 "$victim" 2>/dev/null; then
   kill -KILL "$victim" 2>/dev/null
 fi
 if grep -q "^SKIP" <<<"$out"; then exit 0; fi
+# mpirun's status is ignored above, so a sanitizer report (build-asan / build-tsan) must be caught
+# here: a survivor that prints OK and then reports a leak or an error at exit still fails.
+if grep -qE "ERROR: (Address|Leak|Thread)Sanitizer|WARNING: ThreadSanitizer|runtime error:" <<<"$out"; then
+  echo "sanitizer report in the output"
+  exit 1
+fi
 ok=$(grep -c "^SURVIVOR rank [0-9]* OK" <<<"$out")
 bad=$(grep -c "^SURVIVOR rank [0-9]* FAIL" <<<"$out")
 echo "survivors OK: $ok, FAIL: $bad"

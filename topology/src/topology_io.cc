@@ -113,7 +113,10 @@ std::string to_json(const Topology& t, int indent) {
               {"nics", nics},
               {"gpu_paths", path_matrix(t.parts().gpu_paths, t.gpus().size())},
               {"nic_paths", path_matrix(t.parts().nic_paths, t.nics().size())}};
-  return doc.dump(indent);
+  // Names and the source path come from files and the environment and need not be UTF-8;
+  // nlohmann's default dump throws on invalid UTF-8 (found by fuzz_nccl_topo), so replace such
+  // bytes with U+FFFD instead.
+  return doc.dump(indent, ' ', false, json::error_handler_t::replace);
 }
 
 Result<Topology> from_json(std::string_view text, std::string_view what) {

@@ -47,6 +47,7 @@ const std::set<std::string_view> kNormalTypes = {
 constexpr long kMaxOsIndex = 1L << 20;  // CPUs or NUMA nodes; far above any machine
 const std::set<std::string_view> kIoTypes = {"Bridge", "PCIDev", "OSDev", "Misc"};
 
+
 // hwloc's XML bitmap syntax: comma-separated 32-bit hex words, the first possibly "0xf...f"
 // (infinitely many bits set).
 // (A loop, not std::regex: its recursion overflows the stack on a long bitmap.)
@@ -68,6 +69,58 @@ bool valid_bitmap(std::string_view text) {
   }
 }
 
+// hwloc 2.9 fails the whole load on a child element it does not expect, and on its error paths it
+// leaks the objects imported so far (found by fuzz_nccl_topo / fuzz_hwloc_xml): what it rejects,
+// we reject first. Its importer reads an object's <info>/<page_type>/<userdata> children before
+// the first child <object> and only <object> after it; <info> takes name and value, <page_type>
+// size and count (on NUMA nodes and the top object only); an I/O or Misc object cannot hold
+// normal or memory objects, nor Misc hold I/O ones. <userdata> (opaque application data, which we
+// never need and whose content hwloc checks against a length attribute) is refused.
+bool attributes_within(pugi::xml_node node, std::initializer_list<std::string_view> allowed) {
+  for (pugi::xml_attribute attr : node.attributes())
+    if (std::find(allowed.begin(), allowed.end(), std::string_view(attr.name())) == allowed.end()) return false;
+  return true;
+}
+
+Status validate_object_children(const Where& where, pugi::xml_node obj, std::string_view type, int depth) {
+  const bool io_parent = kIoTypes.count(type) > 0;  // Bridge, PCIDev, OSDev, Misc
+  bool seen_object = false;
+  for (pugi::xml_node child : obj.children()) {
+    if (child.type() != pugi::node_element) continue;
+    std::string_view tag = child.name();
+    if (tag == "object") {
+      seen_object = true;
+      std::string_view ctype = child.attribute("type").value();
+      const bool child_io = kIoTypes.count(ctype) > 0 && ctype != "Misc";
+      LOCMOE_CHECK(!io_parent || kIoTypes.count(ctype) > 0, Code::kParseError,
+                   "{}: a {} object inside a {} object (hwloc allows only I/O and Misc objects there)",
+                   where.at(child), ctype, type);
+      LOCMOE_CHECK(type != "Misc" || !child_io, Code::kParseError, "{}: a {} object inside a Misc object",
+                   where.at(child), ctype);
+      continue;
+    }
+    LOCMOE_CHECK(!seen_object, Code::kParseError,
+                 "{}: <{}> after a child <object>; hwloc reads <info> and <page_type> before child objects",
+                 where.at(child), tag);
+    if (tag == "info") {
+      LOCMOE_CHECK(attributes_within(child, {"name", "value"}), Code::kParseError,
+                   "{}: <info> may only have name and value attributes", where.at(child));
+    } else if (tag == "page_type") {
+      LOCMOE_CHECK(attributes_within(child, {"size", "count"}), Code::kParseError,
+                   "{}: <page_type> may only have size and count attributes", where.at(child));
+      LOCMOE_CHECK(type == "NUMANode" || type == "Node" || depth == 0, Code::kParseError,
+                   "{}: <page_type> inside a {} object (only NUMA nodes and the top object have them)",
+                   where.at(child), type);
+    } else {
+      LOCMOE_CHECK(tag == "distances", Code::kParseError,
+                   "{}: <{}> inside a {} object; hwloc XML objects contain only <object>, <info>, "
+                   "<page_type> and (version 1) <distances>",
+                   where.at(child), tag, type);
+    }
+  }
+  return ok_status();
+}
+
 Status validate_object(const Where& where, pugi::xml_node obj, int depth) {
   LOCMOE_CHECK(depth < 256, Code::kParseError, "{}: objects nested more than 256 deep", where.at(obj));
   std::string_view type = obj.attribute("type").value();
@@ -82,7 +135,7 @@ Status validate_object(const Where& where, pugi::xml_node obj, int depth) {
                    "{}: {} object has {}=\"{}\", not an hwloc bitmap (0x...,0x...)", where.at(obj), type, name,
                    attr.value());
     }
-    if (name == "os_index" || name == "gp_index" || name == "depth" || name == "osdev_type") {
+    if (name == "os_index" || name == "depth" || name == "osdev_type") {
       long v = 0;
       LOCMOE_CHECK(parse_long(attr.value(), v) && v >= 0, Code::kParseError,
                    "{}: {} object has {}=\"{}\", not a non-negative integer", where.at(obj), type, name, attr.value());
@@ -90,6 +143,18 @@ Status validate_object(const Where& where, pugi::xml_node obj, int depth) {
       // spin for tens of seconds.
       LOCMOE_CHECK(name != "os_index" || v < kMaxOsIndex, Code::kParseError,
                    "{}: {} object has os_index {}, expected below {}", where.at(obj), type, v, kMaxOsIndex);
+    }
+    // hwloc reads gp_index, and id="obj<N>" (hwloc 3 files), with strtoull: "obj-4" would become
+    // 2^64-4, which it then exports as gp_index and which we used to refuse on reading back (found
+    // by fuzz_nccl_topo's round trip). Both are unsigned 64-bit decimals.
+    if (name == "gp_index" || (name == "id" && std::string_view(attr.value()).starts_with("obj"))) {
+      std::string_view digits = attr.value();
+      if (name == "id") digits.remove_prefix(3);
+      unsigned long long v = 0;
+      auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v);
+      LOCMOE_CHECK(!digits.empty() && ec == std::errc() && end == digits.data() + digits.size(), Code::kParseError,
+                   "{}: {} object has {}=\"{}\", not {}a non-negative 64-bit integer", where.at(obj), type, name,
+                   attr.value(), name == "id" ? "'obj' followed by " : "");
     }
   }
   if (normal) {
@@ -123,8 +188,28 @@ Status validate_object(const Where& where, pugi::xml_node obj, int depth) {
     LOCMOE_CHECK(!obj.attribute("osdev_type").empty() && !obj.attribute("name").empty(), Code::kParseError,
                  "{}: OSDev object needs name and osdev_type attributes", where.at(obj));
   }
+  LOCMOE_RETURN_IF_ERROR(validate_object_children(where, obj, type, depth));
   for (pugi::xml_node child : obj.children("object"))
     LOCMOE_RETURN_IF_ERROR(validate_object(where, child, depth + 1));
+  return ok_status();
+}
+
+// hwloc hands the file to libxml2, which honours <?xml encoding="..."?> through iconv; an unknown
+// encoding name makes it fail and leak its converter state (found by fuzz_hwloc_xml). hwloc
+// writes UTF-8 and nothing else is needed here: accept UTF-8 and its ASCII subset only.
+Status validate_xml_encoding(const Where& where, std::string_view content) {
+  size_t start = content.find_first_not_of(" \t\r\n");
+  if (start == std::string_view::npos || content.substr(start, 5) != "<?xml") return ok_status();
+  std::string_view decl = content.substr(start, content.find("?>", start) - start);
+  size_t at = decl.find("encoding");
+  if (at == std::string_view::npos) return ok_status();
+  size_t open = decl.find_first_of("'\"", at);
+  size_t close = open == std::string_view::npos ? open : decl.find(decl[open], open + 1);
+  std::string enc(open == std::string_view::npos || close == std::string_view::npos ? decl.substr(at)
+                                                                                     : decl.substr(open + 1, close - open - 1));
+  std::transform(enc.begin(), enc.end(), enc.begin(), [](unsigned char c) { return std::tolower(c); });
+  LOCMOE_CHECK(enc == "utf-8" || enc == "utf8" || enc == "us-ascii" || enc == "ascii", Code::kParseError,
+               "{}: XML encoding \"{}\" is not supported for hwloc XML (expected UTF-8)", where.at_offset(0), enc);
   return ok_status();
 }
 
@@ -346,6 +431,7 @@ Result<Topology> load_file(const std::string& path) {
   pugi::xml_node root = doc.document_element();
   std::string_view name = root.name();
   if (name == "topology") {
+    LOCMOE_RETURN_IF_ERROR(validate_xml_encoding(where, content));
     LOCMOE_RETURN_IF_ERROR(validate_hwloc_xml(where, root));
     return detail::load_hwloc_xml(content, fmt::format("file '{}' (hwloc XML)", path));
   }

@@ -123,7 +123,8 @@ void print_cluster(const locmoe::ClusterMap& map, bool json) {
                        {"gpu", null_if_empty(r.desc.gpu_bus_id)}, {"nic", null_if_empty(r.desc.nic)}});
     nlohmann::ordered_json doc = {{"size", map.size()}, {"num_nodes", map.num_nodes()}, {"uniform", map.uniform()},
                           {"nodes", nodes}, {"ranks", ranks}};
-    std::printf("%s\n", doc.dump(2).c_str());
+    // Host ids (LOCMOE_HOSTID) and NIC names need not be UTF-8: replace bad bytes, never throw.
+    std::printf("%s\n", doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     return;
   }
   std::printf("cluster: %d ranks on %d nodes (%s)\n", map.size(), map.num_nodes(),
