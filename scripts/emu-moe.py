@@ -66,11 +66,10 @@ def main():
         finally:
             subprocess.run([EMU, "down"], capture_output=True)
             subprocess.run(["rm", "-rf", logs, os.environ["LOCMOE_EMU_STATE"]])
-    out = {"layer": a.layer, "bw": a.bw, "rows": rows}
+    text = json.dumps({"layer": a.layer, "bw": a.bw, "rows": rows}, indent=1)
     if a.out:
-        with open(a.out, "w") as f:
-            json.dump(out, f, indent=1)
-    print(json.dumps(out, indent=1))
+        open(a.out, "w").write(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,11 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 DATA, IMG = os.path.join(ROOT, "docs/data"), os.path.join(ROOT, "docs/img")
 
 
+def save(fig, name):
+    fig.tight_layout()
+    fig.savefig(os.path.join(IMG, name), dpi=110)
+
+
 def plot_a2a():
     files = sorted(glob.glob(os.path.join(DATA, "emu-a2a-*.json")))
     if not files:
@@ -45,8 +50,7 @@ def plot_a2a():
         ax.set_title(f"emulated links at {doc['bw']} (dotted: locmoe-whatif)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(IMG, "emu-a2a-busbw.png"), dpi=110)
+    save(fig, "emu-a2a-busbw.png")
 
 
 def plot_whatif():
@@ -83,15 +87,14 @@ def plot_whatif():
     a2.set_ylabel("inter-node bytes per dispatch (GB)")
     a2.set_title("bytes between nodes (whole cluster)")
     a2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(IMG, "whatif-ndv5.png"), dpi=110)
+    save(fig, "whatif-ndv5.png")
 
 
 def plot_moe():
     files = sorted(glob.glob(os.path.join(DATA, "emu-moe-*.json")))
-    if not files:
+    doc = json.load(open(files[0])) if files else None
+    if doc is None:
         return
-    doc = json.load(open(files[0]))
     rows = doc["rows"]
     args = doc["layer"].split()
     arg = lambda name: int(args[args.index(name) + 1])
@@ -121,8 +124,7 @@ def plot_moe():
         a.set_xticklabels(labels, fontsize=8)
         a.grid(True, axis="y", alpha=0.3)
         a.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(IMG, "emu-moe-layer.png"), dpi=110)
+    save(fig, "emu-moe-layer.png")
 
 
 def plot_perf_a2a():
@@ -143,8 +145,7 @@ def plot_perf_a2a():
     ax.set_title("locmoe-perf a2a on the emulated cluster")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(IMG, "emu-perf-a2a.png"), dpi=110)
+    save(fig, "emu-perf-a2a.png")
 
 
 if __name__ == "__main__":
