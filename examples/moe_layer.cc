@@ -1,4 +1,4 @@
-// moe_layer: a complete Mixture-of-Experts layer over MPI on host memory, forward and backward,
+// moe_layer: a complete Mixture-of-Experts layer on host memory, forward and backward,
 // checked against a single-process reference of the same layer with the same weights.
 //
 //   router:   locmoe::Router (--router: LocMoE+ or a baseline, as locmoe-route), gate G [E,H],
@@ -15,14 +15,19 @@
 // The reference: every rank gathers every rank's tokens, routes them in one process
 // (Router::route_all_ranks; its plan for this rank must equal the distributed one) and runs the
 // same layer densely for its own tokens (no dispatch); the weight gradients of the reference are
-// summed over ranks (MPI_Allreduce) and compared with the distributed ones on the rank owning each
+// summed over ranks (Bootstrap::allreduce) and compared with the distributed ones on the rank owning each
 // expert. Exits 1 when an error exceeds --tolerance or the plans differ.
+//
+// Ranks meet through make_bootstrap_from_env(): under mpirun over MPI, under a launcher that sets
+// RANK and WORLD_SIZE (scripts/emu-cluster.sh launch, torchrun) over TCP; MPI is initialized (and
+// finalized here) only in the first case.
 #include <mpi.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <random>
 #include <string>
 #include <vector>
@@ -194,26 +199,41 @@ double max_abs_diff(const float* a, const float* b, size_t n) {
   return m;
 }
 
-int run(const Options& o, int rank, int size);
+int run(const Options& o, locmoe::Bootstrap& boot);
 
+// MPI is finalized only when the bootstrap initialized it (launched by mpirun).
+void finalize_mpi() {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (initialized && !finalized) MPI_Finalize();
+}
+
+// Ends every rank: MPI_Abort under MPI; over TCP this rank exits and its peers' next collective
+// fails naming it (the bootstrap's deadline), so nothing hangs either way.
 int fail(const Status& s, int rank) {
   std::fprintf(stderr, "moe_layer rank %d: %s\n", rank, s.to_string().c_str());
-  MPI_Abort(MPI_COMM_WORLD, 2);
-  return 2;
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  if (initialized) MPI_Abort(MPI_COMM_WORLD, 2);
+  std::exit(2);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  MPI_Init(&argc, &argv);
-  int rank = 0, size = 1;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  auto boot = locmoe::make_bootstrap_from_env();
+  if (!boot.ok()) {
+    std::fprintf(stderr, "moe_layer: %s\n", boot.status().to_string().c_str());
+    finalize_mpi();
+    return 2;
+  }
+  const int rank = (*boot)->rank();
   locmoe::set_log_rank(rank);
 
   Options o;
   CLI::App app{"A complete MoE layer (router -> dispatch -> expert FFN -> combine, forward and backward) "
-               "over MPI, checked against a single-process reference"};
+               "over MPI or TCP (make_bootstrap_from_env), checked against a single-process reference"};
   app.add_option("--tokens", o.tokens, "tokens per rank")->check(CLI::Range(0, 1 << 20));
   app.add_option("--hidden", o.hidden, "hidden size H")->check(CLI::Range(1, 1 << 16));
   app.add_option("--ffn", o.ffn, "expert FFN width F")->check(CLI::Range(1, 1 << 16));
@@ -232,33 +252,38 @@ int main(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     const int code = rank == 0 ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : 1);
-    MPI_Finalize();
+    boot->reset();
+    finalize_mpi();
     return code;
   }
-  // Everything MPI-backed lives inside run(), so it is gone before MPI_Finalize.
-  const int code = run(o, rank, size);
-  MPI_Finalize();
+  // Everything MPI-backed lives inside run() or the bootstrap, so it is gone before MPI_Finalize.
+  const int code = run(o, **boot);
+  boot->reset();
+  finalize_mpi();
   return code;
 }
 
 namespace {
 
-int run(const Options& o, int rank, int size) {
+int run(const Options& o, locmoe::Bootstrap& bootstrap) {
+  const int rank = bootstrap.rank(), size = bootstrap.size();
+  // Collectives of the check and the figures go through the bootstrap (MPI or TCP alike).
+  auto sum = [&](auto* v, size_t n, locmoe::DataType t, locmoe::ReduceOp op = locmoe::ReduceOp::kSum) {
+    if (Status s = bootstrap.allreduce(v, v, n, t, op); !s.ok()) fail(s, rank);
+  };
   const int E = o.experts_per_rank * size;
   if (o.k > E) {
     if (rank == 0) std::fprintf(stderr, "moe_layer: --k %d exceeds the %d experts\n", o.k, E);
     return 2;
   }
 
-  auto boot = locmoe::make_mpi_bootstrap(MPI_COMM_WORLD);
-  if (!boot.ok()) return fail(boot.status(), rank);
   locmoe::RankDescriptor mine;
   auto host = locmoe::local_host_id();
   if (!host.ok()) return fail(host.status(), rank);
   mine.host_id = *host;
-  auto cluster = locmoe::exchange_cluster_map(**boot, mine);
+  auto cluster = locmoe::exchange_cluster_map(bootstrap, mine);
   if (!cluster.ok()) return fail(cluster.status(), rank);
-  auto comm = locmoe::Communicator::create(**boot, *cluster);
+  auto comm = locmoe::Communicator::create(bootstrap, *cluster);
   if (!comm.ok()) return fail(comm.status(), rank);
 
   const int T = o.tokens, H = o.hidden, F = o.ffn, L = o.experts_per_rank;
@@ -304,7 +329,7 @@ int run(const Options& o, int rank, int size) {
 
     // --- route
     auto t0 = Clock::now();
-    auto routed = router->route(locmoe::MatrixView{x.data(), T, H}, gate, *placement, boot->get());
+    auto routed = router->route(locmoe::MatrixView{x.data(), T, H}, gate, *placement, &bootstrap);
     if (!routed.ok()) return fail(routed.status(), rank);
     const locmoe::RoutingPlan& plan = *routed;
     const double t_route = seconds_since(t0);
@@ -317,7 +342,7 @@ int run(const Options& o, int rank, int size) {
       dc.max_tokens = T;
       dc.top_k = k;
       dc.align = o.align;
-      auto dd = locmoe::Dispatcher::create(**boot, **comm, dc);
+      auto dd = locmoe::Dispatcher::create(bootstrap, **comm, dc);
       if (!dd.ok()) return fail(dd.status(), rank);
       disp = std::move(dd).value();
       auto hh = disp->make_handle();
@@ -377,32 +402,31 @@ int run(const Options& o, int rank, int size) {
     std::vector<float> ref_out;
     Grads ref;
     if (Status s = reference_layer(w, ref_plan, rc.renormalize, x, g_out, ref_out, ref); !s.ok()) return fail(s, rank);
-    MPI_Allreduce(MPI_IN_PLACE, &mismatched, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+    sum(&mismatched, 1, locmoe::DataType::kInt64);
     plan_mismatches += mismatched;
     // Gate gradients: sum over ranks on both sides; expert weights: the reference's sum over ranks.
-    MPI_Allreduce(MPI_IN_PLACE, ref.gate.data(), static_cast<int>(ref.gate.size()), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-    MPI_Allreduce(MPI_IN_PLACE, grad_gate.data(), static_cast<int>(grad_gate.size()), MPI_FLOAT, MPI_SUM,
-                  MPI_COMM_WORLD);
-    MPI_Allreduce(MPI_IN_PLACE, ref.w1.data(), static_cast<int>(ref.w1.size()), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
-    MPI_Allreduce(MPI_IN_PLACE, ref.w2.data(), static_cast<int>(ref.w2.size()), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+    sum(ref.gate.data(), ref.gate.size(), locmoe::DataType::kFloat32);
+    sum(grad_gate.data(), grad_gate.size(), locmoe::DataType::kFloat32);
+    sum(ref.w1.data(), ref.w1.size(), locmoe::DataType::kFloat32);
+    sum(ref.w2.data(), ref.w2.size(), locmoe::DataType::kFloat32);
     double fwd = max_abs_diff(out.data(), ref_out.data(), out.size());
     double bwd = max_abs_diff(grad_x.data(), ref.x.data(), grad_x.size());
     bwd = std::max(bwd, max_abs_diff(grad_gate.data(), ref.gate.data(), grad_gate.size()));
     bwd = std::max(bwd, max_abs_diff(dw1.data(), ref.w1.data() + static_cast<size_t>(rank) * L * F * H, dw1.size()));
     bwd = std::max(bwd, max_abs_diff(dw2.data(), ref.w2.data() + static_cast<size_t>(rank) * L * H * F, dw2.size()));
     double errs[2] = {fwd, bwd};
-    MPI_Allreduce(MPI_IN_PLACE, errs, 2, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    sum(errs, 2, locmoe::DataType::kFloat64, locmoe::ReduceOp::kMax);
     worst_fwd = std::max(worst_fwd, errs[0]);
     worst_bwd = std::max(worst_bwd, errs[1]);
 
     // --- figures: tokens per expert (gathered), drops, bytes, stage times (max over ranks)
     std::vector<int64_t> my_counts(cnt.begin(), cnt.end()), counts(static_cast<size_t>(E));
-    MPI_Gather(my_counts.data(), L, MPI_INT64_T, counts.data(), L, MPI_INT64_T, 0, MPI_COMM_WORLD);
+    if (Status s = bootstrap.allgather(my_counts.data(), counts.data(), sizeof(int64_t) * L); !s.ok()) fail(s, rank);
     const locmoe::DispatchStats& st = h.stats();
     int64_t sums[3] = {st.tokens, st.dropped_slots, static_cast<int64_t>(st.internode_bytes_sent)};
-    MPI_Allreduce(MPI_IN_PLACE, sums, 3, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD);
+    sum(sums, 3, locmoe::DataType::kInt64);
     double times[5] = {t_route, t_dispatch, t_experts, t_combine, t_backward};
-    MPI_Allreduce(MPI_IN_PLACE, times, 5, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    sum(times, 5, locmoe::DataType::kFloat64, locmoe::ReduceOp::kMax);
     total_tokens += sums[0];
     total_dropped += sums[1];
     total_internode += static_cast<uint64_t>(sums[2]);

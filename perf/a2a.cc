@@ -9,6 +9,10 @@
 // receiver computes from (seed, src, dst, index), in a separate untimed iteration, summed over
 // ranks. Inter-node bytes and messages are ExchangeStats of the data phase, max over ranks (the
 // count metadata travels the same paths and is reported separately in the JSON).
+//
+// Ranks meet through make_bootstrap_from_env(): under mpirun over MPI, under a launcher that sets
+// RANK and WORLD_SIZE (scripts/emu-cluster.sh launch, torchrun) over TCP, where the `mpi` algorithm
+// (MPI_Alltoallv) is left out since MPI is not initialized.
 #include <mpi.h>
 #include <unistd.h>
 
@@ -20,6 +24,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "locmoe/core/config.h"  // LOCMOE_HAVE_CUDA
@@ -56,22 +61,23 @@ uint8_t pattern(int src, int dst, uint64_t i) {
   return static_cast<uint8_t>(x * 0x27d4eb2fu >> 24);
 }
 
-double max_over_ranks(double v) {
-  MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+int fail(int rank, const Status& s);
+
+// Reductions of one value over all ranks through the bootstrap (MPI or TCP); a failure ends the run.
+template <typename T>
+T reduce(Bootstrap& b, T v, ReduceOp op) {
+  const DataType t = std::is_same_v<T, double> ? DataType::kFloat64 : DataType::kUint64;
+  if (Status s = b.allreduce(&v, &v, 1, t, op); !s.ok()) fail(b.rank(), s);
   return v;
 }
-uint64_t sum_over_ranks(uint64_t v) {
-  MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
-  return v;
-}
-uint64_t max_over_ranks_u(uint64_t v) {
-  MPI_Allreduce(MPI_IN_PLACE, &v, 1, MPI_UINT64_T, MPI_MAX, MPI_COMM_WORLD);
-  return v;
+void barrier(Bootstrap& b) {
+  if (Status s = b.barrier(); !s.ok()) fail(b.rank(), s);
 }
 
 // memcpy bandwidth (GB/s, read+write counted once as bytes copied) of one rank alone, and of
 // every rank copying at once (per rank), on buffers of `bytes`.
-std::pair<double, double> memcpy_bandwidth(uint64_t bytes, int rank) {
+std::pair<double, double> memcpy_bandwidth(uint64_t bytes, Bootstrap& boot) {
+  const int rank = boot.rank();
   std::vector<char> a(bytes, 1), b(bytes, 2);
   auto time_copies = [&] {
     std::memcpy(b.data(), a.data(), bytes);  // warm
@@ -81,13 +87,18 @@ std::pair<double, double> memcpy_bandwidth(uint64_t bytes, int rank) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
   };
   double alone = 0;
-  MPI_Barrier(MPI_COMM_WORLD);
+  barrier(boot);
   if (rank == 0) alone = bytes / time_copies() / 1e9;
-  MPI_Barrier(MPI_COMM_WORLD);
-  double together = bytes / time_copies() / 1e9;
-  MPI_Allreduce(MPI_IN_PLACE, &together, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
-  MPI_Bcast(&alone, 1, MPI_DOUBLE, 0, MPI_COMM_WORLD);
-  return {alone, together};
+  barrier(boot);
+  const double together = reduce(boot, bytes / time_copies() / 1e9, ReduceOp::kMin);
+  return {reduce(boot, alone, ReduceOp::kMax), together};
+}
+
+bool mpi_initialized() {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  return initialized && !finalized;
 }
 
 struct Row {
@@ -100,8 +111,9 @@ struct Row {
 
 int fail(int rank, const Status& s) {
   std::fprintf(stderr, "locmoe-perf a2a: rank %d: %s\n", rank, s.to_string().c_str());
-  MPI_Abort(MPI_COMM_WORLD, 1);
-  return 1;
+  // Under TCP this rank exits and the peers' next collective fails naming it (their deadline).
+  if (mpi_initialized()) MPI_Abort(MPI_COMM_WORLD, 1);
+  std::exit(1);
 }
 
 // Device copies of the send and receive buffers for the NCCL transport (MPI is not CUDA-aware
@@ -142,7 +154,7 @@ struct DeviceBuffers {
 }  // namespace
 
 int run_a2a(int argc, char** argv) {
-  CLI::App app{"All-to-all-v bandwidth: flat, hierarchical and MPI_Alltoallv side by side (run under mpirun)",
+  CLI::App app{"All-to-all-v bandwidth: flat, hierarchical and MPI_Alltoallv side by side (run under mpirun or scripts/emu-cluster.sh launch)",
                "locmoe-perf a2a"};
   Options o;
   // Sizes accept K, M, G suffixes (powers of 1024), as nccl-tests does.
@@ -159,25 +171,31 @@ int run_a2a(int argc, char** argv) {
   app.add_option("--transport", o.transport, "mpi | ucx | nccl | auto (LOCMOE_TRANSPORT)");
   app.add_option("--chunk", o.chunk, "LOCMOE_CHUNK_BYTES for this run (0: the parameter)")
       ->transform(CLI::AsSizeValue(false));
-  int rank = 0, size = 1;
-  MPI_Init(nullptr, nullptr);
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  auto boot = make_bootstrap_from_env();
+  if (!boot.ok()) {
+    std::fprintf(stderr, "locmoe-perf a2a: %s\n", boot.status().to_string().c_str());
+    if (mpi_initialized()) MPI_Finalize();
+    return 2;
+  }
+  Bootstrap& b = **boot;
+  const int rank = b.rank(), size = b.size();
+  // MPI is finalized only when the bootstrap initialized it (launched by mpirun).
+  auto finish = [&](int code) {
+    boot->reset();
+    if (mpi_initialized()) MPI_Finalize();
+    return code;
+  };
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    const int code = rank == 0 ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : 2);
-    MPI_Finalize();
-    return code;
+    return finish(rank == 0 ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : 2));
   }
   set_log_rank(rank);
   if (Status s = params::validate_all(); !s.ok()) return fail(rank, s);
 
-  auto boot = make_mpi_bootstrap(MPI_COMM_WORLD);
-  if (!boot.ok()) return fail(rank, boot.status());
   auto host = local_host_id();
   if (!host.ok()) return fail(rank, host.status());
-  auto cluster = exchange_cluster_map(**boot, RankDescriptor{*host, "", ""});
+  auto cluster = exchange_cluster_map(b, RankDescriptor{*host, "", ""});
   if (!cluster.ok()) return fail(rank, cluster.status());
 
   std::vector<std::string> algos;
@@ -186,8 +204,11 @@ int run_a2a(int argc, char** argv) {
     for (std::string a; std::getline(ss, a, ',');) {
       if (a != "flat" && a != "hier" && a != "mpi") {
         if (rank == 0) std::fprintf(stderr, "locmoe-perf a2a: --algo '%s': expected flat, hier or mpi\n", a.c_str());
-        MPI_Finalize();
-        return 2;
+        return finish(2);
+      }
+      if (a == "mpi" && !mpi_initialized()) {
+        if (rank == 0) std::printf("# bootstrap %s: MPI is not initialized, MPI_Alltoallv is left out\n", b.name());
+        continue;
       }
       algos.push_back(a);
     }
@@ -202,7 +223,7 @@ int run_a2a(int argc, char** argv) {
     cfg.algo = i == 0 ? A2AAlgo::kFlat : A2AAlgo::kHierarchical;
     cfg.chunk_bytes = o.chunk;
     cfg.timeout_s = o.timeout_s;
-    auto c = Communicator::create(**boot, *cluster, cfg);
+    auto c = Communicator::create(b, *cluster, cfg);
     if (!c.ok()) return fail(rank, c.status());
     comms[i] = std::move(c).value();
     transport_name = comms[i]->transport_name();
@@ -214,7 +235,7 @@ int run_a2a(int argc, char** argv) {
     algos.erase(std::find(algos.begin(), algos.end(), "mpi"));
   }
   DeviceBuffers dev;
-  const auto [memcpy_alone, memcpy_together] = memcpy_bandwidth(std::max<uint64_t>(o.max_bytes, 16u << 20), rank);
+  const auto [memcpy_alone, memcpy_together] = memcpy_bandwidth(std::max<uint64_t>(o.max_bytes, 16u << 20), b);
   std::vector<std::string> node_sizes;
   for (int nn = 0; nn < cluster->num_nodes(); ++nn) node_sizes.push_back(std::to_string(cluster->local_size(nn)));
   const bool tty = rank == 0 && isatty(STDERR_FILENO);
@@ -265,12 +286,12 @@ int run_a2a(int argc, char** argv) {
       };
       for (int i = 0; i < o.warmup; ++i)
         if (Status s = once(); !s.ok()) return fail(rank, s);
-      MPI_Barrier(MPI_COMM_WORLD);
+      barrier(b);
       const auto t0 = std::chrono::steady_clock::now();
       for (int i = 0; i < o.iters; ++i)
         if (Status s = once(); !s.ok()) return fail(rank, s);
-      const double t = max_over_ranks(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() /
-                                      o.iters);
+      const double t = reduce(b, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / o.iters,
+                              ReduceOp::kMax);
       Row row;
       row.algo = algo;
       row.bytes = per_pair * size;
@@ -279,10 +300,10 @@ int run_a2a(int argc, char** argv) {
       row.busbw = row.algbw * (size - 1) / size;
       if (comm) {
         const ExchangeStats& st = comm->last_stats();
-        row.inter_bytes = static_cast<int64_t>(max_over_ranks_u(st.internode_bytes_sent));
-        row.inter_bytes_mean = static_cast<int64_t>(sum_over_ranks(st.internode_bytes_sent) / size);
-        row.inter_msgs = static_cast<int64_t>(max_over_ranks_u(st.internode_msgs_sent));
-        row.meta_inter_msgs = static_cast<int64_t>(max_over_ranks_u(st.meta_internode_msgs_sent));
+        row.inter_bytes = static_cast<int64_t>(reduce(b, st.internode_bytes_sent, ReduceOp::kMax));
+        row.inter_bytes_mean = static_cast<int64_t>(reduce(b, st.internode_bytes_sent, ReduceOp::kSum) / size);
+        row.inter_msgs = static_cast<int64_t>(reduce(b, st.internode_msgs_sent, ReduceOp::kMax));
+        row.meta_inter_msgs = static_cast<int64_t>(reduce(b, st.meta_internode_msgs_sent, ReduceOp::kMax));
       }
       if (o.check) {
         for (int d = 0; d < size; ++d)
@@ -299,7 +320,7 @@ int run_a2a(int argc, char** argv) {
         uint64_t wrong = 0;
         for (int src = 0; src < size; ++src)
           for (uint64_t i = 0; i < per_pair; ++i) wrong += recv[src * per_pair + i] != pattern(src, rank, i);
-        row.wrong = sum_over_ranks(wrong);
+        row.wrong = reduce(b, wrong, ReduceOp::kSum);
         wrong_total += row.wrong > 0;
       }
       if (rank == 0) {
@@ -353,9 +374,8 @@ int run_a2a(int argc, char** argv) {
   dev.free();
   comms[0].reset();
   comms[1].reset();
-  MPI_Finalize();
   if (wrong_total > 0 && rank == 0) std::fprintf(stderr, "locmoe-perf a2a: %d result(s) with wrong data\n", wrong_total);
-  return wrong_total > 0 ? 1 : 0;
+  return finish(wrong_total > 0 ? 1 : 0);
 }
 
 }  // namespace locmoe::perf

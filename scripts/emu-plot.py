@@ -3,7 +3,11 @@
 scripts/emu-bench.py (docs/data/emu-a2a-*.json) and locmoe-whatif (docs/data/whatif-ndv5-n*.json).
 Writes docs/img/emu-a2a-busbw.png (busbw against size per algorithm and host count, measured, with
 the link's rate and the model's prediction) and docs/img/whatif-ndv5.png (predicted dispatch time
-per stage class and inter-node bytes per router, 2/4/8 nodes of ND H100 v5)."""
+per stage class and inter-node bytes per router, 2/4/8 nodes of ND H100 v5), and from
+scripts/emu-moe.py (docs/data/emu-moe-*.json) docs/img/emu-moe-layer.png (moe_layer step time per
+stage and bytes per link class, per router and host count), and from `locmoe-perf a2a -J` run on
+the emulated cluster (docs/data/emu-perf-a2a-*.json) docs/img/emu-perf-a2a.png (busbw against
+size per algorithm)."""
 import glob, json, os
 
 import matplotlib
@@ -13,6 +17,11 @@ import matplotlib.pyplot as plt
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 DATA, IMG = os.path.join(ROOT, "docs/data"), os.path.join(ROOT, "docs/img")
+
+
+def save(fig, name):
+    fig.tight_layout()
+    fig.savefig(os.path.join(IMG, name), dpi=110)
 
 
 def plot_a2a():
@@ -41,8 +50,7 @@ def plot_a2a():
         ax.set_title(f"emulated links at {doc['bw']} (dotted: locmoe-whatif)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(IMG, "emu-a2a-busbw.png"), dpi=110)
+    save(fig, "emu-a2a-busbw.png")
 
 
 def plot_whatif():
@@ -79,11 +87,70 @@ def plot_whatif():
     a2.set_ylabel("inter-node bytes per dispatch (GB)")
     a2.set_title("bytes between nodes (whole cluster)")
     a2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(os.path.join(IMG, "whatif-ndv5.png"), dpi=110)
+    save(fig, "whatif-ndv5.png")
+
+
+def plot_moe():
+    files = sorted(glob.glob(os.path.join(DATA, "emu-moe-*.json")))
+    doc = json.load(open(files[0])) if files else None
+    if doc is None:
+        return
+    rows = doc["rows"]
+    args = doc["layer"].split()
+    arg = lambda name: int(args[args.index(name) + 1])
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2))
+    labels = [f"{r['hosts']}x{r['ranks_per_host']}\n{r['router']}" for r in rows]
+    xs = range(len(rows))
+    bottom = [0.0] * len(rows)
+    for stage in ("route", "dispatch", "experts", "combine", "backward"):
+        v = [r["seconds"][stage] for r in rows]
+        a1.bar(xs, v, 0.6, bottom=bottom, label=stage)
+        bottom = [b + x for b, x in zip(bottom, v)]
+    a1.set_ylabel("seconds per forward+backward step (max over ranks)")
+    a1.set_title(f"moe_layer on emulated hosts, links {doc['bw']}")
+    # Rows of a step: every (token, slot) row crosses 4 times (dispatch, combine, 2 backward).
+    inter = [4 * r["dispatch_internode_bytes_per_step"] / 1e6 for r in rows]
+    total = [4 * r["hosts"] * r["ranks_per_host"] * arg("--tokens") * arg("--k") * arg("--hidden") * 4 / 1e6
+             for r in rows]
+    w = 0.27
+    a2.bar([x - w for x in xs], inter, w, label="between hosts (plan payload x 4)")
+    a2.bar(xs, [t - i for t, i in zip(total, inter)], w, label="inside a host (shared memory, incl. self)")
+    a2.bar([x + w for x in xs], [r["wire_bytes_per_step"] / 1e6 for r in rows], w,
+           label="host eth0 counters (incl. the example's check)")
+    a2.set_ylabel("MB per step")
+    a2.set_title("bytes per link class")
+    for a in (a1, a2):
+        a.set_xticks(list(xs))
+        a.set_xticklabels(labels, fontsize=8)
+        a.grid(True, axis="y", alpha=0.3)
+        a.legend(fontsize=7)
+    save(fig, "emu-moe-layer.png")
+
+
+def plot_perf_a2a():
+    files = sorted(glob.glob(os.path.join(DATA, "emu-perf-a2a-*.json")))
+    if not files:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for f in files:
+        doc = json.load(open(f))
+        tag = f"{doc['nodes']} hosts x {doc['ranks'] // doc['nodes']}"
+        for algo, style in (("flat", "o-"), ("hier", "s--")):
+            pts = sorted((r["bytes"], r["busbw"] * 1e3) for r in doc["results"] if r["algo"] == algo)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=f"{tag}: {algo}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("bytes each rank sends (per exchange)")
+    ax.set_ylabel("busbw (MB/s)")
+    ax.set_title("locmoe-perf a2a on the emulated cluster")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    save(fig, "emu-perf-a2a.png")
 
 
 if __name__ == "__main__":
     os.makedirs(IMG, exist_ok=True)
     plot_a2a()
     plot_whatif()
+    plot_moe()
+    plot_perf_a2a()

@@ -1,5 +1,8 @@
 // Cost model (perf/whatif): hand-computed stage loads, invariants on random traffic, topology
 // facts of a known machine, and the synthetic routing rules' defining properties.
+#include <cstdio>
+#include <fstream>
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -100,6 +103,32 @@ TEST(Whatif, TopologyFactsOfNdH100v5) {
   ASSERT_FALSE(missing.ok());
   EXPECT_EQ(missing.status().code(), locmoe::Code::kNotFound);
   EXPECT_NE(missing.status().message().find("/nonexistent/topo.xml"), std::string::npos);
+}
+
+TEST(Whatif, TopologyFactsNicSpeedFromNetElement) {
+  // Two GPUs and one NIC whose <net> port states 200000 Mb/s = 25e9 bytes/s.
+  const std::string path = ::testing::TempDir() + "whatif_net_speed.nccl.xml";
+  {
+    std::ofstream out(path);
+    out << R"(<system version="1">
+  <cpu numaid="0" affinity="0000ffff" arch="x86_64" vendor="GenuineIntel" familyid="6" modelid="85">
+    <pci busid="0000:01:00.0" class="0x060400" link_speed="16 GT/s" link_width="16">
+      <pci busid="0000:02:00.0" class="0x030200" link_speed="16 GT/s" link_width="16"/>
+      <pci busid="0000:03:00.0" class="0x030200" link_speed="16 GT/s" link_width="16"/>
+      <pci busid="0000:04:00.0" class="0x020700" link_speed="16 GT/s" link_width="16">
+        <nic><net name="mlx5_0" dev="0" speed="200000" port="1" gdr="1"/></nic>
+      </pci>
+    </pci>
+  </cpu>
+</system>
+)";
+  }
+  auto f = w::read_topology_facts(path);
+  std::remove(path.c_str());
+  ASSERT_TRUE(f.ok()) << f.status().to_string();
+  EXPECT_EQ(f->gpus, 2);
+  EXPECT_EQ(f->nics, 1);
+  EXPECT_DOUBLE_EQ(f->nic_bw, 200000.0 * 1e6 / 8);
 }
 
 TEST(Whatif, TrafficFromRouterPlansCountsEveryCopy) {

@@ -1,11 +1,9 @@
 #include "locmoe/perf/whatif.h"
 
 #include <algorithm>
-#include <fstream>
-#include <regex>
-#include <sstream>
 
 #include "locmoe/core/check.h"
+#include "locmoe/topology/topology.h"
 
 namespace locmoe::whatif {
 
@@ -173,29 +171,13 @@ Result<Prediction> predict(const TrafficMatrix& t, const ClusterModel& c, Algo a
 }
 
 Result<TopologyFacts> read_topology_facts(const std::string& path) {
-  std::ifstream in(path);
-  LOCMOE_CHECK(in.good(), Code::kNotFound, "whatif: cannot read topology file '{}'", path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const std::string text = ss.str();
-  LOCMOE_CHECK(text.find("<system") != std::string::npos, Code::kParseError,
-               "whatif: '{}' is not an NCCL topology file (no <system> element)", path);
+  LOCMOE_ASSIGN_OR_RETURN(topo::Topology t, topo::load_file(path));
   TopologyFacts f;
-  static const std::regex cls(R"re(class="0x(0302|0300|0207|0200)[0-9a-fA-F]*")re");
-  for (auto it = std::sregex_iterator(text.begin(), text.end(), cls); it != std::sregex_iterator(); ++it) {
-    const std::string c = (*it)[1];
-    if (c == "0302" || c == "0300") ++f.gpus;
-    else ++f.nics;
-  }
-  // NCCL writes a NIC's port as <net name=... speed="400000" ...> in Mb/s.
-  static const std::regex net(R"re(<net\b[^>]*\bspeed="([0-9.]+)")re");
-  std::smatch m;
-  if (std::regex_search(text, m, net)) f.nic_bw = std::stod(m[1]) * 1e6 / 8;
-  // A <nic> of <net> ports without a PCI class of its own still counts as one NIC per net.
-  if (f.nics == 0) {
-    static const std::regex nets(R"re(<net\b)re");
-    f.nics = static_cast<int>(std::distance(std::sregex_iterator(text.begin(), text.end(), nets), std::sregex_iterator()));
-  }
+  f.gpus = t.num_gpus();
+  f.nics = t.num_nics();
+  int64_t mbps = -1;
+  for (const topo::Nic& n : t.nics()) mbps = std::max(mbps, n.speed_mbps);
+  if (mbps > 0) f.nic_bw = static_cast<double>(mbps) * 1e6 / 8;  // Mb/s -> bytes/s
   return f;
 }
 

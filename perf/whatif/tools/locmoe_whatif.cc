@@ -1,7 +1,7 @@
 // locmoe-whatif: predicted dispatch and combine time of an MoE layer's all-to-all on a cluster
 // that is not here, per stage (intra-node, inter-node), flat and hierarchical, with a lower bound
-// beside it. The cluster comes from a topology file per node (NCCL XML: GPUs, NICs and, where the
-// file has it, the NIC speed), a node count, and per-class link figures (flags, defaults below);
+// beside it. The cluster comes from a topology file per node (NCCL or hwloc XML, read by the
+// topology layer's topo::load_file: GPUs, NICs and, where the file has it, the NIC speed), a node count, and per-class link figures (flags, defaults below);
 // the traffic from a routing rule and its input (synthetic, see whatif.h) or uniform bytes.
 #include <cstdio>
 #include <string>
@@ -51,7 +51,7 @@ int main(int argc, char** argv) {
   int64_t hidden = 7168, dtype_bytes = 2;
   uint64_t uniform = 0;
   bool json = false;
-  app.add_option("--topo", topo, "NCCL topology XML of one node: GPUs -> ranks per node, NICs -> NICs per node, "
+  app.add_option("--topo", topo, "Topology file of one node (NCCL or hwloc XML): GPUs -> ranks per node, NICs -> NICs per node, "
                                  "<net speed> -> inter bandwidth (where the file states it)");
   app.add_option("--nodes", c.nodes, "Number of nodes")->default_val(2);
   app.add_option("--ranks-per-node", gpus, "Ranks (GPUs) per node; overrides the file (default 8)");

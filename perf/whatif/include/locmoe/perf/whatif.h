@@ -92,11 +92,11 @@ int rail_local_rank(const ClusterModel& cluster, int m, int n);
 // Fails when the matrix does not match the cluster or a figure is not positive.
 Result<Prediction> predict(const TrafficMatrix& traffic, const ClusterModel& cluster, Algo algo);
 
-// Inter- and intra-node link figures and the node's shape read from a topology file (NCCL XML):
-// GPUs (PCI class 0x0302/0x0300) give ranks_per_node, NICs (0x0207 InfiniBand, 0x0200 Ethernet)
-// nics_per_node, and a <net speed="Mb/s"> attribute, where the file has one, the NIC bandwidth.
-// Fields the file does not state are left as they are in `cluster` (the caller's defaults).
-// Stopgap until topology/ exposes its parser: counts elements, does not build a tree.
+// The node's shape read from a topology file through the topology layer (topo::load_file: NCCL
+// XML or hwloc XML, its rules for what counts as a GPU and a NIC): GPUs give ranks_per_node, NICs
+// nics_per_node, and the fastest NIC's speed (Nic::speed_mbps, an NCCL <net speed="Mb/s">), where
+// the file states one, the NIC bandwidth. Fields the file does not state are left to the caller's
+// defaults. Errors are load_file's (kNotFound for a missing file, kParseError...), naming the file.
 struct TopologyFacts {
   int gpus = 0;
   int nics = 0;
