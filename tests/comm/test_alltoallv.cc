@@ -61,6 +61,14 @@ std::vector<std::pair<std::string, std::vector<int>>> layouts(int n) {
   return out;
 }
 
+// For checks that do not depend on the layout (algorithm choice, error reports): one node and
+// the layout with the most paths (interleaved nodes), which keeps 8 ranks on 2 cores quick.
+std::vector<std::pair<std::string, std::vector<int>>> edge_layouts(int n) {
+  auto all = layouts(n);
+  if (all.size() > 2) all.erase(all.begin() + 1, all.end() - 1);
+  return all;
+}
+
 struct Fixture {
   std::unique_ptr<Bootstrap> boot;
   ClusterMap cluster;
@@ -215,7 +223,7 @@ TEST_P(A2ATest, FlatAndHierarchicalAgreeAndHierSendsFewerInternodeMessages) {
 
 TEST_P(A2ATest, AlgorithmFollowsTopologyUnlessForced) {
   const int n = world_size();
-  for (const auto& [lname, node_of] : layouts(n)) {
+  for (const auto& [lname, node_of] : edge_layouts(n)) {
     Fixture f = make_fixture(node_of);
     SCOPED_TRACE(lname);
     auto automatic = make_comm(f, A2AAlgo::kAuto);
@@ -261,7 +269,7 @@ TEST_P(A2ATest, SeparateIntraAndInterNodeTransportsGiveTheSameBytes) {
 
 TEST_P(A2ATest, CountMismatchIsReportedOnEveryRankNamingBothRanks) {
   const int n = world_size(), me = world_rank();
-  for (const auto& [lname, node_of] : layouts(n)) {
+  for (const auto& [lname, node_of] : edge_layouts(n)) {
     Fixture f = make_fixture(node_of);
     for (A2AAlgo algo : {A2AAlgo::kFlat, A2AAlgo::kHierarchical}) {
       auto comm = make_comm(f, algo);
