@@ -160,6 +160,9 @@ TEST_P(A2ATest, MatchesOracleForEveryLayoutPatternAndAlgorithm) {
         ASSERT_EQ(comm->algo(), algo);
         for (Pattern p : {Pattern::kRandom, Pattern::kOneSilent, Pattern::kUneven, Pattern::kLarge, Pattern::kAllZero}) {
           if (chunk != 0 && (p == Pattern::kUneven || p == Pattern::kLarge)) continue;  // 4 KiB chunks of MiBs: slow
+          // ~1 MiB per pair (n^2 MiB per exchange, plus the oracle's): on the layout with the most
+          // paths only beyond 2 ranks; the 20 MiB uneven pattern covers large messages everywhere.
+          if (p == Pattern::kLarge && n > 2 && lname != layouts(n).back().first) continue;
           for (bool reversed : {false, true}) {
             if (reversed && (p == Pattern::kLarge || p == Pattern::kUneven)) continue;  // layout covered by others
             ++seed;
