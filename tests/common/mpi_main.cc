@@ -79,7 +79,7 @@ class Watchdog : public testing::EmptyTestEventListener {
         continue;
       }
       std::fprintf(stderr,
-                   "rank %d: %s still running after %.0f s (2 x LOCMOE_TIMEOUT_S): a hang; ending this rank "
+                   "rank %d: %s still running after %.1f s (2 x LOCMOE_TIMEOUT_S): a hang; ending this rank "
                    "(exit 124) so that mpirun ends the others\n",
                    rank_, what_.c_str(), limit_.count());
       std::fflush(stderr);
