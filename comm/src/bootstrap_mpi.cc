@@ -80,19 +80,8 @@ class MpiBootstrap final : public Bootstrap {
   // error says.
   Status wait(int rc, MPI_Request& req, const char* op) {
     LOCMOE_CHECK(rc == MPI_SUCCESS, Code::kSystemError, "MPI bootstrap {} failed: {}", op, mpi_error_text(rc));
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(timeout_s_);
-    int done = 0;
-    for (unsigned spins = 0;; ++spins) {
-      rc = MPI_Test(&req, &done, MPI_STATUS_IGNORE);
-      LOCMOE_CHECK(rc == MPI_SUCCESS, Code::kPeerFailure, "MPI bootstrap {} failed: {}", op, mpi_error_text(rc));
-      if (done) return ok_status();
-      if (std::chrono::steady_clock::now() > deadline) break;
-      if (spins > 1000) std::this_thread::sleep_for(std::chrono::microseconds(50));
-    }
-    return error(Code::kTimeout,
-                 "MPI bootstrap {} on rank {} did not complete within LOCMOE_TIMEOUT_S={} s: a peer "
-                 "is dead or stopped; the bootstrap is unusable now",
-                 op, rank_, timeout_s_);
+    return wait_mpi_request(req, timeout_s_, fmt::format("MPI bootstrap {} on rank {}", op, rank_),
+                            "; the bootstrap is unusable now");
   }
 
   MPI_Comm comm_;
@@ -108,10 +97,7 @@ Result<std::unique_ptr<Bootstrap>> make_mpi_bootstrap(MPI_Comm comm) {
   LOCMOE_CHECK(initialized, Code::kInvalidArgument, "MPI bootstrap needs MPI_Init first");
   LOCMOE_ASSIGN_OR_RETURN(double timeout_s, params::get_float(params::Id::timeout_s));
   LOCMOE_CHECK_ARG(timeout_s > 0, "LOCMOE_TIMEOUT_S={} must be positive", timeout_s);
-  MPI_Comm dup;
-  int rc = MPI_Comm_dup(comm, &dup);
-  LOCMOE_CHECK(rc == MPI_SUCCESS, Code::kSystemError, "MPI_Comm_dup failed: {}", mpi_error_text(rc));
-  MPI_Comm_set_errhandler(dup, MPI_ERRORS_RETURN);
+  LOCMOE_ASSIGN_OR_RETURN(MPI_Comm dup, dup_comm_with_deadline(comm, timeout_s));
   int rank = 0, size = 0;
   MPI_Comm_rank(dup, &rank);
   MPI_Comm_size(dup, &size);

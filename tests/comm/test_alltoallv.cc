@@ -61,6 +61,14 @@ std::vector<std::pair<std::string, std::vector<int>>> layouts(int n) {
   return out;
 }
 
+// For checks that do not depend on the layout (algorithm choice, error reports): one node and
+// the layout with the most paths (interleaved nodes), which keeps 8 ranks on 2 cores quick.
+std::vector<std::pair<std::string, std::vector<int>>> edge_layouts(int n) {
+  auto all = layouts(n);
+  if (all.size() > 2) all.erase(all.begin() + 1, all.end() - 1);
+  return all;
+}
+
 struct Fixture {
   std::unique_ptr<Bootstrap> boot;
   ClusterMap cluster;
@@ -152,6 +160,9 @@ TEST_P(A2ATest, MatchesOracleForEveryLayoutPatternAndAlgorithm) {
         ASSERT_EQ(comm->algo(), algo);
         for (Pattern p : {Pattern::kRandom, Pattern::kOneSilent, Pattern::kUneven, Pattern::kLarge, Pattern::kAllZero}) {
           if (chunk != 0 && (p == Pattern::kUneven || p == Pattern::kLarge)) continue;  // 4 KiB chunks of MiBs: slow
+          // ~1 MiB per pair (n^2 MiB per exchange, plus the oracle's): on the layout with the most
+          // paths only beyond 2 ranks; the 20 MiB uneven pattern covers large messages everywhere.
+          if (p == Pattern::kLarge && n > 2 && lname != layouts(n).back().first) continue;
           for (bool reversed : {false, true}) {
             if (reversed && (p == Pattern::kLarge || p == Pattern::kUneven)) continue;  // layout covered by others
             ++seed;
@@ -215,7 +226,7 @@ TEST_P(A2ATest, FlatAndHierarchicalAgreeAndHierSendsFewerInternodeMessages) {
 
 TEST_P(A2ATest, AlgorithmFollowsTopologyUnlessForced) {
   const int n = world_size();
-  for (const auto& [lname, node_of] : layouts(n)) {
+  for (const auto& [lname, node_of] : edge_layouts(n)) {
     Fixture f = make_fixture(node_of);
     SCOPED_TRACE(lname);
     auto automatic = make_comm(f, A2AAlgo::kAuto);
@@ -261,7 +272,7 @@ TEST_P(A2ATest, SeparateIntraAndInterNodeTransportsGiveTheSameBytes) {
 
 TEST_P(A2ATest, CountMismatchIsReportedOnEveryRankNamingBothRanks) {
   const int n = world_size(), me = world_rank();
-  for (const auto& [lname, node_of] : layouts(n)) {
+  for (const auto& [lname, node_of] : edge_layouts(n)) {
     Fixture f = make_fixture(node_of);
     for (A2AAlgo algo : {A2AAlgo::kFlat, A2AAlgo::kHierarchical}) {
       auto comm = make_comm(f, algo);

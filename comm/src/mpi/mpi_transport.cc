@@ -9,6 +9,7 @@
 #include "locmoe/comm/communicator.h"
 #include "locmoe/comm/transport.h"
 #include "locmoe/core/check.h"
+#include "locmoe/core/params.h"
 #include "mpi_error.h"
 
 namespace locmoe {
@@ -140,10 +141,8 @@ Result<std::unique_ptr<Transport>> make_mpi_transport(Bootstrap& bootstrap) {
                world_size, bootstrap.size());
   std::vector<int> world_of(bootstrap.size());
   LOCMOE_RETURN_IF_ERROR(bootstrap.allgather(&world_rank, world_of.data(), sizeof(int)));
-  MPI_Comm comm;
-  int rc = MPI_Comm_dup(MPI_COMM_WORLD, &comm);
-  LOCMOE_CHECK(rc == MPI_SUCCESS, Code::kSystemError, "MPI_Comm_dup failed: {}", mpi_error_text(rc));
-  MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
+  LOCMOE_ASSIGN_OR_RETURN(double timeout_s, params::get_float(params::Id::timeout_s));
+  LOCMOE_ASSIGN_OR_RETURN(MPI_Comm comm, dup_comm_with_deadline(MPI_COMM_WORLD, timeout_s));
   return std::unique_ptr<Transport>(new MpiTransport(comm, bootstrap.rank(), bootstrap.size(), std::move(world_of)));
 }
 
