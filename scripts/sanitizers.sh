@@ -66,6 +66,13 @@ fuzz() {  # fuzz [SECONDS] [NAME]
     local args=(-max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
                 -artifact_prefix="$work/artifacts/")
     [ "$dict" != "-" ] && args+=(-dict="$dict")
+    # CI fuzzes from a fixed seed so that a red run can be replayed (LOCMOE_FUZZ_SEED=N to pick
+    # another); by hand, libFuzzer's own random seed explores more.
+    if [ -n "${LOCMOE_FUZZ_SEED:-}" ]; then
+      args+=(-seed="$LOCMOE_FUZZ_SEED")
+    elif [ "${CI:-}" = true ]; then
+      args+=(-seed=1)
+    fi
     log "fuzzing $name for $secs s (new inputs: $work/corpus)"
     # shellcheck disable=SC2086  # seeds is a space-separated list of directories
     if ! "$exe" "${args[@]}" "$work/corpus" $seeds > "$work/log" 2>&1; then
