@@ -6,13 +6,14 @@ on any exit), then for every size and algorithm launches --ranks-per-host ranks 
 (TCP bootstrap, UCX: shared memory inside a host, TCP on the shaped eth0 between hosts), reads the
 hosts' eth0 byte counters around each run, and asks locmoe-whatif for its prediction with the
 emulated link figures. Prints one JSON document (--out FILE writes it too):
-  time per exchange (slowest rank), algbw = bytes a rank sends / time, busbw = algbw x (n-1)/n
+  time per exchange (slowest rank's mean over the iterations; the median of --repeats launches,
+  the algorithms alternating, all launches' times beside it), algbw = bytes a rank sends / time, busbw = algbw x (n-1)/n
   (nccl-tests' all-to-all convention), inter-node payload and messages (communicator's counts),
   wire bytes (eth0 counters), predicted time and lower bound (locmoe-whatif).
 Plain MPI_Alltoallv does not run here: mpirun's daemons reach their ranks over loopback/PMIx,
 which do not cross network namespaces.
 """
-import argparse, json, os, subprocess, sys
+import argparse, itertools, json, os, subprocess, sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EMU = os.path.join(HERE, "emu-cluster.sh")
@@ -33,23 +34,34 @@ def inner(a):
     hosts, bw = int(env["EMU_HOSTS"]), float(env["EMU_BW_BYTES"])
     n = hosts * a.ranks_per_host
     rows = []
+    port = itertools.count()  # a fresh rendezvous port per launch
     logs = f"/tmp/emu-bench-{os.getpid()}"
     for size in a.sizes:
         iters = max(2, min(a.iters, int(a.budget_bytes // max(1, size * n * n))))
+        # The algorithms alternate, --repeats times: a slow spell of the shared machine then hits
+        # both, and the median of each is compared.
+        runs = {algo: [] for algo in a.algos}
+        for rep in range(a.repeats):
+            for algo in a.algos:
+                before = tx_bytes()
+                r = subprocess.run([EMU, "launch", "-r", str(a.ranks_per_host), "-p", str(29700 + next(port) % 1000),
+                                    "-t", "180", "-o", logs, "--", a.rank_bin, "--bytes", str(size), "--iters", str(iters),
+                                    "--warmup", "1", "--sync", "--algo", algo], text=True, capture_output=True)
+                wire = tx_bytes() - before
+                res = []
+                for k in range(n):
+                    lines = [l for l in open(f"{logs}/rank{k}.log") if l.startswith("{")]
+                    res.append(json.loads(lines[-1]) if lines else {"ok": False})
+                if r.returncode != 0 or not all(x.get("ok") for x in res):
+                    print(f"emu-bench: {hosts} hosts, {algo}, {size} B failed: {res}", file=sys.stderr)
+                    continue
+                runs[algo].append((max(x["seconds"] for x in res) / iters, res, wire))
         for algo in a.algos:
-            before = tx_bytes()
-            r = subprocess.run([EMU, "launch", "-r", str(a.ranks_per_host), "-p", str(29700 + len(rows)), "-t", "120",
-                                "-o", logs, "--", a.rank_bin, "--bytes", str(size), "--iters", str(iters),
-                                "--warmup", "1", "--sync", "--algo", algo], text=True, capture_output=True)
-            wire = tx_bytes() - before
-            res = []
-            for k in range(n):
-                lines = [l for l in open(f"{logs}/rank{k}.log") if l.startswith("{")]
-                res.append(json.loads(lines[-1]) if lines else {"ok": False})
-            if r.returncode != 0 or not all(x.get("ok") for x in res):
-                print(f"emu-bench: {hosts} hosts, {algo}, {size} B failed: {res}", file=sys.stderr)
+            if not runs[algo]:
                 continue
-            t = max(x["seconds"] for x in res) / iters
+            times = sorted(t for t, _, _ in runs[algo])
+            t = times[len(times) // 2]
+            _, res, wire = next(x for x in runs[algo] if x[0] == t)
             algbw = size * n / t
             pred = json.loads(sh(a.whatif, "--nodes", str(hosts), "--ranks-per-node", str(a.ranks_per_host),
                                  "--nics-per-node", "1", "--inter-bw", str(bw), "--inter-latency", str(a.inter_latency),
@@ -57,7 +69,8 @@ def inner(a):
                                  "--uniform-bytes", str(size), "--json"))
             p = next(x for x in pred["results"] if x["phase"] == "dispatch" and x["algo"] == algo)
             row = {"hosts": hosts, "ranks_per_host": a.ranks_per_host, "ranks": n, "algo": algo, "bytes_per_pair": size,
-                   "iters": iters, "time_s": t, "algbw_Bps": algbw, "busbw_Bps": algbw * (n - 1) / n,
+                   "iters": iters, "time_s": t, "time_runs_s": times, "algbw_Bps": algbw,
+                   "busbw_Bps": algbw * (n - 1) / n,
                    "internode_payload_bytes": sum(x["internode_bytes_sent"] for x in res) // iters,
                    "internode_msgs": sum(x["internode_msgs_sent"] for x in res) // iters,
                    "wire_bytes": wire // (iters + 1), "link_bw_Bps": bw,
@@ -76,6 +89,7 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[4096, 65536, 262144, 1048576])
     ap.add_argument("--algos", nargs="+", default=["flat", "hier"])
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3, help="launches per point, algorithms alternating; the median is kept")
     ap.add_argument("--budget-bytes", type=float, default=2e8, help="caps iters so each point moves about this much")
     ap.add_argument("--intra-bw", type=float, default=4e9, help="measured shared-memory bandwidth per rank (B/s)")
     ap.add_argument("--intra-latency", type=float, default=20e-6)
@@ -85,8 +99,7 @@ def main():
     ap.add_argument("--out")
     ap.add_argument("--inner", action="store_true")
     a = ap.parse_args()
-    os.environ.update({"LOCMOE_TRANSPORT": "ucx", "UCX_TLS": "posix,sysv,tcp", "UCX_NET_DEVICES": "eth0",
-                       "UCX_WARN_UNUSED_ENV_VARS": "n", "LOCMOE_TIMEOUT_S": "60"})
+    os.environ.update({"LOCMOE_TIMEOUT_S": "60"})
     if a.inner:
         return inner(a)
     rows = []
@@ -94,7 +107,7 @@ def main():
         env = dict(os.environ, LOCMOE_EMU_PREFIX=f"lmbench{os.getpid()}")
         args = [sys.executable, os.path.abspath(__file__), "--inner", "--ranks-per-host", str(a.ranks_per_host),
                 "--sizes", *map(str, a.sizes), "--algos", *a.algos, "--iters", str(a.iters),
-                "--budget-bytes", str(a.budget_bytes), "--intra-bw", str(a.intra_bw),
+                "--repeats", str(a.repeats), "--budget-bytes", str(a.budget_bytes), "--intra-bw", str(a.intra_bw),
                 "--intra-latency", str(a.intra_latency), "--inter-latency", str(a.inter_latency),
                 "--rank-bin", a.rank_bin, "--whatif", a.whatif]
         out = subprocess.run([EMU, "run", str(h), "--bw", a.bw, "--", *args], env=env, text=True,

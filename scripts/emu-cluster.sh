@@ -281,6 +281,20 @@ cmd_launch() {
   [[ $rph =~ ^[0-9]+$ ]] && [ "$rph" -ge 1 ] || die "launch: bad ranks per host '$rph'"
   local world=$((EMU_HOSTS * rph)) pids=() i j r
   [ -z "$logdir" ] || mkdir -p "$logdir"
+  # The transport between emulated hosts, each setting only where the caller left it unset: UCX,
+  # shared memory inside a host and TCP on the shaped eth0 between hosts (cma left out: with it,
+  # large messages between hosts ran at ~50% of the link rate). Eager protocol only: UCX's
+  # rendezvous over TCP sends its handshake on the same in-order streams as bulk data, so it
+  # waits behind whole messages already queued at the shaper (an RDMA NIC answers it in
+  # microseconds); measured 2026-11-24 on 2 hosts x 4 ranks at 200 Mbit/s: 16 KiB per pair with the
+  # hierarchical exchange (64 KiB messages) 14.6 ms with rendezvous vs 8.0 ms eager, 1 MiB 1166 vs
+  # 695 ms (the link's bound: 671 ms); shared memory kept its ~10 GB/s (emu-linkbw.sh). Eager
+  # copies (bcopy), not zero-copy: UCX 1.13.1's TCP transport asserts (`comp->count > 0` in
+  # ucp_proto_am_zcopy_completion) and aborts the process when a peer dies under an eager
+  # zero-copy send (emu_fault_kill, 3 of 6 runs; bcopy: 8 of 8 clean), at no cost in time here.
+  export LOCMOE_TRANSPORT=${LOCMOE_TRANSPORT:-ucx} UCX_TLS=${UCX_TLS:-posix,sysv,tcp} \
+    UCX_NET_DEVICES=${UCX_NET_DEVICES:-eth0} UCX_RNDV_THRESH=${UCX_RNDV_THRESH:-inf} \
+    UCX_ZCOPY_THRESH=${UCX_ZCOPY_THRESH:-inf} UCX_WARN_UNUSED_ENV_VARS=${UCX_WARN_UNUSED_ENV_VARS:-n}
   # Ranks are ours: on Ctrl-C or a failure of this script they are ended by pid. SIGKILL also ends a
   # stopped (SIGSTOP) rank; no SIGCONT first, which would let it run on for a moment.
   trap 'for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done; exit 130' INT TERM

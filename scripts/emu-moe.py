@@ -33,8 +33,7 @@ def main():
     ap.add_argument("--moe-layer", default=os.path.join(HERE, "../build/examples/moe_layer"))
     ap.add_argument("--out")
     a = ap.parse_args()
-    os.environ.update({"LOCMOE_TRANSPORT": "ucx", "UCX_TLS": "posix,sysv,tcp", "UCX_NET_DEVICES": "eth0",
-                       "UCX_WARN_UNUSED_ENV_VARS": "n", "LOCMOE_TIMEOUT_S": "60",
+    os.environ.update({"LOCMOE_TIMEOUT_S": "60",
                        "LOCMOE_EMU_PREFIX": f"lmmoe{os.getpid()}",
                        "LOCMOE_EMU_STATE": f"/tmp/locmoe-emu-moe{os.getpid()}"})
     logs = f"/tmp/emu-moe-{os.getpid()}"

@@ -17,9 +17,12 @@
 //           N: one inter-node message per remote node per rank, never more;
 //  stage 3  local rank l of N forwards to each other rank of its group its part [src in m]
 //           (only with uneven nodes: with equal nodes the rail rank is the destination).
-// Data between ranks of one node goes directly. Stages overlap per remote node: stage 2 for N
-// starts when N's gather is complete and stage 3 from N as soon as N's block arrived, while
-// other nodes' stages are still in flight; messages over LOCMOE_CHUNK_BYTES go as chunks.
+// Data between ranks of one node goes directly. Stages overlap: the gathered block for N is cut
+// into LOCMOE_CHUNK_BYTES chunks at fixed offsets, each source sends its part cut at the same
+// offsets, and chunk k leaves for N (stage 2) as soon as its pieces are in, while later chunks are
+// still being gathered; stage 3 from N starts as soon as N's block arrived, while other nodes'
+// stages are still in flight. With equal nodes the rail rank is the destination and N's block
+// lands in place in its receive buffer when the sources' blocks lie back to back there.
 // Uneven nodes: ranks j >= L_m of N are reached through rail j mod L_m and stage 3, and ranks of
 // m with local rank >= L_N send no inter-node message to N (their data rides the gather).
 // Metadata (small) uses a single rail per node pair, local rank (m + N) mod min(L_m, L_N).
@@ -181,18 +184,24 @@ class CommunicatorImpl final : public Communicator {
     LOCMOE_CHECK_RANGE(chunks <= kMaxChunks, "message of {} bytes needs {} chunks of LOCMOE_CHUNK_BYTES={}; at most {}",
                        bytes, chunks, chunk_, kMaxChunks);
     LOCMOE_CHECK(key < kMaxKey, Code::kUnsupported, "more than {} nodes", kMaxKey);
-    Transport& t = to(peer);
     for (uint64_t c = 0; c < chunks; ++c) {
-      const uint64_t off = c * chunk_, len = std::min(chunk_, bytes - off);
-      Request r;
-      Status s = is_send ? t.post_send(r, peer, tag(phase, key, c), buf + off, len, stream)
-                         : t.post_recv(r, peer, tag(phase, key, c), buf + off, len, stream);
-      // A transport refuses a post to a peer it already knows failed: say which peer and host.
-      if (!s.ok())
-        return s.with_context(fmt::format("posting a {} {} ({})", is_send ? "send to" : "receive from",
-                                          peer_name(peer, &cluster_), g.what));
-      g.reqs.push_back(r);
+      const uint64_t off = c * chunk_;
+      LOCMOE_RETURN_IF_ERROR(post_piece(g, is_send, peer, phase, key, c, buf + off, std::min(chunk_, bytes - off), stream));
     }
+    return ok_status();
+  }
+  // One transport operation: chunk `c` of a logical message.
+  Status post_piece(Group& g, bool is_send, int peer, Phase phase, int key, uint64_t c, char* buf, uint64_t len,
+                    void* stream = nullptr) {
+    Transport& t = to(peer);
+    Request r;
+    Status s = is_send ? t.post_send(r, peer, tag(phase, key, c), buf, len, stream)
+                       : t.post_recv(r, peer, tag(phase, key, c), buf, len, stream);
+    // A transport refuses a post to a peer it already knows failed: say which peer and host.
+    if (!s.ok())
+      return s.with_context(fmt::format("posting a {} {} ({})", is_send ? "send to" : "receive from",
+                                        peer_name(peer, &cluster_), g.what));
+    g.reqs.push_back(r);
     return ok_status();
   }
   // Accounting for one data message sent.
@@ -585,35 +594,61 @@ class CommunicatorImpl final : public Communicator {
           }
           my_block = out[nn][l].data();
         }
+        // The gathered block [src in my node][dst in dsts] is cut into chunks of chunk_ bytes at
+        // fixed offsets, and every source sends its part cut at those same offsets, so chunk k
+        // leaves for node nn (stage 2) as soon as its own pieces arrived: the gather of the next
+        // chunk overlaps the inter-node transfer of this one.
+        uint64_t total = 0, my_off = 0;
+        for (int s : local) {
+          if (s == me_) my_off = total;
+          total += bytes_to(s, dsts);
+        }
+        if (total == 0) continue;
+        const uint64_t chunks = (total + chunk_ - 1) / chunk_;
+        LOCMOE_CHECK_RANGE(chunks <= kMaxChunks,
+                           "stage-2 message of {} bytes needs {} chunks of LOCMOE_CHUNK_BYTES={}; at most {}", total,
+                           chunks, chunk_, kMaxChunks);
+        // Pieces of source block [lo, lo + b) of the gathered layout, by chunk: f(k, offset, len).
+        auto pieces = [this](uint64_t lo, uint64_t b, auto&& f) -> Status {
+          for (uint64_t o = lo; o < lo + b;) {
+            const uint64_t k = o / chunk_, end = std::min(lo + b, (k + 1) * chunk_);
+            LOCMOE_RETURN_IF_ERROR(f(k, o, end - o));
+            o = end;
+          }
+          return ok_status();
+        };
         if (rail != me_) {
           Group& g = groups.emplace_back(Group{fmt::format("stage 1: gather for node {}", nn), {}, {}, false});
-          LOCMOE_RETURN_IF_ERROR(post(g, true, rail, kStage1, nn, mut(my_block), mine));
+          LOCMOE_RETURN_IF_ERROR(pieces(my_off, mine, [&](uint64_t k, uint64_t o, uint64_t len) {
+            return post_piece(g, true, rail, kStage1, nn, k, mut(my_block) + (o - my_off), len);
+          }));
           count_send(rail, mine);
           continue;
         }
-        // I am rail l towards nn: gather [src in my node][dst in dsts], then stage 2 to (nn, l).
-        uint64_t total = 0;
-        for (int s : local) total += bytes_to(s, dsts);
+        // I am rail l towards nn: gather, then stage 2 to (nn, l), chunk by chunk.
         auto& buf = gathered[nn][l];
         buf.resize(total);
-        Group& g = groups.emplace_back(Group{fmt::format("stage 1: gather for node {}", nn), {}, {}, false});
+        if (mine) std::memcpy(buf.data() + my_off, my_block, mine);
+        const int peer = cluster_.nodes[nn][l];
+        const size_t first = groups.size();
+        for (uint64_t k = 0; k < chunks; ++k) {
+          Group& g = groups.emplace_back(Group{fmt::format("stage 1: gather for node {} (chunk {})", nn, k), {}, {}, false});
+          const uint64_t len = std::min(chunk_, total - k * chunk_);
+          g.then = [this, &groups, &buf, nn, peer, my_node, k, len]() -> Status {
+            Group& g2 = groups.emplace_back(Group{fmt::format("stage 2: to node {}", nn), {}, {}, false});
+            return post_piece(g2, true, peer, kStage2, my_node, k, buf.data() + k * chunk_, len);
+          };
+        }
         uint64_t off = 0;
         for (int s : local) {
           const uint64_t b = bytes_to(s, dsts);
-          if (s == me_) {
-            if (b) std::memcpy(buf.data() + off, my_block, b);
-          } else {
-            LOCMOE_RETURN_IF_ERROR(post(g, false, s, kStage1, nn, buf.data() + off, b));
-          }
+          if (s != me_)
+            LOCMOE_RETURN_IF_ERROR(pieces(off, b, [&](uint64_t k, uint64_t o, uint64_t len) {
+              return post_piece(groups[first + k], false, s, kStage1, nn, k, buf.data() + o, len);
+            }));
           off += b;
         }
-        const int peer = cluster_.nodes[nn][l];
-        g.then = [this, &groups, &buf, nn, peer, my_node]() -> Status {
-          Group& g2 = groups.emplace_back(Group{fmt::format("stage 2: to node {}", nn), {}, {}, false});
-          LOCMOE_RETURN_IF_ERROR(post(g2, true, peer, kStage2, my_node, buf.data(), buf.size()));
-          count_send(peer, buf.size());
-          return ok_status();
-        };
+        count_send(peer, total);
       }
 
       // Stage 2 receive: as rail my_local of node nn's traffic to my node, I get the data of
@@ -623,8 +658,17 @@ class CommunicatorImpl final : public Communicator {
         const auto& srcs = cluster_.nodes[nn];
         uint64_t in_total = 0;
         for (int s : srcs) in_total += bytes_to(s, dsts);
-        arrived[nn].resize(in_total);
         Group& r2 = groups.emplace_back(Group{fmt::format("stage 2: from node {}", nn), {}, {}, false});
+        // When I am the only destination (equal nodes) and the sources' blocks lie back to back in
+        // my receive buffer, the message lands in place: no copy on the receiving side.
+        const int64_t in_place =
+            dsts.size() == 1 && dsts[0] == me_ ? back_to_back(srcs, rdispl, [&](int s) { return count(m, s, me_); }) : -1;
+        if (in_place >= 0) {
+          LOCMOE_RETURN_IF_ERROR(post(r2, false, srcs[my_local], kStage2, nn, recv + in_place, in_total));
+          stats_.bytes_received += in_total;
+          continue;  // nothing to forward, and the final receive below is only for non-rail ranks
+        }
+        arrived[nn].resize(in_total);
         LOCMOE_RETURN_IF_ERROR(post(r2, false, srcs[my_local], kStage2, nn, arrived[nn].data(), in_total));
         r2.then = [this, &groups, &arrived, &fwd, &m, nn, dsts, recv, rdispl]() -> Status {
           const auto& srcs = cluster_.nodes[nn];

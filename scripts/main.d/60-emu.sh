@@ -13,8 +13,7 @@ if [ "$(id -u)" = 0 ] && [ -x "$B/tests/emu/locmoe-emu-rank" ]; then
   }
   export -f emu_demo
   export B LOCMOE_ROOT
-  LOCMOE_TRANSPORT=ucx UCX_TLS=posix,sysv,tcp UCX_NET_DEVICES=eth0 UCX_WARN_UNUSED_ENV_VARS=n \
-    step "$LOCMOE_ROOT/scripts/emu-cluster.sh" run 2 --bw 8gbit -- bash -c emu_demo
+  step "$LOCMOE_ROOT/scripts/emu-cluster.sh" run 2 --bw 8gbit -- bash -c emu_demo
 else
   log "emulated cluster: skipped (needs root to create network namespaces)"
 fi

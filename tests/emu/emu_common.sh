@@ -1,11 +1,9 @@
 # Sourced by the emulated-cluster tests: a private cluster prefix and state folder per test run,
-# removal on every exit, the skip code when namespaces cannot be made, and the transport settings
-# that keep shared memory inside a host and put every byte between hosts on the shaped eth0.
+# removal on every exit and the skip code when namespaces cannot be made (the transport settings
+# that keep shared memory inside a host and put every byte between hosts on the shaped eth0 are
+# `emu-cluster.sh launch`'s).
 EMU=${EMU:?} RANK_BIN=${RANK_BIN:?}
 export LOCMOE_EMU_PREFIX=lm${EMU_TEST_TAG:-t}$$ LOCMOE_EMU_STATE=${TMPDIR:-/tmp}/locmoe-emu-$EMU_TEST_TAG$$
-# cma is left out: with it, UCX's rendezvous for large messages between hosts ran at ~50% of the
-# link rate here (posix,sysv,tcp: 94%, as ucx_perftest), measured 2026-11-24.
-export LOCMOE_TRANSPORT=ucx UCX_TLS=posix,sysv,tcp UCX_NET_DEVICES=eth0 UCX_WARN_UNUSED_ENV_VARS=n
 FAILS=0
 LOGS=$LOCMOE_EMU_STATE.logs
 fail() { echo "FAIL: $*" >&2; FAILS=$((FAILS + 1)); }

@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
 # Cost model against the emulated cluster (ctest label netns): with the emulated link figures as
 # its input (inter-host bandwidth = the tc rate of each host's link, one "NIC" per host, the
-# shared-memory figure for inside a host), locmoe-whatif's predicted time of a flat all-to-all-v
-# must be within 25% of the time measured on 2 hosts x 2 ranks, where bandwidth dominates (4 MiB
-# per pair over 200 Mbit/s links: ~670 ms per exchange against ~1 ms of start-up costs); the
-# fastest of 4 timed exchanges is compared (other work on the shared machine only adds time).
-# Measured and printed beside it, not asserted: 2 hosts x 1 rank (one 4 MiB message per direction:
-# UCX's rendezvous round trips wait behind bulk data in the shaper's FIFO, and this kernel has no
-# fq_codel to replace it: ~+60%) and the hierarchical exchange (its stages do not overlap:
-# ~+115%). docs/PERFORMANCE.md has the figures.
+# shared-memory figure for inside a host), locmoe-whatif's predicted time of the flat and of the
+# hierarchical all-to-all-v must each be within 25% of the time measured on 2 hosts x 2 ranks,
+# where bandwidth dominates (4 MiB per pair over 200 Mbit/s links: ~670 ms per exchange against
+# ~1 ms of start-up costs); the fastest of 4 timed exchanges is compared (other work on the shared
+# machine only adds time). 2 hosts x 1 rank (one 4 MiB message per direction) is measured and
+# printed beside them, not asserted. docs/PERFORMANCE.md has the figures.
 set -uo pipefail
 EMU=$1 RANK_BIN=$2 WHATIF=$3 EMU_TEST_TAG=w
 source "$(dirname "$0")/emu_common.sh"
@@ -31,7 +29,7 @@ pred = next(r for r in json.load(open(sys.argv[5]))["results"] if r["phase"] == 
 # The fastest of the timed exchanges (slowest rank): other work on the shared machine only adds.
 measured = max(r["fastest_s"] for r in rows)
 err = (measured - pred["seconds"]) / pred["seconds"]
-asserted = algo == "flat" and rph == 2
+asserted = rph == 2
 ok = (abs(err) <= 0.25 or not asserted) and all(r["ok"] for r in rows)
 print(("ok" if ok else "FAIL") + ("" if asserted else " (not asserted)") + f": 2 hosts x {rph}, {algo}: measured {measured * 1e3:.1f} ms, predicted {pred['seconds'] * 1e3:.1f} ms "
       f"(lower bound {pred['lower_bound_seconds'] * 1e3:.1f} ms), error {100 * err:+.1f}% (allowed 25%)")

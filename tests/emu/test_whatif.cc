@@ -46,7 +46,16 @@ TEST(Whatif, UniformTwoNodesByHand) {
   ASSERT_EQ(hier->stages.size(), 2u);
   EXPECT_DOUBLE_EQ(hier->stages[0].seconds, 6 * b / bi);
   EXPECT_DOUBLE_EQ(hier->stages[1].seconds, 16 * b / be);
+  // One chunk per rail message (4b < the default chunk): no overlap, the stages add up.
   EXPECT_DOUBLE_EQ(hier->seconds, 6 * b / bi + 16 * b / be);
+  // Chunks of b: 4 per rail message; the pipeline hides all but a quarter of the faster stage.
+  w::ClusterModel chunked = c;
+  chunked.chunk_bytes = uint64_t(b);
+  auto piped = w::predict(t, chunked, w::Algo::kHierarchical);
+  ASSERT_TRUE(piped.ok());
+  EXPECT_DOUBLE_EQ(piped->seconds, 16 * b / be + 6 * b / bi / 4);
+  chunked.chunk_bytes = 0;
+  EXPECT_FALSE(w::predict(t, chunked, w::Algo::kHierarchical).ok());
   EXPECT_EQ(hier->internode_bytes, uint64_t(32 * b));
   EXPECT_EQ(hier->internode_msgs, 8u);
   // Lower bound: 16b through each node's NIC.

@@ -1,6 +1,7 @@
 #include "locmoe/perf/whatif.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "locmoe/core/check.h"
 #include "locmoe/topology/topology.h"
@@ -121,6 +122,7 @@ Result<Prediction> predict(const TrafficMatrix& t, const ClusterModel& c, Algo a
                    c.ranks_per_node, c.nics_per_node);
   LOCMOE_CHECK_ARG(c.intra.bw > 0 && c.inter.bw > 0, "whatif: link bandwidths intra {} and inter {} B/s must be > 0",
                    c.intra.bw, c.inter.bw);
+  LOCMOE_CHECK_ARG(c.chunk_bytes > 0, "whatif: chunk of {} bytes must be > 0", c.chunk_bytes);
   LOCMOE_CHECK_ARG(c.intra.latency_s >= 0 && c.inter.latency_s >= 0, "whatif: latencies {} and {} s must be >= 0",
                    c.intra.latency_s, c.inter.latency_s);
   LOCMOE_CHECK_ARG(t.ranks == c.size() && t.bytes.size() == size_t(t.ranks) * t.ranks,
@@ -130,6 +132,7 @@ Result<Prediction> predict(const TrafficMatrix& t, const ClusterModel& c, Algo a
   Prediction p;
   p.algo = algo;
   std::vector<Loads> stages;
+  std::vector<uint64_t> block;  // hierarchical: [destination rank][source node], one rail message each
   if (algo == Algo::kFlat) {
     stages.emplace_back(c, "flat");
     for (int s = 0; s < R; ++s)
@@ -139,11 +142,10 @@ Result<Prediction> predict(const TrafficMatrix& t, const ClusterModel& c, Algo a
     // nodes and carries the data for local rank l of the remote node. (1) rows inside the node go
     // directly, and every rank sends its rows for remote ranks of local rank l to its node's local
     // rank l; (2) local rank l of m sends the gathered block for (n, l) to local rank l of n, which
-    // is the destination. Stages are summed (comm overlaps them per remote node: the lower bound
-    // is the overlapped limit).
+    // is the destination. The stages are pipelined in chunks (header).
     stages.emplace_back(c, "intra gather");
     stages.emplace_back(c, "inter rails");
-    std::vector<uint64_t> block(size_t(R) * c.nodes, 0);  // [destination rank][source node]
+    block.assign(size_t(R) * c.nodes, 0);
     for (int s = 0; s < R; ++s)
       for (int d = 0; d < R; ++d) {
         const uint64_t b = t.at(s, d);
@@ -161,10 +163,17 @@ Result<Prediction> predict(const TrafficMatrix& t, const ClusterModel& c, Algo a
   }
   for (Loads& l : stages) {
     p.stages.push_back(l.finish(&p.intra_seconds, &p.inter_seconds));
-    p.seconds += p.stages.back().seconds;
     p.internode_bytes += p.stages.back().inter_bytes;
     p.internode_msgs += p.stages.back().inter_msgs;
     p.intranode_bytes += p.stages.back().intra_bytes;
+  }
+  if (algo == Algo::kFlat) {
+    p.seconds = p.stages[0].seconds;
+  } else {
+    const uint64_t largest = block.empty() ? 0 : *std::max_element(block.begin(), block.end());
+    const double chunks = std::max<double>(1, std::ceil(double(largest) / double(c.chunk_bytes)));
+    const double t1 = p.stages[0].seconds, t2 = p.stages[1].seconds;
+    p.seconds = std::max(t1, t2) + std::min(t1, t2) / chunks;
   }
   p.lower_bound_s = lower_bound(t, c);
   return p;

@@ -10,6 +10,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "locmoe/core/params.h"
 #include "locmoe/perf/whatif.h"
 
 namespace w = locmoe::whatif;
@@ -61,6 +62,8 @@ int main(int argc, char** argv) {
   app.add_option("--inter-bw", c.inter.bw, "Inter-node bandwidth per NIC and direction, bytes/s (default 50e9: 400 Gb/s; "
                                            "a <net speed> in --topo wins unless this flag is given)");
   app.add_option("--inter-latency", c.inter.latency_s, "Inter-node start-up time, s (default 10e-6)");
+  app.add_option("--chunk-bytes", c.chunk_bytes, "Pipeline chunk of the hierarchical exchange, bytes (default: "
+                                                 "LOCMOE_CHUNK_BYTES, as comm uses it)");
   app.add_option("--router", rules, "Routers to compare (router/: locmoe+ gshard node-limited dropless ...), on a synthetic input (whatif.h)");
   app.add_option("--tokens", sr.tokens_per_rank, "Tokens per rank")->default_val(4096);
   app.add_option("--hidden", hidden, "Hidden size (elements per token row)")->default_val(7168);
@@ -74,6 +77,8 @@ int main(int argc, char** argv) {
   app.add_option("--uniform-bytes", uniform, "Instead of routing: this many bytes from every rank to every other "
                                              "(locmoe-perf a2a's pattern)");
   app.add_flag("--json", json, "Print one JSON document");
+  if (auto chunk = locmoe::params::get_int(locmoe::params::Id::chunk_bytes); chunk.ok() && *chunk > 0)
+    c.chunk_bytes = static_cast<uint64_t>(*chunk);
   CLI11_PARSE(app, argc, argv);
 
   nlohmann::json doc;
@@ -89,7 +94,7 @@ int main(int argc, char** argv) {
   if (nics > 0) c.nics_per_node = nics;
   doc["cluster"] = {{"nodes", c.nodes}, {"ranks_per_node", c.ranks_per_node}, {"nics_per_node", c.nics_per_node},
                     {"intra_bw", c.intra.bw}, {"intra_latency_s", c.intra.latency_s}, {"inter_bw", c.inter.bw},
-                    {"inter_latency_s", c.inter.latency_s}};
+                    {"inter_latency_s", c.inter.latency_s}, {"chunk_bytes", c.chunk_bytes}};
 
   struct Case {
     std::string name;

@@ -9,9 +9,12 @@
 //   * inter: the node's NICs, `nics_per_node` of them; rank of local rank l uses NIC l % nics
 //     (rails); inter.bw per NIC and direction. An emulated host has one shaped veth: nics = 1.
 // A stage moves its transfers concurrently; its time is its most loaded resource's bytes over
-// that resource's bandwidth, plus the latency of the slowest class it uses. Stages run one after
-// the other (the hierarchical exchange: gather inside the node onto the rail of each destination
-// local rank, then rail l to rail l between nodes; nodes of equal size).
+// that resource's bandwidth, plus the latency of the slowest class it uses. The hierarchical
+// exchange (nodes of equal size) has two stages: the gather inside the node onto the rail of each
+// destination local rank, then rail l to rail l between nodes. comm pipelines them in chunks of
+// `chunk_bytes` (a chunk of a rail's message leaves as soon as it is gathered), so with K chunks
+// in the largest rail message the exchange takes max(T1, T2) + min(T1, T2) / K: the slower stage,
+// plus the faster stage's share of one chunk to fill the pipeline.
 //
 // Lower bound (algorithm-independent): every byte between nodes must leave its source node and
 // enter its destination node through that node's NICs, at best spread evenly over them; every
@@ -40,6 +43,7 @@ struct ClusterModel {
   int nics_per_node = 1;
   LinkClassFigures intra;  // per rank
   LinkClassFigures inter;  // per NIC
+  uint64_t chunk_bytes = 4194304;  // comm's pipeline chunk (LOCMOE_CHUNK_BYTES); hierarchical only
   int size() const { return nodes * ranks_per_node; }
 };
 
@@ -76,7 +80,7 @@ const char* algo_name(Algo algo);
 struct Prediction {
   Algo algo = Algo::kFlat;
   std::vector<StageTime> stages;
-  double seconds = 0;        // sum of the stages
+  double seconds = 0;        // flat: its stage; hierarchical: the two stages pipelined (above)
   double intra_seconds = 0;  // the stages' intra-node share: sum over stages of intra load / bw
   double inter_seconds = 0;  // the stages' inter-node share
   double lower_bound_s = 0;  // see the header comment; the same for every algorithm
