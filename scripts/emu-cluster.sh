@@ -293,8 +293,8 @@ cmd_launch() {
   # sends (the default above UCX_ZCOPY_THRESH) a peer's death makes UCX's TCP transport assert
   # (`comp->count > 0` in ucp_proto_am_zcopy_completion) and abort the survivor, so the fault
   # tests set UCX_ZCOPY_THRESH=inf; with eager copies (bcopy) only, a peer sometimes never
-  # completed its receive at 8 Gbit/s (4 of 6 runs of 2 x 4 ranks, 64 KiB per pair, hung), so the default keeps
-  # zero-copy (32 of 32 runs clean at 4 KiB to 4 MiB per pair).
+  # completed its receive at 8 Gbit/s (4 of 6 runs of 2 x 4 ranks, 64 KiB per pair, hung), so
+  # the default keeps zero-copy (32 of 32 runs clean at 4 KiB to 4 MiB per pair).
   export LOCMOE_TRANSPORT=${LOCMOE_TRANSPORT:-ucx} UCX_TLS=${UCX_TLS:-posix,sysv,tcp} \
     UCX_NET_DEVICES=${UCX_NET_DEVICES:-eth0} UCX_RNDV_THRESH=${UCX_RNDV_THRESH:-inf} \
     UCX_WARN_UNUSED_ENV_VARS=${UCX_WARN_UNUSED_ENV_VARS:-n}
