@@ -204,8 +204,9 @@ class CommunicatorImpl final : public Communicator {
     g.reqs.push_back(r);
     return ok_status();
   }
-  // Accounting for one data message sent.
-  void count_send(int peer, uint64_t bytes, bool meta = false) {
+  // Accounting for one data message sent (as `chunks` transport sends; 0: cut at chunk_ from its
+  // start, as post() does).
+  void count_send(int peer, uint64_t bytes, bool meta = false, uint64_t chunks = 0) {
     if (bytes == 0 || peer == me_) return;
     if (meta) {
       ++stats_.meta_msgs_sent;
@@ -213,7 +214,7 @@ class CommunicatorImpl final : public Communicator {
       return;
     }
     ++stats_.msgs_sent;
-    stats_.chunks_sent += (bytes + chunk_ - 1) / chunk_;
+    stats_.chunks_sent += chunks ? chunks : (bytes + chunk_ - 1) / chunk_;
     stats_.bytes_sent += bytes;
     if (internode(peer)) {
       ++stats_.internode_msgs_sent;
@@ -622,7 +623,7 @@ class CommunicatorImpl final : public Communicator {
           LOCMOE_RETURN_IF_ERROR(pieces(my_off, mine, [&](uint64_t k, uint64_t o, uint64_t len) {
             return post_piece(g, true, rail, kStage1, nn, k, mut(my_block) + (o - my_off), len);
           }));
-          count_send(rail, mine);
+          count_send(rail, mine, false, g.reqs.size());
           continue;
         }
         // I am rail l towards nn: gather, then stage 2 to (nn, l), chunk by chunk.
