@@ -57,6 +57,17 @@ bool allowed(const Info& i, std::string_view value) {
   }
 }
 
+// Numbers: `allowed` is "LO..HI" (inclusive; an empty side is unbounded) or empty.
+Status in_range(const Info& i, std::string_view text, double v) {
+  std::string_view range = i.allowed;
+  const size_t dots = range.find("..");
+  if (dots == std::string_view::npos) return ok_status();
+  const std::string lo(range.substr(0, dots)), hi(range.substr(dots + 2));
+  if ((!lo.empty() && v < std::strtod(lo.c_str(), nullptr)) || (!hi.empty() && v > std::strtod(hi.c_str(), nullptr)))
+    return bad(i, text, fmt::format("a value in [{}, {}]", lo.empty() ? "-inf" : lo, hi.empty() ? "inf" : hi));
+  return ok_status();
+}
+
 Status parse(const Info& i, const std::string& text) {
   // The C parsers below (and every consumer that calls c_str()) stop at a NUL byte: "12\0junk"
   // would read as 12 from the API, and the environment cannot carry such a value at all.
@@ -65,9 +76,9 @@ Status parse(const Info& i, const std::string& text) {
     case Type::Int: {
       errno = 0;
       char* end = nullptr;
-      std::strtoll(text.c_str(), &end, 10);
+      const long long v = std::strtoll(text.c_str(), &end, 10);
       if (text.empty() || *end != '\0' || errno == ERANGE) return bad(i, text, "an integer");
-      return ok_status();
+      return in_range(i, text, static_cast<double>(v));
     }
     case Type::Float: {
       errno = 0;
@@ -75,7 +86,7 @@ Status parse(const Info& i, const std::string& text) {
       double v = std::strtod(text.c_str(), &end);
       if (text.empty() || *end != '\0' || errno == ERANGE || !std::isfinite(v))
         return bad(i, text, "a finite number");
-      return ok_status();
+      return in_range(i, text, v);
     }
     case Type::Bool: {
       static const char* kWords[] = {"1", "0", "true", "false", "yes", "no", "on", "off"};
@@ -175,7 +186,8 @@ std::string table(bool json) {
                                 "SOURCE", "DESCRIPTION");
   for (const Info& i : kInfos)
     out += fmt::format("{:<24} {:<7} {:<10} {:<12} {:<8} {}{}{}\n", i.env, type_name(i.type), i.def, raw_value(i.id),
-                       source(i.id), i.description, *i.allowed ? "; one of " : "", i.allowed);
+                       source(i.id), i.description,
+                       !*i.allowed ? "" : (i.type == Type::String ? "; one of " : "; in "), i.allowed);
   return out;
 }
 

@@ -1,6 +1,8 @@
 #include <cstdlib>
 #include <set>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -57,6 +59,22 @@ TEST_F(Params, BadValuesAreErrorsNamingVariableAndValue) {
   EXPECT_NE(a.status().message().find("auto|flat|hier"), std::string::npos);
 
   EXPECT_FALSE(p::set("LOCMOE_CHUNK_BYTES", "12x").ok());
+  // Numbers outside the range params.def gives are refused with the range, the value kept.
+  for (const auto& [name, value] : std::vector<std::pair<std::string, std::string>>{
+           {"LOCMOE_CHUNK_BYTES", "0"}, {"LOCMOE_CHUNK_BYTES", "-4096"}, {"LOCMOE_CHUNK_BYTES", "2147483648"},
+           {"LOCMOE_TIMEOUT_S", "0"}, {"LOCMOE_TIMEOUT_S", "-1"}, {"LOCMOE_NUM_THREADS", "-1"},
+           {"LOCMOE_NUM_THREADS", "4097"}}) {
+    Status st = p::set(name, value);
+    EXPECT_EQ(st.code(), Code::kInvalidArgument) << name << "=" << value;
+    EXPECT_NE(st.message().find(name + "='" + value + "'"), std::string::npos) << st.message();
+    EXPECT_NE(st.message().find("a value in ["), std::string::npos) << st.message();
+  }
+  // The bounds themselves are inside.
+  for (const auto& [name, value] : std::vector<std::pair<std::string, std::string>>{
+           {"LOCMOE_CHUNK_BYTES", "1"}, {"LOCMOE_CHUNK_BYTES", "2147483647"}, {"LOCMOE_TIMEOUT_S", "0.001"},
+           {"LOCMOE_NUM_THREADS", "0"}, {"LOCMOE_NUM_THREADS", "4096"}})
+    EXPECT_TRUE(p::set(name, value).ok()) << name << "=" << value;
+  p::reset();
   EXPECT_FALSE(p::set("LOCMOE_NO_SUCH_THING", "1").ok());
   EXPECT_EQ(*p::get_int(p::Id::chunk_bytes), std::strtoll(p::info(p::Id::chunk_bytes).def, nullptr, 10));
 }
