@@ -822,6 +822,21 @@ Result<std::unique_ptr<Communicator>> Communicator::create(Bootstrap& bootstrap,
     chunk = static_cast<uint64_t>(c);
   }
   LOCMOE_ASSIGN_OR_RETURN(A2AAlgo algo, resolve_algo(config.algo, cluster));
+  {
+    // Both sides of every message cut it at the same chunk offsets and follow the same algorithm;
+    // ranks that disagree would post receives that never match. Same verdict on every rank.
+    uint64_t lo[2] = {chunk, static_cast<uint64_t>(algo)}, hi[2] = {lo[0], lo[1]};
+    LOCMOE_RETURN_IF_ERROR(bootstrap.allreduce(lo, lo, 2, DataType::kUint64, ReduceOp::kMin));
+    LOCMOE_RETURN_IF_ERROR(bootstrap.allreduce(hi, hi, 2, DataType::kUint64, ReduceOp::kMax));
+    LOCMOE_CHECK(lo[0] == hi[0], Code::kMismatch,
+                 "the chunk size (LOCMOE_CHUNK_BYTES or CommConfig::chunk_bytes) differs across ranks: from {} to {} "
+                 "bytes (this rank: {}); every rank must use the same",
+                 lo[0], hi[0], chunk);
+    LOCMOE_CHECK(lo[1] == hi[1], Code::kMismatch,
+                 "the all-to-all algorithm (LOCMOE_A2A_ALGO or CommConfig::algo) differs across ranks (this rank: {}); "
+                 "every rank must use the same",
+                 algo == A2AAlgo::kFlat ? "flat" : "hier");
+  }
   LOCMOE_ASSIGN_OR_RETURN(std::unique_ptr<Transport> inter, make_transport(inter_name, bootstrap));
   std::unique_ptr<Transport> intra;
   if (!intra_name.empty()) {

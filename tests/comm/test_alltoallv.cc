@@ -325,6 +325,32 @@ TEST_P(A2ATest, TooSmallReceiveBufferFailsEverywhereWithoutWriting) {
   }
 }
 
+// A chunk size or an algorithm that differs across ranks would make receives that never match:
+// Communicator::create refuses it on every rank, naming the range of values.
+TEST_P(A2ATest, ChunkOrAlgorithmDifferingAcrossRanksIsAnErrorOnEveryRank) {
+  const int n = world_size(), me = world_rank();
+  if (n < 2) GTEST_SKIP() << "needs 2 ranks";
+  Fixture f = make_fixture(layouts(n).back().second);
+  auto create = [&](A2AAlgo algo, uint64_t chunk) {
+    CommConfig cfg;
+    cfg.transport = GetParam();
+    cfg.algo = algo;
+    cfg.chunk_bytes = chunk;
+    cfg.timeout_s = 60;
+    return Communicator::create(*f.boot, f.cluster, cfg);
+  };
+  auto chunks = create(A2AAlgo::kHierarchical, me == n - 1 ? 8192 : 4096);
+  ASSERT_FALSE(chunks.ok());
+  EXPECT_EQ(chunks.status().code(), Code::kMismatch);
+  EXPECT_NE(chunks.status().message().find("from 4096 to 8192 bytes"), std::string::npos) << chunks.status().message();
+  auto algos = create(me == 0 ? A2AAlgo::kFlat : A2AAlgo::kHierarchical, 4096);
+  ASSERT_FALSE(algos.ok());
+  EXPECT_EQ(algos.status().code(), Code::kMismatch);
+  EXPECT_NE(algos.status().message().find("algorithm"), std::string::npos) << algos.status().message();
+  // Agreeing ranks still make a communicator afterwards.
+  EXPECT_TRUE(create(A2AAlgo::kHierarchical, 4096).ok());
+}
+
 INSTANTIATE_TEST_SUITE_P(Transports, A2ATest, ::testing::Values("mpi", "ucx"),
                          [](const auto& info) { return info.param; });
 
