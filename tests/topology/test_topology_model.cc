@@ -188,6 +188,20 @@ TEST(TopologyHelpers, CpuLists) {
   EXPECT_EQ(*parse_cpu_list("0-3,8,10-11"), cpus);
   EXPECT_TRUE(parse_cpu_list("")->empty());
   for (const char* bad : {"3-1", "a", "1,,2", "-1"}) EXPECT_FALSE(parse_cpu_list(bad).ok()) << bad;
+  // fuzz_topology_json timeout-86b6089a (kept in its corpus): a range of a million CPUs took
+  // seconds; ids are bounded, and repeated or overlapping ranges collapse.
+  auto huge = parse_cpu_list("2-1018811");
+  ASSERT_FALSE(huge.ok());
+  EXPECT_NE(huge.status().message().find("'2-1018811'"), std::string::npos) << huge.status().message();
+  const int last = kMaxCpus - 1;
+  std::string repeated = fmt::format("0-{}", last);
+  for (int i = 0; i < 200; ++i) repeated += fmt::format(",0-{},{}", last, i);
+  auto all = parse_cpu_list(repeated);
+  ASSERT_TRUE(all.ok()) << all.status().to_string();
+  ASSERT_EQ(all->size(), size_t(kMaxCpus));
+  EXPECT_EQ(all->front(), 0);
+  EXPECT_EQ(all->back(), last);
+  EXPECT_EQ(*parse_cpu_list("5-7,2,6-9,2"), (std::vector<int>{2, 5, 6, 7, 8, 9}));
 }
 
 TEST(TopologyHelpers, PathNames) {

@@ -189,7 +189,9 @@ Status dump_file(const Topology& topology, const std::string& path);
 Result<std::string> normalize_pci_bus_id(std::string_view text);
 // "0-3,8,10-11" for {0,1,2,3,8,10,11}; "" for none.
 std::string cpu_list_string(std::span<const int> cpus);
-// Parses what cpu_list_string() writes. Error (kParseError) names the text.
+// Parses what cpu_list_string() writes (CPU ids below kMaxCpus; items may repeat or overlap).
+// Error (kParseError) names the text.
+inline constexpr int kMaxCpus = 1 << 16;
 Result<std::vector<int>> parse_cpu_list(std::string_view text);
 
 }  // namespace locmoe::topo
