@@ -11,17 +11,34 @@
 # a full-duplex NIC. Nothing is created outside these namespaces, and the machine's own interfaces
 # are never touched.
 #
+# With --rails L, each host has L NICs instead, one per rank (local rank l uses NIC l, like the 8
+# GPU-NIC pairs of an H100 node), on a rail-optimized network: NIC l of every host sits on rail
+# l's own bridge ("rail<l>" in "<prefix>-sw"), and the rails meet only at a spine, the namespace
+# "<prefix>-sp", which routes between them over one link per rail ("up<l>" on the rail's bridge to
+# "r<l>" in the spine). Rank (host i, local rank l) runs in a network namespace of its own,
+# "<prefix>-h<i>r<l>" (its NIC is its eth0, at 10.78.<l>.<i+1>/24, routed via the spine at
+# 10.78.<l>.254), and in host i's IPC namespace (shared memory with the host's other ranks). NICs
+# are shaped to --bw each way; each rail's spine link to --spine-bw each way, or to hosts x --bw /
+# --spine-oversub (default 1: non-blocking; more oversubscribes the spine, as many rail-optimized
+# fabrics are). Traffic
+# between ranks of the same local rank on two hosts stays on its rail; between different local
+# ranks it crosses the spine.
+#
 # Commands (each prints what it does with LOCMOE_EMU_VERBOSE=1):
 #   up N [--bw RATE] [--qdisc htb|tbf] [--latency DELAY] [--mtu BYTES]
+#        [--rails L [--spine-bw RATE | --spine-oversub F]]
 #   down                      removes every namespace of the prefix (and ends processes in them)
 #   status [--json]           hosts, addresses, shaping, byte counters
-#   exec HOST cmd...          runs cmd inside host HOST's namespace (HOST: index 0.. or h<i>)
-#   counters [--json]         tx/rx bytes and packets of every host's eth0 (from /sys/class/net)
+#   exec HOST cmd...          runs cmd inside host HOST's namespace (HOST: index 0.. or h<i>; with
+#                             rails h<i>r<l> for NIC l's, h<i> alone for NIC 0's)
+#   counters [--json]         tx/rx bytes and packets of every host's eth0 (from /sys/class/net);
+#                             with rails, per NIC (summed per host) and per spine link
 #   launch -r RANKS_PER_HOST [-p PORT] [-t TIMEOUT_S] [-o LOGDIR] [--fault SPEC] -- cmd...
 #                             starts RANKS_PER_HOST ranks of cmd in every host's namespace, with
 #                             the torchrun-style variables of comm's TCP bootstrap (RANK,
 #                             WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT,
 #                             LOCMOE_BOOTSTRAP=tcp, LOCMOE_HOSTID=host<i>); waits for all of them.
+#                             With rails, RANKS_PER_HOST must be L (one rank per NIC).
 #                             --fault injects one fault mid-run: linkdown:HOST:DELAY_S,
 #                             kill:RANK:DELAY_S or stop:RANK:DELAY_S (SIGKILL / SIGSTOP).
 #   run N [up options] -- cmd...   up, then cmd (LOCMOE_EMU_PREFIX exported), then down, also on
@@ -38,6 +55,7 @@ PREFIX=${LOCMOE_EMU_PREFIX:-lmemu}
 STATE_DIR=${LOCMOE_EMU_STATE:-/run/locmoe-emu}
 STATE=$STATE_DIR/$PREFIX.env
 SUBNET=10.77.0
+RAIL_NET=10.78  # rail l: $RAIL_NET.<l>.0/24, the spine at .254
 # Default shaping: about 9:1 intra-host (shared memory) to inter-host bandwidth on this machine,
 # like NVLink (~450 GB/s per direction) against a 400 Gb/s NIC. Measured: docs/PERFORMANCE.md,
 # "## Emulated cluster".
@@ -48,13 +66,18 @@ die() { echo "emu-cluster: $*" >&2; exit 1; }
 note() { echo "emu-cluster: $*" >&2; }
 v() { [ "${LOCMOE_EMU_VERBOSE:-0}" = 1 ] && echo "+ $*" >&2; "$@"; }
 
-host_ns() { echo "$PREFIX-h$1"; }
 switch_ns() { echo "$PREFIX-sw"; }
-host_addr() { echo "$SUBNET.$(($1 + 1))"; }
+spine_ns() { echo "$PREFIX-sp"; }
 host_ipc() { echo "$STATE_DIR/$PREFIX-h$1.ipc"; }
-# The command prefix that runs a program inside host $1 (network and IPC namespaces). Both tools
-# exec, so the pid of this prefix becomes the program's pid.
-host_enter() { echo ip netns exec "$(host_ns "$1")" nsenter --ipc="$(host_ipc "$1")" --; }
+# NIC $2 of host $1 (a NIC is a network namespace with one interface, eth0): its namespace, the name
+# of its switch port and its address. Without rails a host has one NIC, and it is the host's.
+nic_ns() { if [ "${EMU_RAILS:-0}" = 0 ]; then echo "$PREFIX-h$1"; else echo "$PREFIX-h$1r$2"; fi; }
+nic_port() { if [ "${EMU_RAILS:-0}" = 0 ]; then echo "h$1"; else echo "h$1r$2"; fi; }
+nic_addr() { if [ "${EMU_RAILS:-0}" = 0 ]; then echo "$SUBNET.$(($1 + 1))"; else echo "$RAIL_NET.$2.$(($1 + 1))"; fi; }
+nics_per_host() { if [ "${EMU_RAILS:-0}" = 0 ]; then echo 1; else echo "$EMU_RAILS"; fi; }
+# The command prefix that runs a program as local rank $2 of host $1 (the network namespace of its
+# NIC, the host's IPC namespace). Both tools exec, so the pid of this prefix becomes the program's.
+rank_enter() { echo ip netns exec "$(nic_ns "$1" "$(($2 % $(nics_per_host)))")" nsenter --ipc="$(host_ipc "$1")" --; }
 
 # Fails with exit 77 and a reason when this process cannot create network namespaces.
 require_netns_rights() {
@@ -99,9 +122,10 @@ resolve_host() {  # index or h<i> -> index
   echo "$h"
 }
 
-# shape NS DEV: the egress of DEV in namespace NS limited to $BW (and delayed by $LATENCY).
+# shape NS DEV [RATE]: the egress of DEV in namespace NS limited to RATE (default $BW; and delayed
+# by $LATENCY).
 shape() {
-  local ns=$1 dev=$2 bytes burst
+  local ns=$1 dev=$2 BW=${3:-$BW} bytes burst
   bytes=$(rate_bytes_per_s "$BW")
   # A burst of 2 ms at the rate, at least 128 KiB: veth hands tc GSO packets of up to 64 KiB.
   burst=$((bytes / 500))
@@ -142,7 +166,7 @@ shape() {
 
 cmd_down() {
   local ns pid
-  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^$PREFIX-(h[0-9]+|sw)$" || true); do
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E "^$PREFIX-(h[0-9]+(r[0-9]+)?|sw|sp)$" || true); do
     # Processes still inside our namespaces were started through this tool: end them by pid.
     for pid in $(ip netns pids "$ns" 2>/dev/null || true); do
       kill -KILL "$pid" 2>/dev/null || true
@@ -162,81 +186,159 @@ cmd_up() {
   local n=${1:-}
   [[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 250 ] || die "up: expected a host count 1..250, got '${n}'"
   shift
-  BW=$DEFAULT_BW QDISC=htb LATENCY="" MTU=1500
+  BW=$DEFAULT_BW QDISC=htb LATENCY="" MTU=1500 EMU_RAILS=0
+  local spine_bw="" oversub=1
   while [ $# -gt 0 ]; do
     case $1 in
       --bw) BW=$2; shift 2 ;;
       --qdisc) QDISC=$2; shift 2 ;;
       --latency) LATENCY=$2; shift 2 ;;
       --mtu) MTU=$2; shift 2 ;;
+      --rails) EMU_RAILS=$2; shift 2 ;;
+      --spine-bw) spine_bw=$2; shift 2 ;;
+      --spine-oversub) oversub=$2; shift 2 ;;
       *) die "up: unknown option '$1'" ;;
     esac
   done
   rate_bytes_per_s "$BW" >/dev/null
+  [[ $EMU_RAILS =~ ^[0-9]+$ ]] && [ "$EMU_RAILS" -le 64 ] || die "up: --rails expects a NIC count 1..64, got '$EMU_RAILS'"
+  [ -z "$spine_bw" ] && [ "$oversub" = 1 ] || [ "$EMU_RAILS" -gt 0 ] ||
+    die "up: --spine-bw and --spine-oversub need --rails (without rails, hosts share one switch)"
+  [[ $oversub =~ ^[0-9]+(\.[0-9]+)?$ ]] && awk -v f="$oversub" 'BEGIN { exit !(f >= 1) }' ||
+    die "up: --spine-oversub expects a factor >= 1, got '$oversub'"
+  # Each rail's spine link carries at most what the rail's n NICs send: that rate is non-blocking.
+  [ -n "$spine_bw" ] ||
+    spine_bw="$(awk -v b="$(rate_bytes_per_s "$BW")" -v n="$n" -v f="$oversub" 'BEGIN { printf "%.0f", b * n / f }')bps"
+  rate_bytes_per_s "$spine_bw" >/dev/null
   require_netns_rights
   [ ! -f "$STATE" ] || die "cluster '$PREFIX' is already up ($STATE); run: $0 down"
   # Anything half-built is removed when a step fails or the user interrupts.
   trap 'note "up failed; removing what was created"; cmd_down; exit 1' ERR
   trap 'cmd_down; exit 130' INT TERM
   LATENCY_APPLIED=1
-  local sw i hns
+  local sw sp i l ns port bridge rails
+  rails=$(nics_per_host)
   sw=$(switch_ns)
   v ip netns add "$sw"
   v ip -n "$sw" link set lo up
-  v ip -n "$sw" link add br0 type bridge
-  v ip -n "$sw" link set br0 up
+  for ((l = 0; l < rails; l++)); do
+    bridge=br0
+    [ "$EMU_RAILS" = 0 ] || bridge=rail$l
+    v ip -n "$sw" link add "$bridge" type bridge
+    v ip -n "$sw" link set "$bridge" up
+  done
+  if [ "$EMU_RAILS" != 0 ]; then
+    sp=$(spine_ns)
+    v ip netns add "$sp"
+    v ip -n "$sp" link set lo up
+    v ip netns exec "$sp" sysctl -qw net.ipv4.ip_forward=1
+    for ((l = 0; l < rails; l++)); do
+      v ip -n "$sp" link add "r$l" mtu "$MTU" type veth peer name "up$l" netns "$sw"
+      v ip -n "$sw" link set "up$l" mtu "$MTU" master "rail$l" up
+      v ip -n "$sp" addr add "$RAIL_NET.$l.254/24" dev "r$l"
+      v ip -n "$sp" link set "r$l" up
+      shape "$sp" "r$l" "$spine_bw"  # spine -> rail l
+      shape "$sw" "up$l" "$spine_bw"  # rail l -> spine
+    done
+  fi
+  mkdir -p "$STATE_DIR"
   for ((i = 0; i < n; i++)); do
-    hns=$(host_ns "$i")
-    v ip netns add "$hns"
-    v ip -n "$hns" link set lo up
-    mkdir -p "$STATE_DIR"
     touch "$(host_ipc "$i")"
     v unshare --ipc="$(host_ipc "$i")" true
-    v ip -n "$hns" link add eth0 mtu "$MTU" type veth peer name "h$i" netns "$sw"
-    v ip -n "$sw" link set "h$i" mtu "$MTU" master br0 up
-    # An RDMA NIC does not restart slow start after a pause: an all-to-all pauses its TCP
-    # connections between steps, and the restart would halve the rate of each next step.
-    v ip netns exec "$hns" sysctl -qw net.ipv4.tcp_slow_start_after_idle=0
-    v ip -n "$hns" addr add "$(host_addr "$i")/24" dev eth0
-    v ip -n "$hns" link set eth0 up
-    shape "$hns" eth0
-    shape "$sw" "h$i"
+    for ((l = 0; l < rails; l++)); do
+      ns=$(nic_ns "$i" "$l") port=$(nic_port "$i" "$l")
+      bridge=br0
+      [ "$EMU_RAILS" = 0 ] || bridge=rail$l
+      v ip netns add "$ns"
+      v ip -n "$ns" link set lo up
+      v ip -n "$ns" link add eth0 mtu "$MTU" type veth peer name "$port" netns "$sw"
+      v ip -n "$sw" link set "$port" mtu "$MTU" master "$bridge" up
+      # An RDMA NIC does not restart slow start after a pause: an all-to-all pauses its TCP
+      # connections between steps, and the restart would halve the rate of each next step.
+      v ip netns exec "$ns" sysctl -qw net.ipv4.tcp_slow_start_after_idle=0
+      v ip -n "$ns" addr add "$(nic_addr "$i" "$l")/24" dev eth0
+      v ip -n "$ns" link set eth0 up
+      [ "$EMU_RAILS" = 0 ] || v ip -n "$ns" route add default via "$RAIL_NET.$l.254"
+      shape "$ns" eth0
+      shape "$sw" "$port"
+    done
   done
-  mkdir -p "$STATE_DIR"
-  cat >"$STATE" <<EOF
+  cat >"$STATE" <<EOF2
 EMU_HOSTS=$n
 EMU_BW=$BW
 EMU_BW_BYTES=$(rate_bytes_per_s "$BW")
 EMU_QDISC=$QDISC
 EMU_LATENCY=$([ "$LATENCY_APPLIED" = 1 ] && echo "$LATENCY" || echo "")
 EMU_MTU=$MTU
-EOF
+EMU_RAILS=$EMU_RAILS
+EMU_SPINE_BW=$([ "$EMU_RAILS" = 0 ] || echo "$spine_bw")
+EMU_SPINE_BW_BYTES=$([ "$EMU_RAILS" = 0 ] && echo 0 || rate_bytes_per_s "$spine_bw")
+EOF2
   trap - ERR INT TERM
-  note "up: $n hosts ($PREFIX-h0..$PREFIX-h$((n - 1)), $SUBNET.1..$SUBNET.$n), links shaped to $BW each way ($QDISC)"
+  if [ "$EMU_RAILS" = 0 ]; then
+    note "up: $n hosts ($PREFIX-h0..$PREFIX-h$((n - 1)), $SUBNET.1..$SUBNET.$n), links shaped to $BW each way ($QDISC)"
+  else
+    note "up: $n hosts x $rails rails ($PREFIX-h<i>r<l> at $RAIL_NET.<l>.<i+1>), NICs shaped to $BW each way," \
+      "each rail's spine link to $spine_bw ($QDISC)"
+  fi
 }
 
 counter() { ip netns exec "$1" cat "/sys/class/net/$2/statistics/$3"; }
 
+# Byte and packet counters: every host's NICs (summed per host, and per NIC with rails) and, with
+# rails, every rail's spine link (tx: rail -> spine, rx: spine -> rail, counted at the rail's end).
 cmd_counters() {
   load_state
-  local json=0 i hns
+  local json=0 i l ns rails sep
   [ "${1:-}" = --json ] && json=1
-  [ $json = 1 ] && printf '{"prefix":"%s","bw_bytes_per_s":%s,"hosts":[' "$PREFIX" "$EMU_BW_BYTES"
+  rails=$(nics_per_host)
+  [ $json = 1 ] && printf '{"prefix":"%s","bw_bytes_per_s":%s,"rails":%s,"spine_bw_bytes_per_s":%s,"hosts":[' \
+    "$PREFIX" "$EMU_BW_BYTES" "${EMU_RAILS:-0}" "${EMU_SPINE_BW_BYTES:-0}"
   for ((i = 0; i < EMU_HOSTS; i++)); do
-    hns=$(host_ns "$i")
-    local tb rb tp rp
-    tb=$(counter "$hns" eth0 tx_bytes) rb=$(counter "$hns" eth0 rx_bytes)
-    tp=$(counter "$hns" eth0 tx_packets) rp=$(counter "$hns" eth0 rx_packets)
+    local tb=0 rb=0 tp=0 rp=0 nics="" t1 r1 t2 r2
+    sep=""
+    for ((l = 0; l < rails; l++)); do
+      ns=$(nic_ns "$i" "$l")
+      t1=$(counter "$ns" eth0 tx_bytes) r1=$(counter "$ns" eth0 rx_bytes)
+      t2=$(counter "$ns" eth0 tx_packets) r2=$(counter "$ns" eth0 rx_packets)
+      tb=$((tb + t1)) rb=$((rb + r1)) tp=$((tp + t2)) rp=$((rp + r2))
+      nics+=$(printf '%s{"rail":%d,"addr":"%s","tx_bytes":%s,"rx_bytes":%s,"tx_packets":%s,"rx_packets":%s}' \
+        "$sep" "$l" "$(nic_addr "$i" "$l")" "$t1" "$r1" "$t2" "$r2")
+      sep=,
+      [ $json = 1 ] || [ "$EMU_RAILS" = 0 ] ||
+        printf 'h%dr%-3d %-12s tx_bytes %-14s rx_bytes %-14s tx_packets %-10s rx_packets %s\n' \
+          "$i" "$l" "$(nic_addr "$i" "$l")" "$t1" "$r1" "$t2" "$r2"
+    done
     if [ $json = 1 ]; then
       [ "$i" -gt 0 ] && printf ','
-      printf '{"host":%d,"addr":"%s","tx_bytes":%s,"rx_bytes":%s,"tx_packets":%s,"rx_packets":%s}' \
-        "$i" "$(host_addr "$i")" "$tb" "$rb" "$tp" "$rp"
-    else
+      printf '{"host":%d,"addr":"%s","tx_bytes":%s,"rx_bytes":%s,"tx_packets":%s,"rx_packets":%s' \
+        "$i" "$(nic_addr "$i" 0)" "$tb" "$rb" "$tp" "$rp"
+      [ "$EMU_RAILS" = 0 ] || printf ',"nics":[%s]' "$nics"
+      printf '}'
+    elif [ "$EMU_RAILS" = 0 ]; then
       printf 'h%-3d %-12s tx_bytes %-14s rx_bytes %-14s tx_packets %-10s rx_packets %s\n' \
-        "$i" "$(host_addr "$i")" "$tb" "$rb" "$tp" "$rp"
+        "$i" "$(nic_addr "$i" 0)" "$tb" "$rb" "$tp" "$rp"
     fi
   done
-  [ $json = 1 ] && printf ']}\n'
+  [ $json = 0 ] || printf ']'
+  if [ "$EMU_RAILS" != 0 ]; then
+    [ $json = 0 ] || printf ',"spine":['
+    for ((l = 0; l < rails; l++)); do
+      local sw
+      sw=$(switch_ns)
+      t1=$(counter "$sw" "up$l" tx_bytes) r1=$(counter "$sw" "up$l" rx_bytes)
+      t2=$(counter "$sw" "up$l" tx_packets) r2=$(counter "$sw" "up$l" rx_packets)
+      if [ $json = 1 ]; then
+        [ "$l" -gt 0 ] && printf ','
+        printf '{"rail":%d,"tx_bytes":%s,"rx_bytes":%s,"tx_packets":%s,"rx_packets":%s}' "$l" "$t1" "$r1" "$t2" "$r2"
+      else
+        printf 'rail%-3d spine link  tx_bytes %-14s rx_bytes %-14s tx_packets %-10s rx_packets %s\n' \
+          "$l" "$t1" "$r1" "$t2" "$r2"
+      fi
+    done
+    [ $json = 0 ] || printf ']'
+  fi
+  [ $json = 0 ] || printf '}\n'
   return 0
 }
 
@@ -250,17 +352,24 @@ cmd_status() {
     cmd_counters --json
     return 0
   fi
-  echo "cluster '$PREFIX': $EMU_HOSTS hosts, links $EMU_BW each way ($EMU_QDISC), latency ${EMU_LATENCY:-none}, mtu $EMU_MTU"
+  if [ "${EMU_RAILS:-0}" = 0 ]; then
+    echo "cluster '$PREFIX': $EMU_HOSTS hosts, links $EMU_BW each way ($EMU_QDISC), latency ${EMU_LATENCY:-none}, mtu $EMU_MTU"
+  else
+    echo "cluster '$PREFIX': $EMU_HOSTS hosts x $EMU_RAILS rails, NICs $EMU_BW each way, spine links $EMU_SPINE_BW" \
+      "each way ($EMU_QDISC), latency ${EMU_LATENCY:-none}, mtu $EMU_MTU"
+  fi
   cmd_counters
 }
 
 cmd_exec() {
   load_state
   [ $# -ge 2 ] || die "exec: expected HOST cmd..."
-  local h
-  h=$(resolve_host "$1")
+  local h=${1%r*} l=0
+  [[ $1 != *r* ]] || l=${1##*r}
+  h=$(resolve_host "$h")
+  [[ $l =~ ^[0-9]+$ ]] && [ "$l" -lt "$(nics_per_host)" ] || die "exec: no NIC '$l' on host $h"
   shift
-  exec $(host_enter "$h") "$@"
+  exec $(rank_enter "$h" "$l") "$@"
 }
 
 cmd_launch() {
@@ -279,6 +388,8 @@ cmd_launch() {
   done
   [ $# -ge 1 ] || die "launch: no command after --"
   [[ $rph =~ ^[0-9]+$ ]] && [ "$rph" -ge 1 ] || die "launch: bad ranks per host '$rph'"
+  [ "${EMU_RAILS:-0}" = 0 ] || [ "$rph" = "$EMU_RAILS" ] ||
+    die "launch: $rph ranks per host on $EMU_RAILS rails; with rails each rank has its NIC: -r $EMU_RAILS"
   local world=$((EMU_HOSTS * rph)) pids=() i j r
   [ -z "$logdir" ] || mkdir -p "$logdir"
   # The transport between emulated hosts, each setting only where the caller left it unset: UCX,
@@ -307,8 +418,8 @@ cmd_launch() {
       local out=/dev/stdout
       [ -z "$logdir" ] || out=$logdir/rank$r.log
       RANK=$r WORLD_SIZE=$world LOCAL_RANK=$j LOCAL_WORLD_SIZE=$rph \
-        MASTER_ADDR=$(host_addr 0) MASTER_PORT=$port LOCMOE_BOOTSTRAP=tcp LOCMOE_HOSTID=host$i \
-        $(host_enter "$i") "$@" >"$out" 2>&1 &
+        MASTER_ADDR=$(nic_addr 0 0) MASTER_PORT=$port LOCMOE_BOOTSTRAP=tcp LOCMOE_HOSTID=host$i \
+        $(rank_enter "$i" "$j") "$@" >"$out" 2>&1 &
       pids+=($!)
     done
   done
@@ -357,7 +468,8 @@ inject_fault() {
       local h
       h=$(resolve_host "$target")
       note "fault: link of host $h down"
-      ip -n "$(host_ns "$h")" link set eth0 down
+      local l
+      for ((l = 0; l < $(nics_per_host); l++)); do ip -n "$(nic_ns "$h" "$l")" link set eth0 down; done
       ;;
     kill | stop)
       [[ $target =~ ^[0-9]+$ ]] && [ "$target" -lt "${#pids[@]}" ] || die "--fault: no rank '$target'"
@@ -412,7 +524,7 @@ on_run_signal() {
   exit 130
 }
 
-usage() { sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; }
 
 main() {
   local cmd=${1:-}

@@ -2,7 +2,7 @@
 """emu-plot.py: the emulated-cluster and cost-model figures of docs/PERFORMANCE.md, from the JSON of
 scripts/emu-bench.py (docs/data/emu-a2a-*.json) and locmoe-whatif (docs/data/whatif-ndv5-n*.json).
 Writes docs/img/emu-a2a-busbw.png (busbw against size per algorithm and host count, measured, with
-the link's rate and the model's prediction) and docs/img/whatif-ndv5.png (predicted dispatch time
+the model's prediction; a panel per file: one shared link per host, or rails with their spine) and docs/img/whatif-ndv5.png (predicted dispatch time
 per stage class and inter-node bytes per router, 2/4/8 nodes of ND H100 v5), and from
 scripts/emu-moe.py (docs/data/emu-moe-*.json) docs/img/emu-moe-layer.png (moe_layer step time per
 stage and bytes per link class, per router and host count), and from `locmoe-perf a2a -J` run on
@@ -28,8 +28,12 @@ def plot_a2a():
     files = sorted(glob.glob(os.path.join(DATA, "emu-a2a-*.json")))
     if not files:
         return
-    fig, axes = plt.subplots(1, len(files), figsize=(6 * len(files), 4.2), squeeze=False)
-    for ax, f in zip(axes[0], files):
+    cols = min(2, len(files))
+    rows_ = (len(files) + cols - 1) // cols
+    fig, axes = plt.subplots(rows_, cols, figsize=(6 * cols, 4.2 * rows_), squeeze=False)
+    for ax in axes.flat[len(files):]:
+        ax.set_visible(False)
+    for ax, f in zip(axes.flat, files):
         doc = json.load(open(f))
         rows = doc["rows"]
         for hosts in sorted({r["hosts"] for r in rows}):
@@ -47,7 +51,11 @@ def plot_a2a():
         ax.set_yscale("log")
         ax.set_xlabel("bytes per rank pair")
         ax.set_ylabel("busbw (MB/s)")
-        ax.set_title(f"emulated links at {doc['bw']} (dotted: locmoe-whatif)")
+        if doc.get("rails"):
+            spine = f"spine {doc['spine_oversub'] or 1:g}:1" if not doc.get("spine_bw") else f"spine {doc['spine_bw']}"
+            ax.set_title(f"{doc['rails']} rails, NICs at {doc['bw']}, {spine} (dotted: locmoe-whatif)", fontsize=10)
+        else:
+            ax.set_title(f"one link per host at {doc['bw']} (dotted: locmoe-whatif)", fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     save(fig, "emu-a2a-busbw.png")

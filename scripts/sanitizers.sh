@@ -48,7 +48,37 @@ asan_tests() {
   # sanitizers' slowdown would turn into false failures; the comm code they drive runs here under
   # the MPI and TCP-bootstrap tests.
   log "ctest under ASan+UBSan+LSan in $LOCMOE_ASAN_BUILD"
-  ctest --test-dir "$LOCMOE_ASAN_BUILD" --output-on-failure -j "$LOCMOE_JOBS" -LE "install|netns"
+  local junit=$LOCMOE_ASAN_BUILD/asan-ctest.xml again
+  ctest --test-dir "$LOCMOE_ASAN_BUILD" --output-on-failure -j "$LOCMOE_JOBS" -LE "install|netns" \
+    --output-junit "$junit" && return 0
+  # LeakSanitizer's stop-the-world tracer sometimes crashes at exit ("Tracer caught signal 11 ...
+  # LeakSanitizer has encountered a fatal error", google/sanitizers#1353, open upstream): the test
+  # had passed and the leak check never ran. Seen here 3 times in ~20 runs, only in 8-rank tests
+  # on 2 cores, never with a report. Those failures, and only when every failure is one, get one
+  # more run, in which the leak check runs (a leak fails it, and so does a second crash).
+  again=$(lsan_tracer_crashes "$junit") || return 1
+  log "LeakSanitizer's tracer crashed (no report, no leak check) in: $again; running those once more"
+  ctest --test-dir "$LOCMOE_ASAN_BUILD" --output-on-failure -R "^($again)\$"
+}
+
+# lsan_tracer_crashes JUNIT: the failed tests of a ctest JUnit file, as "a|b|...", when each one
+# failed only by LeakSanitizer's tracer crash; fails when any failure is something else.
+lsan_tracer_crashes() {
+  /usr/bin/python3 - "$1" <<'PY'
+import re, sys, xml.etree.ElementTree as ET
+failed = [t for t in ET.parse(sys.argv[1]).getroot().iter("testcase") if t.get("status") == "fail"]
+crash = "LeakSanitizer has encountered a fatal error"
+other = re.compile(r"ERROR: (Address|Leak|UndefinedBehavior)Sanitizer|runtime error:|\[  FAILED  \]|SURVIVOR rank [0-9]+ FAIL")
+names = []
+for t in failed:
+    out = "".join(e.text or "" for e in t.iter("system-out"))
+    if crash not in out or "Tracer caught signal" not in out or other.search(out):
+        sys.exit(1)
+    names.append(re.escape(t.get("name")))
+if not names:
+    sys.exit(1)
+print("|".join(names))
+PY
 }
 
 fuzz() {  # fuzz [SECONDS] [NAME]

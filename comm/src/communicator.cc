@@ -237,11 +237,19 @@ class CommunicatorImpl final : public Communicator {
     // and following the "waits for" chain through the notices names the real culprit.
     const auto grace = std::chrono::duration_cast<Clock::duration>(
         std::chrono::duration<double>(std::min(0.25 * timeout_s_, 5.0)));
-    auto first_pending = [&]() -> const Request* {
+    // The request to blame at the deadline: the first one pending with a peer that has sent no
+    // notice (an alive rank that is stuck sends one at its own deadline, so a silent peer is the
+    // dead or frozen one; blaming the first pending request instead named a live peer that merely
+    // waited on the same dead rank), else the first one pending.
+    auto stuck_request = [&]() -> const Request* {
+      const Request* first = nullptr;
       for (const Group& g : groups)
-        for (const Request& r : g.reqs)
-          if (!r.done) return &r;
-      return nullptr;
+        for (const Request& r : g.reqs) {
+          if (r.done) continue;
+          if (notice_from_.empty() || !notice_from_[r.peer]) return &r;
+          if (!first) first = &r;
+        }
+      return first;
     };
     auto group_of = [&](const Request* req) -> std::string {
       for (const Group& g : groups)
@@ -285,7 +293,7 @@ class CommunicatorImpl final : public Communicator {
       }
       const auto now = Clock::now();
       if (now > until) {
-        const Request* stuck = first_pending();
+        const Request* stuck = stuck_request();
         const std::string what = group_of(stuck);
         if (!notice_sent_) {
           send_abort_notices(error(Code::kTimeout, "rank {} waits for {} in {} ({})", me_,
@@ -298,7 +306,7 @@ class CommunicatorImpl final : public Communicator {
           int culprit = stuck->peer;
           std::vector<bool> seen(n_, false);
           seen[me_] = true;
-          while (!seen[culprit] && notice_from_[culprit] && waits_on_[culprit] >= 0) {
+          while (!seen[culprit] && !notice_from_.empty() && notice_from_[culprit] && waits_on_[culprit] >= 0) {
             seen[culprit] = true;
             chain += " waits for " + peer_name(culprit, &cluster_);
             culprit = waits_on_[culprit];

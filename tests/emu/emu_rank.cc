@@ -79,6 +79,7 @@ int main(int argc, char** argv) {
   std::vector<uint8_t> send(bytes * n), recv(bytes * n);
   locmoe::ExchangeStats total;
   double timed = 0, fastest = 1e300;
+  std::vector<double> iter_s;  // each timed exchange: with --sync, the slowest rank's is the exchange's time
   for (int it = 0; it < warmup + iters; ++it) {
     for (int d = 0; d < n; ++d)
       for (uint64_t i = 0; i < bytes; ++i) send[d * bytes + i] = pattern(me, d, it, i);
@@ -107,6 +108,7 @@ int main(int argc, char** argv) {
     if (it < warmup) continue;
     timed += el;
     fastest = std::min(fastest, el);
+    iter_s.push_back(el);
     const locmoe::ExchangeStats& st = (*comm)->last_stats();
     total.bytes_sent += st.bytes_sent;
     total.bytes_received += st.bytes_received;
@@ -117,7 +119,7 @@ int main(int argc, char** argv) {
   }
   nlohmann::json j = {{"rank", me}, {"host", *host}, {"node", cluster->my_node()}, {"ok", true},
                       {"algo", algo}, {"transport", (*comm)->transport_name()}, {"bytes", bytes},
-                      {"iters", iters}, {"seconds", timed}, {"fastest_s", fastest}, {"bytes_sent", total.bytes_sent},
+                      {"iters", iters}, {"seconds", timed}, {"fastest_s", fastest}, {"iter_s", iter_s}, {"bytes_sent", total.bytes_sent},
                       {"bytes_received", total.bytes_received}, {"internode_bytes_sent", total.internode_bytes_sent},
                       {"internode_msgs_sent", total.internode_msgs_sent},
                       {"intranode_bytes_sent", total.intranode_bytes_sent}, {"msgs_sent", total.msgs_sent}};

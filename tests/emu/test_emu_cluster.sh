@@ -44,23 +44,26 @@ ok "addresses and shaping"
 # TCP/IP/Ethernet headers (66 bytes per segment of at most 1448 payload bytes at MTU 1500, plus the
 # handshake and ACKs), host 1 sees at most broadcast noise (ARP).
 N=3000000
-read_ctr() { "$EMU" counters --json | $PY -c "import json,sys; d=json.load(sys.stdin); print(' '.join(str(h['$1']) for h in d['hosts']))"; }
-tx0=($(read_ctr tx_bytes)) rx0=($(read_ctr rx_bytes))
-"$EMU" exec 2 $PY -c "
+# xfer FROM TO ADDR: N bytes over TCP from host (or NIC) FROM to TO, which listens on ADDR.
+xfer() {
+  "$EMU" exec "$2" $PY -c "
 import socket; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(('10.77.0.3', 15001)); s.listen(1); c,_=s.accept(); n=0
+s.bind(('$3', 15001)); s.listen(1); c,_=s.accept(); n=0
 while True:
     b=c.recv(1<<20)
     if not b: break
     n+=len(b)
 print(n)" >"$LOCMOE_EMU_STATE.recv" &
-srv=$!
-sleep 0.5
-"$EMU" exec 0 $PY -c "
-import socket; s=socket.create_connection(('10.77.0.3', 15001)); s.sendall(b'x'*$N); s.close()"
-wait $srv
-got=$(cat "$LOCMOE_EMU_STATE.recv")
-[ "$got" = "$N" ] || fail "received $got bytes, sent $N"
+  local srv=$!
+  sleep 0.5
+  "$EMU" exec "$1" $PY -c "
+import socket; s=socket.create_connection(('$3', 15001)); s.sendall(b'x'*$N); s.close()"
+  wait $srv
+  [ "$(cat "$LOCMOE_EMU_STATE.recv")" = "$N" ] || fail "$1 -> $2: received $(cat "$LOCMOE_EMU_STATE.recv") of $N bytes"
+}
+read_ctr() { "$EMU" counters --json | $PY -c "import json,sys; d=json.load(sys.stdin); print(' '.join(str(h['$1']) for h in d['hosts']))"; }
+tx0=($(read_ctr tx_bytes)) rx0=($(read_ctr rx_bytes))
+xfer 0 2 10.77.0.3
 tx1=($(read_ctr tx_bytes)) rx1=($(read_ctr rx_bytes))
 d_tx0=$((tx1[0] - tx0[0])) d_rx2=$((rx1[2] - rx0[2])) d_rx1=$((rx1[1] - rx0[1]))
 max=$((N + (N / 1448 + 1) * 66 + 8192))
@@ -117,6 +120,45 @@ wait $runner
 rc=$?
 [ $rc = 130 ] && [ "$(ours)" = 0 ] && [ $(($(date +%s) - start)) -le 5 ] && ok "run: SIGTERM removed the cluster" ||
   fail "run SIGTERM: rc=$rc left=$(ours)"
+
+# Rails: 2 hosts x 2 NICs, one namespace per NIC, a spine between the rails.
+# --spine-oversub 4: each rail's spine link at 2 hosts x 400 Mbit/s / 4 = 200 Mbit/s.
+"$EMU" up 2 --bw 400mbit --rails 2 --spine-oversub 4 >/dev/null 2>&1 || fail "up --rails"
+[ "$(ours)" = 6 ] && ok "rails: 4 NIC namespaces, the switch and the spine" || fail "rails: $(ours) namespaces, expected 6"
+for h in 0 1; do
+  for l in 0 1; do
+    addr=$(ip -n "$LOCMOE_EMU_PREFIX-h${h}r$l" -4 -o addr show dev eth0 | awk '{print $4}')
+    [ "$addr" = "10.78.$l.$((h + 1))/24" ] || fail "rails: NIC $l of host $h at '$addr'"
+    [[ $(ip netns exec "$LOCMOE_EMU_PREFIX-h${h}r$l" tc class show dev eth0) == *"rate 400Mbit"* ]] || fail "rails: NIC h${h}r$l not shaped"
+  done
+done
+for where in "$LOCMOE_EMU_PREFIX-sp r0" "$LOCMOE_EMU_PREFIX-sw up1"; do
+  set -- $where
+  [[ $(ip netns exec "$1" tc class show dev "$2") == *"rate 200Mbit"* ]] || fail "rails: spine link $1/$2 not shaped to 200Mbit"
+done
+# A transfer between the same rails stays off the spine; one across rails crosses it once.
+spine_tx() { "$EMU" counters --json | $PY -c "import json,sys; print(sum(s['tx_bytes'] for s in json.load(sys.stdin)['spine']))"; }
+s0=$(spine_tx)
+xfer h0r1 h1r1 10.78.1.2
+s1=$(spine_tx)
+xfer h0r0 h1r1 10.78.1.2
+s2=$(spine_tx)
+[ $((s1 - s0)) -lt 4096 ] && ok "rails: same-rail transfer, $((s1 - s0)) bytes on the spine" || fail "rails: same-rail transfer put $((s1 - s0)) bytes on the spine"
+[ $((s2 - s1)) -ge "$N" ] && [ $((s2 - s1)) -le "$max" ] && ok "rails: cross-rail transfer, $((s2 - s1)) bytes through the spine" ||
+  fail "rails: cross-rail transfer put $((s2 - s1)) bytes through the spine, expected [$N, $max]"
+# Every rank in its NIC's namespace, sharing its host's IPC namespace; one rank per NIC.
+out=$("$EMU" launch -r 2 -p 29778 -- sh -c 'echo "$RANK $LOCMOE_HOSTID $MASTER_ADDR $(ip -4 -o addr show dev eth0 | awk "{print \$4}") $(readlink /proc/self/ns/ipc)"' | sort -n)
+expect=$(for r in 0 1 2 3; do echo "$r host$((r / 2)) 10.78.0.1 10.78.$((r % 2)).$((r / 2 + 1))/24"; done)
+[ "$(cut -d' ' -f1-4 <<<"$out")" = "$expect" ] && [ "$(awk '{print $2, $5}' <<<"$out" | sort -u | wc -l)" = 2 ] &&
+  [ "$(awk '{print $5}' <<<"$out" | sort -u | wc -l)" = 2 ] && ok "rails: launch places rank l on NIC l, one IPC namespace per host" ||
+  fail "rails launch output:"$'\n'"$out"
+msg=$("$EMU" launch -r 3 -- true 2>&1) && fail "rails: launch -r 3 on 2 rails accepted" ||
+  { grep -q "rails" <<<"$msg" && ok "rails: $msg" || fail "rails: launch -r 3: $msg"; }
+"$EMU" down
+[ "$(ours)" = 0 ] && ok "rails: down removed everything" || fail "rails: $(ours) namespaces left after down"
+msg=$("$EMU" up 2 --spine-bw 1gbit 2>&1) && fail "--spine-bw without --rails accepted" || ok "$msg"
+msg=$("$EMU" up 2 --rails 2 --spine-oversub 0.5 2>&1) && fail "--spine-oversub 0.5 accepted" || ok "$msg"
+"$EMU" down >/dev/null 2>&1
 
 [ $FAILS = 0 ] || { echo "$FAILS failure(s)" >&2; exit 1; }
 echo "all emu-cluster checks passed"

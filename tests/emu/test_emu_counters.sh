@@ -11,28 +11,33 @@
 # fixed part covers the TCP bootstrap, UCX wire-up and each exchange's count metadata).
 # Message counts: flat sends one message per (rank, remote rank) pair, hierarchical one per
 # (rank, remote host) pair: rail l to rail l.
+# With "rails" as the third argument, the same on a rail-optimized fabric (emu-cluster.sh up
+# --rails 2: every rank has its own NIC; rails meet at the spine), checked per NIC and per spine
+# link too: each NIC transmits its rank's inter-node payload, within the same overhead; the spine
+# carries exactly the flat exchange's bytes between different local ranks of different hosts,
+# (H - 1) * (R - 1) * B per rank, and none of the hierarchical exchange's (rail l to rail l),
+# apart from the fixed part (bootstrap and wire-up between rails).
 set -uo pipefail
-EMU=$1 RANK_BIN=$2 EMU_TEST_TAG=c
+EMU=$1 RANK_BIN=$2 MODE=${3:-shared} EMU_TEST_TAG=c
 source "$(dirname "$0")/emu_common.sh"
 export LOCMOE_TIMEOUT_S=30
 H=2 R=2 B=262144 IT=3
 N=$((H * R))
-emu_up $H --bw 1gbit
-tx_sum() { "$EMU" counters --json | /usr/bin/python3 -c "import json,sys; print(sum(h['tx_bytes'] for h in json.load(sys.stdin)['hosts']))"; }
-declare -A WIRE
+if [ "$MODE" = rails ]; then emu_up $H --bw 1gbit --rails $R; else emu_up $H --bw 1gbit; fi
+mkdir -p "$LOGS"
 for algo in flat hier; do
-  before=$(tx_sum)
+  "$EMU" counters --json >"$LOGS/counters.before"
   "$EMU" launch -r $R -p 29621 -t 60 -o "$LOGS" -- "$RANK_BIN" --bytes $B --iters $IT --algo $algo ||
     { fail "$algo: launch failed"; cat "$LOGS"/rank*.log >&2; continue; }
-  after=$(tx_sum)
-  wire=$((after - before))
-  WIRE[$algo]=$wire
+  "$EMU" counters --json >"$LOGS/counters.after"
   ranks_json >"$LOGS/results.json"
-  /usr/bin/python3 - "$algo" "$wire" $H $R $B $IT "$LOGS/results.json" <<'PY' || FAILS=$((FAILS + 1))
+  /usr/bin/python3 - "$algo" "$LOGS/counters.before" "$LOGS/counters.after" $H $R $B $IT "$LOGS/results.json" <<'PY' || FAILS=$((FAILS + 1))
 import json, sys
-algo, wire = sys.argv[1], int(sys.argv[2])
-H, R, B, IT = map(int, sys.argv[3:7])
-rows = [json.loads(l) for l in open(sys.argv[7]) if l.strip()]
+algo, before, after = sys.argv[1], json.load(open(sys.argv[2])), json.load(open(sys.argv[3]))
+H, R, B, IT = map(int, sys.argv[4:8])
+rows = [json.loads(l) for l in open(sys.argv[8]) if l.strip()]
+wire = sum(h["tx_bytes"] for h in after["hosts"]) - sum(h["tx_bytes"] for h in before["hosts"])
+rails = after["rails"] > 0
 N = H * R
 problems = []
 if len(rows) != N or not all(r["ok"] for r in rows):
@@ -46,11 +51,26 @@ if payload != expect_payload:
     problems.append(f"internode payload {payload}, expected {expect_payload}")
 if msgs != expect_msgs:
     problems.append(f"internode messages {msgs}, expected {expect_msgs}")
-bound = payload * (1 + 66 / 1448) + 262144 * N
+overhead = lambda p, ranks: p * (1 + 66 / 1448) + 262144 * ranks
+bound = overhead(payload, N)
 if not (payload <= wire <= bound):
     problems.append(f"wire bytes {wire} not in [{payload}, {bound:.0f}]")
-print(("FAIL" if problems else "ok") + f": {algo}: payload {payload} B in {msgs} messages, wire {wire} B "
-      f"(overhead {100 * (wire - payload) / max(payload, 1):.2f}%)" + ("" if not problems else "; " + "; ".join(problems)))
+extra = ""
+if rails:
+    for r in rows:
+        h, l = r["rank"] // R, r["rank"] % R
+        tx = after["hosts"][h]["nics"][l]["tx_bytes"] - before["hosts"][h]["nics"][l]["tx_bytes"]
+        p = r["internode_bytes_sent"]
+        if not (p <= tx <= overhead(p, 1)):
+            problems.append(f"NIC {l} of host {h} (rank {r['rank']}) sent {tx} B, payload {p} B")
+    spine = sum(x["tx_bytes"] for x in after["spine"]) - sum(x["tx_bytes"] for x in before["spine"])
+    expect_spine = IT * N * (H - 1) * (R - 1) * B if algo == "flat" else 0
+    if not (expect_spine <= spine <= overhead(expect_spine, N)):
+        problems.append(f"spine carried {spine} B, expected {expect_spine} B of payload")
+    extra = f"; spine {spine} B for {expect_spine} B of cross-rail payload"
+MODE = "rails" if rails else "one NIC per host"
+print(("FAIL" if problems else "ok") + f": {MODE}: {algo}: payload {payload} B in {msgs} messages, wire {wire} B "
+      f"(overhead {100 * (wire - payload) / max(payload, 1):.2f}%)" + extra + ("" if not problems else "; " + "; ".join(problems)))
 sys.exit(1 if problems else 0)
 PY
 done

@@ -62,28 +62,63 @@ TEST(Whatif, UniformTwoNodesByHand) {
   EXPECT_DOUBLE_EQ(hier->lower_bound_s, 16 * b / be);
 }
 
+TEST(Whatif, RailOptimizedSpineByHand) {
+  // 2 nodes x 4 ranks, 4 NICs per node (rails), b bytes between every pair, each rail's spine link
+  // at sp. Flat: a rank sends 4b to the other node, 3b of it to other rails; rail l's spine link
+  // carries the cross-rail bytes of its 2 ranks, 6b each way. Hierarchical: rail l to rail l only.
+  const double b = 1000, bi = 1e9, be = 1e4, sp = 1e4;
+  w::ClusterModel c = model(2, 4, 4, bi, be);
+  const auto t = w::uniform_traffic(8, uint64_t(b));
+  auto open = w::predict(t, c, w::Algo::kFlat);  // spine.bw 0: non-blocking, the NIC decides
+  ASSERT_TRUE(open.ok());
+  EXPECT_DOUBLE_EQ(open->seconds, 4 * b / be);
+  EXPECT_EQ(open->spine_bytes, uint64_t(8 * 3 * b));
+  EXPECT_EQ(open->stages[0].max_spine_bytes, uint64_t(6 * b));
+  c.spine = {sp, 0};
+  auto flat = w::predict(t, c, w::Algo::kFlat);
+  ASSERT_TRUE(flat.ok());
+  EXPECT_DOUBLE_EQ(flat->seconds, 6 * b / sp);
+  EXPECT_DOUBLE_EQ(flat->inter_seconds, 6 * b / sp);
+  auto hier = w::predict(t, c, w::Algo::kHierarchical);
+  ASSERT_TRUE(hier.ok());
+  EXPECT_EQ(hier->spine_bytes, 0u);
+  // Gather 6b per rank port (as on one NIC), then rail l carries 4b each way on its own NIC.
+  EXPECT_DOUBLE_EQ(hier->seconds, 6 * b / bi + 4 * b / be);
+  // The bound ignores the spine (an exchange can stay on its rails): 16b over 4 NICs.
+  EXPECT_DOUBLE_EQ(flat->lower_bound_s, 4 * b / be);
+  c.spine = {-1, 0};
+  EXPECT_FALSE(w::predict(t, c, w::Algo::kFlat).ok());
+}
+
 TEST(Whatif, InvariantsOnRandomTraffic) {
   std::mt19937 rng(7);
   for (int trial = 0; trial < 20; ++trial) {
     const int nodes = 1 + int(rng() % 4), g = 1 + int(rng() % 4), nics = 1 + int(rng() % g);
     w::ClusterModel c = model(nodes, g, nics, 1e9 * (1 + rng() % 10), 1e8 * (1 + rng() % 10));
     c.intra.latency_s = 1e-6, c.inter.latency_s = 5e-6;
+    c.spine.bw = (rng() % 2) ? 0 : 1e7 * (1 + rng() % 10);
     const int R = nodes * g;
     w::TrafficMatrix t{R, std::vector<uint64_t>(size_t(R) * R)};
-    uint64_t cross = 0, cross_pairs = 0;
+    uint64_t cross = 0, cross_pairs = 0, cross_rails = 0;
     for (int s = 0; s < R; ++s)
       for (int d = 0; d < R; ++d) {
         const uint64_t v = (rng() % 3 == 0) ? 0 : rng() % 100000;
         t.bytes[size_t(s) * R + d] = v;
         if (s / g != d / g) cross += v, cross_pairs += v != 0;
+        if (s / g != d / g && (s % g) % nics != (d % g) % nics) cross_rails += v;
       }
     for (w::Algo a : {w::Algo::kFlat, w::Algo::kHierarchical}) {
       auto p = w::predict(t, c, a);
       ASSERT_TRUE(p.ok());
       EXPECT_LE(p->lower_bound_s, p->seconds * (1 + 1e-12)) << w::algo_name(a) << " trial " << trial;
       EXPECT_EQ(p->internode_bytes, cross) << w::algo_name(a);
-      if (a == w::Algo::kFlat) EXPECT_EQ(p->internode_msgs, cross_pairs);
-      else EXPECT_LE(p->internode_msgs, uint64_t(nodes) * (nodes - 1) * g);  // one per remote node per rank
+      if (a == w::Algo::kFlat) {
+        EXPECT_EQ(p->internode_msgs, cross_pairs);
+        EXPECT_EQ(p->spine_bytes, cross_rails);
+      } else {
+        EXPECT_LE(p->internode_msgs, uint64_t(nodes) * (nodes - 1) * g);  // one per remote node per rank
+        EXPECT_EQ(p->spine_bytes, 0u);  // rail l to rail l
+      }
       // Combine moves every byte back: the same bytes between nodes.
       auto back = w::predict(t.transposed(), c, a);
       ASSERT_TRUE(back.ok());

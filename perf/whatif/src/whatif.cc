@@ -47,15 +47,16 @@ namespace {
 // Loads of one stage on every resource.
 struct Loads {
   const ClusterModel& c;
-  std::vector<uint64_t> intra_tx, intra_rx, nic_tx, nic_rx;
+  std::vector<uint64_t> intra_tx, intra_rx, nic_tx, nic_rx, spine_up, spine_down;
   StageTime st;
   explicit Loads(const ClusterModel& cm, std::string name)
       : c(cm), intra_tx(cm.size()), intra_rx(cm.size()), nic_tx(size_t(cm.nodes) * cm.nics_per_node),
-        nic_rx(size_t(cm.nodes) * cm.nics_per_node) {
+        nic_rx(size_t(cm.nodes) * cm.nics_per_node), spine_up(cm.nics_per_node), spine_down(cm.nics_per_node) {
     st.name = std::move(name);
   }
   int node(int r) const { return r / c.ranks_per_node; }
-  int nic(int r) const { return node(r) * c.nics_per_node + (r % c.ranks_per_node) % c.nics_per_node; }
+  int rail(int r) const { return (r % c.ranks_per_node) % c.nics_per_node; }
+  int nic(int r) const { return node(r) * c.nics_per_node + rail(r); }
   void add(int s, int d, uint64_t b) {
     if (b == 0 || s == d) return;
     if (node(s) == node(d)) {
@@ -67,6 +68,11 @@ struct Loads {
       nic_rx[nic(d)] += b;
       st.inter_bytes += b;
       st.inter_msgs += 1;
+      if (rail(s) != rail(d)) {
+        spine_up[rail(s)] += b;
+        spine_down[rail(d)] += b;
+        st.spine_bytes += b;
+      }
     }
   }
   // Closes the stage: its time and its per-class shares.
@@ -79,7 +85,9 @@ struct Loads {
     };
     st.max_intra_bytes = mx(intra_tx, intra_rx);
     st.max_inter_bytes = mx(nic_tx, nic_rx);
-    const double ti = st.max_intra_bytes / c.intra.bw, te = st.max_inter_bytes / c.inter.bw;
+    st.max_spine_bytes = mx(spine_up, spine_down);
+    const double ts = c.spine.bw > 0 ? st.max_spine_bytes / c.spine.bw : 0;
+    const double ti = st.max_intra_bytes / c.intra.bw, te = std::max(st.max_inter_bytes / c.inter.bw, ts);
     double lat = 0;
     if (st.intra_bytes) lat = std::max(lat, c.intra.latency_s);
     if (st.inter_bytes) lat = std::max(lat, c.inter.latency_s);
@@ -122,6 +130,7 @@ Result<Prediction> predict(const TrafficMatrix& t, const ClusterModel& c, Algo a
                    c.ranks_per_node, c.nics_per_node);
   LOCMOE_CHECK_ARG(c.intra.bw > 0 && c.inter.bw > 0, "whatif: link bandwidths intra {} and inter {} B/s must be > 0",
                    c.intra.bw, c.inter.bw);
+  LOCMOE_CHECK_ARG(c.spine.bw >= 0, "whatif: spine bandwidth {} B/s must be >= 0 (0: non-blocking)", c.spine.bw);
   LOCMOE_CHECK_ARG(c.chunk_bytes > 0, "whatif: chunk of {} bytes must be > 0", c.chunk_bytes);
   LOCMOE_CHECK_ARG(c.intra.latency_s >= 0 && c.inter.latency_s >= 0, "whatif: latencies {} and {} s must be >= 0",
                    c.intra.latency_s, c.inter.latency_s);
@@ -166,6 +175,7 @@ Result<Prediction> predict(const TrafficMatrix& t, const ClusterModel& c, Algo a
     p.internode_bytes += p.stages.back().inter_bytes;
     p.internode_msgs += p.stages.back().inter_msgs;
     p.intranode_bytes += p.stages.back().intra_bytes;
+    p.spine_bytes += p.stages.back().spine_bytes;
   }
   if (algo == Algo::kFlat) {
     p.seconds = p.stages[0].seconds;

@@ -21,12 +21,13 @@ nlohmann::json to_json(const w::Prediction& p) {
   nlohmann::json stages = nlohmann::json::array();
   for (const w::StageTime& s : p.stages)
     stages.push_back({{"name", s.name}, {"seconds", s.seconds}, {"max_intra_bytes", s.max_intra_bytes},
-                      {"max_inter_bytes", s.max_inter_bytes}, {"intra_bytes", s.intra_bytes},
-                      {"inter_bytes", s.inter_bytes}, {"inter_msgs", s.inter_msgs}});
+                      {"max_inter_bytes", s.max_inter_bytes}, {"max_spine_bytes", s.max_spine_bytes},
+                      {"intra_bytes", s.intra_bytes}, {"inter_bytes", s.inter_bytes}, {"inter_msgs", s.inter_msgs},
+                      {"spine_bytes", s.spine_bytes}});
   return {{"algo", w::algo_name(p.algo)}, {"seconds", p.seconds}, {"intra_seconds", p.intra_seconds},
           {"inter_seconds", p.inter_seconds}, {"lower_bound_seconds", p.lower_bound_s},
           {"internode_bytes", p.internode_bytes}, {"internode_msgs", p.internode_msgs},
-          {"intranode_bytes", p.intranode_bytes}, {"stages", stages}};
+          {"intranode_bytes", p.intranode_bytes}, {"spine_bytes", p.spine_bytes}, {"stages", stages}};
 }
 
 int fail(const locmoe::Status& s) {
@@ -62,6 +63,9 @@ int main(int argc, char** argv) {
   app.add_option("--inter-bw", c.inter.bw, "Inter-node bandwidth per NIC and direction, bytes/s (default 50e9: 400 Gb/s; "
                                            "a <net speed> in --topo wins unless this flag is given)");
   app.add_option("--inter-latency", c.inter.latency_s, "Inter-node start-up time, s (default 10e-6)");
+  app.add_option("--spine-bw", c.spine.bw, "Rail-optimized fabric: bandwidth of each rail's link to the spine, per "
+                                           "direction, bytes/s; traffic between different rails crosses it "
+                                           "(default 0: non-blocking)");
   app.add_option("--chunk-bytes", c.chunk_bytes, "Pipeline chunk of the hierarchical exchange, bytes (default: "
                                                  "LOCMOE_CHUNK_BYTES, as comm uses it)");
   app.add_option("--router", rules, "Routers to compare (router/: locmoe+ gshard node-limited dropless ...), on a synthetic input (whatif.h)");
@@ -94,7 +98,7 @@ int main(int argc, char** argv) {
   if (nics > 0) c.nics_per_node = nics;
   doc["cluster"] = {{"nodes", c.nodes}, {"ranks_per_node", c.ranks_per_node}, {"nics_per_node", c.nics_per_node},
                     {"intra_bw", c.intra.bw}, {"intra_latency_s", c.intra.latency_s}, {"inter_bw", c.inter.bw},
-                    {"inter_latency_s", c.inter.latency_s}, {"chunk_bytes", c.chunk_bytes}};
+                    {"inter_latency_s", c.inter.latency_s}, {"spine_bw", c.spine.bw}, {"chunk_bytes", c.chunk_bytes}};
 
   struct Case {
     std::string name;
@@ -114,10 +118,11 @@ int main(int argc, char** argv) {
     }
   }
   if (!json)
-    std::printf("%d nodes x %d ranks, %d NICs/node; intra %.3g B/s + %.3g s, inter %.3g B/s per NIC + %.3g s\n"
+    std::printf("%d nodes x %d ranks, %d NICs/node; intra %.3g B/s + %.3g s, inter %.3g B/s per NIC + %.3g s, "
+                "spine %.3g B/s per rail (0: non-blocking)\n"
                 "%-13s %-8s %-5s %12s %12s %12s %12s %14s\n",
                 c.nodes, c.ranks_per_node, c.nics_per_node, c.intra.bw, c.intra.latency_s, c.inter.bw,
-                c.inter.latency_s, "traffic", "phase", "algo", "time_ms", "intra_ms", "inter_ms", "bound_ms",
+                c.inter.latency_s, c.spine.bw, "traffic", "phase", "algo", "time_ms", "intra_ms", "inter_ms", "bound_ms",
                 "internode_MB");
   nlohmann::json results = nlohmann::json::array();
   for (const Case& cs : cases) {

@@ -8,6 +8,14 @@
 //     emulated), intra.bw per rank and direction;
 //   * inter: the node's NICs, `nics_per_node` of them; rank of local rank l uses NIC l % nics
 //     (rails); inter.bw per NIC and direction. An emulated host has one shaped veth: nics = 1.
+//   * spine (rail-optimized fabrics, nics > 1): NIC l of every node hangs off rail l's switch, and
+//     the rails meet only at the spine, one link per rail (spine.bw per direction). A byte between
+//     nodes from a rank on rail a to a rank on rail b != a goes rail a -> spine -> rail b and
+//     loads both rails' spine links; a byte between the same rails never leaves its rail switch.
+//     spine.bw = 0 (the default): non-blocking, not a constraint. Real fabrics are often
+//     oversubscribed at the spine (spine.bw < nodes x inter.bw), and there the flat exchange,
+//     whose traffic is mostly cross-rail, pays for it while the hierarchical one (rail l to rail
+//     l only) does not.
 // A stage moves its transfers concurrently; its time is its most loaded resource's bytes over
 // that resource's bandwidth, plus the latency of the slowest class it uses. The hierarchical
 // exchange (nodes of equal size) has two stages: the gather inside the node onto the rail of each
@@ -19,7 +27,8 @@
 // Lower bound (algorithm-independent): every byte between nodes must leave its source node and
 // enter its destination node through that node's NICs, at best spread evenly over them; every
 // byte between two ranks of one node must leave and enter those ranks' intra ports. The bound is
-// the largest of these loads over its bandwidth plus one latency of the class it comes from.
+// the largest of these loads over its bandwidth plus one latency of the class it comes from. (No
+// spine term: an exchange can keep every byte on its rail.)
 #pragma once
 
 #include <cstdint>
@@ -43,6 +52,7 @@ struct ClusterModel {
   int nics_per_node = 1;
   LinkClassFigures intra;  // per rank
   LinkClassFigures inter;  // per NIC
+  LinkClassFigures spine;  // per rail's link to the spine; bw 0 = non-blocking (header)
   uint64_t chunk_bytes = 4194304;  // comm's pipeline chunk (LOCMOE_CHUNK_BYTES); hierarchical only
   int size() const { return nodes * ranks_per_node; }
 };
@@ -69,9 +79,11 @@ struct StageTime {
   double seconds = 0;
   uint64_t max_intra_bytes = 0;    // most loaded rank port (send or receive) of the stage
   uint64_t max_inter_bytes = 0;    // most loaded NIC (send or receive) of the stage
+  uint64_t max_spine_bytes = 0;    // most loaded spine link (to or from the spine) of the stage
   uint64_t intra_bytes = 0;        // all bytes the stage moves inside nodes
   uint64_t inter_bytes = 0;        // all bytes the stage moves between nodes
   uint64_t inter_msgs = 0;         // messages between nodes
+  uint64_t spine_bytes = 0;        // bytes between nodes that cross rails (each goes through the spine once)
 };
 
 enum class Algo { kFlat, kHierarchical };
@@ -82,11 +94,12 @@ struct Prediction {
   std::vector<StageTime> stages;
   double seconds = 0;        // flat: its stage; hierarchical: the two stages pipelined (above)
   double intra_seconds = 0;  // the stages' intra-node share: sum over stages of intra load / bw
-  double inter_seconds = 0;  // the stages' inter-node share
+  double inter_seconds = 0;  // the stages' inter-node share (NICs or spine, the slower)
   double lower_bound_s = 0;  // see the header comment; the same for every algorithm
   uint64_t internode_bytes = 0;
   uint64_t internode_msgs = 0;
   uint64_t intranode_bytes = 0;
+  uint64_t spine_bytes = 0;
 };
 
 // The rail of node m towards node n: the local rank (m + n) mod min(L_m, L_n), as comm's
