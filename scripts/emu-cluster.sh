@@ -323,9 +323,9 @@ cmd_counters() {
   [ $json = 0 ] || printf ']'
   if [ "$EMU_RAILS" != 0 ]; then
     [ $json = 0 ] || printf ',"spine":['
+    local sw
+    sw=$(switch_ns)
     for ((l = 0; l < rails; l++)); do
-      local sw
-      sw=$(switch_ns)
       t1=$(counter "$sw" "up$l" tx_bytes) r1=$(counter "$sw" "up$l" rx_bytes)
       t2=$(counter "$sw" "up$l" tx_packets) r2=$(counter "$sw" "up$l" rx_packets)
       if [ $json = 1 ]; then
