@@ -53,9 +53,8 @@ asan_tests() {
     --output-junit "$junit" && return 0
   # LeakSanitizer's stop-the-world tracer sometimes crashes at exit ("Tracer caught signal 11 ...
   # LeakSanitizer has encountered a fatal error", google/sanitizers#1353, open upstream): the test
-  # had passed and the leak check never ran. Seen only in 8-rank tests on 2 cores beside another
-  # test (ctest -j2): in both clean-clone runs of 2026-11-24 in test_comm_a2a_np8, never with a
-  # report, and its rerun alone then passed with the leak check done. Those failures, and only when every failure is one, get one
+  # had passed and the leak check never ran. Seen in 8-rank tests on 2 cores, which therefore run
+  # without leak checking (tests/CMakeLists.txt); this rerun covers any other test it may hit. Those failures, and only when every failure is one, get one
   # more run, in which the leak check runs (a leak fails it, and so does a second crash).
   again=$(lsan_tracer_crashes "$junit") || return 1
   log "LeakSanitizer's tracer crashed (no report, no leak check) in: $again; running those once more"
