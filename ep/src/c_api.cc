@@ -5,6 +5,7 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
@@ -31,6 +32,7 @@ struct locmoe_plan_s {
 };
 struct locmoe_router_s {
   std::unique_ptr<locmoe::Router> router;
+  bool routed = false;  // a locmoe_route succeeded (last_stats is meaningful)
 };
 struct locmoe_dispatcher_s {
   locmoe_group_t group = nullptr;
@@ -317,7 +319,7 @@ locmoe_status_t locmoe_router_create(const locmoe_router_config_t* config, locmo
   return guarded("locmoe_router_create", [&] {
     LOCMOE_CHECK_ARG(out != nullptr, "out is NULL");
     locmoe_router_config_t c = LOCMOE_ROUTER_CONFIG_INIT;
-    LOCMOE_RETURN_IF_ERROR(read_config(config, c, sizeof(c), "config"));
+    LOCMOE_RETURN_IF_ERROR(read_config(config, c, offsetof(locmoe_router_config_t, candidates), "config"));
     locmoe::RouterConfig rc;
     if (c.name != nullptr) rc.name = c.name;
     rc.k = c.k;
@@ -325,6 +327,10 @@ locmoe_status_t locmoe_router_create(const locmoe_router_config_t* config, locmo
     rc.tau = c.tau;
     rc.locality_margin = c.locality_margin;
     rc.renormalize = c.renormalize != 0;
+    rc.candidates = c.candidates;
+    rc.beta = c.beta;
+    rc.capacity_floor = c.capacity_floor;
+    rc.max_nodes = c.max_nodes;
     LOCMOE_ASSIGN_OR_RETURN(locmoe::Router r, locmoe::Router::create(rc));
     auto h = std::make_unique<locmoe_router_s>();
     h->router = std::make_unique<locmoe::Router>(std::move(r));
@@ -349,9 +355,71 @@ locmoe_status_t locmoe_route(locmoe_router_t router, locmoe_group_t group, const
                             router->router->route(locmoe::MatrixView{features, num_tokens, hidden},
                                                   locmoe::MatrixView{gate, E, hidden}, placement,
                                                   group->bootstrap.get()));
+    router->routed = true;
     auto p = std::make_unique<locmoe_plan_s>();
     p->plan = std::move(plan);
     *out = p.release();
+    return locmoe::ok_status();
+  });
+}
+
+locmoe_status_t locmoe_router_last_stats(locmoe_router_t router, locmoe_route_stats_t* stats) {
+  return guarded("locmoe_router_last_stats", [&] {
+    LOCMOE_CHECK_ARG(router != nullptr && router->router != nullptr, "router is NULL");
+    LOCMOE_CHECK_ARG(router->routed, "the router has not routed yet (call locmoe_route first)");
+    const locmoe::RouteStats& s = router->router->last_stats();
+    locmoe_route_stats_t v = LOCMOE_ROUTE_STATS_INIT;
+    v.step = s.step;
+    v.global_tokens = s.global_tokens;
+    v.num_experts = s.num_experts;
+    v.capacity = s.capacity;
+    v.capacity_factor_capacity = s.capacity_factor_capacity;
+    v.capacity_lower_bound = s.capacity_lower_bound;
+    v.capacity_smoothed = s.capacity_smoothed;
+    v.tau_reached = s.tau_reached ? 1 : 0;
+    v.topk_mass = s.topk_mass;
+    v.kept_mass = s.kept_mass;
+    v.kept_slots = s.kept_slots;
+    return write_info(v, stats, "stats");
+  });
+}
+
+locmoe_status_t locmoe_plan_global_expert_counts(locmoe_plan_t plan, int64_t* counts) {
+  return guarded("locmoe_plan_global_expert_counts", [&] {
+    LOCMOE_CHECK_ARG(plan != nullptr, "plan is NULL");
+    LOCMOE_CHECK_ARG(counts != nullptr, "counts is NULL");
+    const locmoe::RoutingPlan& p = plan->plan;
+    LOCMOE_CHECK_ARG(p.global_expert_count.size() == static_cast<size_t>(p.num_experts),
+                     "the plan has no group counts ({} for {} experts)", p.global_expert_count.size(),
+                     p.num_experts);
+    std::copy(p.global_expert_count.begin(), p.global_expert_count.end(), counts);
+    return locmoe::ok_status();
+  });
+}
+
+locmoe_status_t locmoe_plan_aux_loss(locmoe_plan_t plan, locmoe_aux_loss_t kind, const float* logits,
+                                     double* loss, float* d_logits) {
+  return guarded("locmoe_plan_aux_loss", [&] {
+    LOCMOE_CHECK_ARG(plan != nullptr, "plan is NULL");
+    LOCMOE_CHECK_ARG(loss != nullptr, "loss is NULL");
+    const locmoe::RoutingPlan& p = plan->plan;
+    const size_t n = static_cast<size_t>(p.num_tokens) * static_cast<size_t>(p.num_experts);
+    LOCMOE_CHECK_ARG(p.num_tokens == 0 || (logits != nullptr && d_logits != nullptr),
+                     "logits or d_logits is NULL");
+    const locmoe::MatrixView z{logits, p.num_tokens, p.num_experts};
+    const std::span<float> dz(d_logits, n);
+    locmoe::Result<double> r = locmoe::error(Code::kInvalidArgument, "unset");
+    switch (kind) {
+      case LOCMOE_AUX_LOAD_BALANCE: r = locmoe::load_balance_loss(p, z, dz); break;
+      case LOCMOE_AUX_Z_LOSS: r = locmoe::z_loss(z, dz); break;
+      case LOCMOE_AUX_LOCALITY: r = locmoe::locality_loss(p, z, dz); break;
+      default:
+        return locmoe::error(Code::kInvalidArgument,
+                             "kind {} must be LOCMOE_AUX_LOAD_BALANCE (0), LOCMOE_AUX_Z_LOSS (1) or "
+                             "LOCMOE_AUX_LOCALITY (2)", kind);
+    }
+    if (!r.ok()) return r.status();
+    *loss = *r;
     return locmoe::ok_status();
   });
 }

@@ -139,9 +139,14 @@ typedef struct locmoe_router_config_t {
   double tau;             /* LocMoE+: gate mass the capacity lower bound keeps, (0, 1] */
   double locality_margin; /* score bonus of experts on the token's own node (>= 0) */
   int32_t renormalize;    /* 1: combine weights renormalized over the accepted experts; 0: raw p */
+  /* Added after the first release: a caller's older, shorter struct gets these defaults. */
+  int32_t candidates;     /* LocMoE+: candidates per token, k <= l <= E; 0 = min(2k, E) */
+  double beta;            /* LocMoE+: smoothing of C_lb across calls, [0, 1) (default 0.9) */
+  int64_t capacity_floor; /* LocMoE+: smallest capacity it may use, >= 1 (default 1) */
+  int32_t max_nodes;      /* node-limited / locmoe+: nodes a token may use; 0 = the router's default */
 } locmoe_router_config_t;
 #define LOCMOE_ROUTER_CONFIG_INIT \
-  { (uint32_t)sizeof(locmoe_router_config_t), NULL, 2, 1.25, 0.9, 0.1, 1 }
+  { (uint32_t)sizeof(locmoe_router_config_t), NULL, 2, 1.25, 0.9, 0.1, 1, 0, 0.9, 1, 0 }
 
 /* A router (keeps LocMoE+'s smoothed capacity across calls: one per MoE layer). */
 locmoe_status_t locmoe_router_create(const locmoe_router_config_t* config, locmoe_router_t* out);
@@ -152,6 +157,44 @@ void locmoe_router_destroy(locmoe_router_t router);
 locmoe_status_t locmoe_route(locmoe_router_t router, locmoe_group_t group, const float* features,
                              int32_t num_tokens, int64_t hidden, const float* gate,
                              int32_t experts_per_rank, locmoe_plan_t* out);
+/* What the router's last successful locmoe_route decided for the whole group (the same on every
+ * rank). Capacities are slots per expert; masses are sums of gate probabilities over the group. */
+typedef struct locmoe_route_stats_t {
+  uint32_t struct_size;             /* sizeof(locmoe_route_stats_t) */
+  int64_t step;                     /* 0 for the router's first call */
+  int64_t global_tokens;            /* T of the whole group */
+  int64_t num_experts;              /* E */
+  int64_t capacity;                 /* capacity used (0 = none: dropless) */
+  int64_t capacity_factor_capacity; /* C_cf = ceil(capacity_factor * k * T / E); 0: dropless */
+  int64_t capacity_lower_bound;     /* LocMoE+: C_lb of this call (0 for other routers) */
+  double capacity_smoothed;         /* LocMoE+: beta-smoothed C_lb (0 for other routers) */
+  int32_t tau_reached;              /* LocMoE+: 0 when even C_cf keeps less than tau of the mass */
+  double topk_mass;                 /* sum over tokens of their unconstrained top-k probabilities */
+  double kept_mass;                 /* sum of p over the accepted slots */
+  int64_t kept_slots;               /* accepted (token, expert) slots */
+} locmoe_route_stats_t;
+#define LOCMOE_ROUTE_STATS_INIT \
+  { (uint32_t)sizeof(locmoe_route_stats_t), 0, 0, 0, 0, 0, 0, 0.0, 0, 0.0, 0.0, 0 }
+/* Local. LOCMOE_ERR_INVALID_ARGUMENT before the router's first successful locmoe_route. */
+locmoe_status_t locmoe_router_last_stats(locmoe_router_t router, locmoe_route_stats_t* stats);
+/* Local. counts: int64 [E] (host): accepted slots of each expert over the whole group (every
+ * rank's tokens; the plan carries the group's sums). */
+locmoe_status_t locmoe_plan_global_expert_counts(locmoe_plan_t plan, int64_t* counts);
+
+/* Auxiliary losses of the gate (router/include/locmoe/router/gate_grad.h), each averaged over the
+ * plan's T local tokens; logits: float [T, E] (host, z = features gate^T of this rank's tokens);
+ * writes *loss and d loss / d z into d_logits float [T, E] (host). Local.
+ *  LOAD_BALANCE: E * sum_e f_e P_e, f_e = accepted slots of expert e among this plan's tokens /
+ *                (T k) (a constant), P_e = mean_t softmax(z_t)_e (Switch Transformer).
+ *  Z_LOSS:       mean_t (logsumexp z_t)^2 (ST-MoE).
+ *  LOCALITY:     mean_t -log P_t(experts on this rank's node) = KL(q_t || p_t) (LocMoE). */
+typedef int32_t locmoe_aux_loss_t;
+#define LOCMOE_AUX_LOAD_BALANCE 0
+#define LOCMOE_AUX_Z_LOSS 1
+#define LOCMOE_AUX_LOCALITY 2
+locmoe_status_t locmoe_plan_aux_loss(locmoe_plan_t plan, locmoe_aux_loss_t kind, const float* logits,
+                                     double* loss, float* d_logits);
+
 /* Backward of the combine weights into the logits z = features gate^T: logits float [T, E] (host),
  * d_weight float [T*k] (host, e.g. grad_weights of locmoe_combine_backward), renormalize as the
  * router's; writes d_logits float [T, E] (host). The trainer then forms dx = dz gate and

@@ -163,7 +163,7 @@ class Plan {
 class Router {
  public:
   Router(const std::string& name, int k, double capacity_factor, double tau, double locality_margin,
-         bool renormalize) {
+         bool renormalize, int candidates, double beta, int64_t capacity_floor, int max_nodes) {
     locmoe_router_config_t c = LOCMOE_ROUTER_CONFIG_INIT;
     c.name = name.c_str();
     c.k = k;
@@ -171,8 +171,19 @@ class Router {
     c.tau = tau;
     c.locality_margin = locality_margin;
     c.renormalize = renormalize ? 1 : 0;
+    c.candidates = candidates;
+    c.beta = beta;
+    c.capacity_floor = capacity_floor;
+    c.max_nodes = max_nodes;
     check(locmoe_router_create(&c, &r_));
+    name_ = name;
+    k_ = k;
+    renormalize_ = renormalize;
   }
+  locmoe_router_t get() const { return r_; }
+  const std::string& name() const { return name_; }
+  int k() const { return k_; }
+  bool renormalize() const { return renormalize_; }
   ~Router() { locmoe_router_destroy(r_); }
   Router(const Router&) = delete;
   Router& operator=(const Router&) = delete;
@@ -187,7 +198,53 @@ class Router {
 
  private:
   locmoe_router_t r_ = nullptr;
+  std::string name_;
+  int k_ = 0;
+  bool renormalize_ = true;
 };
+
+// Router statistics, the group's expert counts and the auxiliary losses (used by locmoe.torch).
+nb::dict router_last_stats(const Router& r) {
+  locmoe_route_stats_t s = LOCMOE_ROUTE_STATS_INIT;
+  check(locmoe_router_last_stats(r.get(), &s));
+  nb::dict d;
+  d["step"] = s.step;
+  d["global_tokens"] = s.global_tokens;
+  d["num_experts"] = s.num_experts;
+  d["capacity"] = s.capacity;
+  d["capacity_factor_capacity"] = s.capacity_factor_capacity;
+  d["capacity_lower_bound"] = s.capacity_lower_bound;
+  d["capacity_smoothed"] = s.capacity_smoothed;
+  d["tau_reached"] = s.tau_reached != 0;
+  d["topk_mass"] = s.topk_mass;
+  d["kept_mass"] = s.kept_mass;
+  d["kept_slots"] = s.kept_slots;
+  return d;
+}
+
+std::vector<int64_t> plan_global_expert_counts(const Plan& p) {
+  std::vector<int64_t> c(static_cast<size_t>(p.info().num_experts));
+  check(locmoe_plan_global_expert_counts(p.get(), c.data()));
+  return c;
+}
+
+double plan_aux_loss(const Plan& p, const std::string& kind,
+                     nb::ndarray<float, nb::ndim<2>, nb::c_contig, nb::device::cpu> logits,
+                     nb::ndarray<float, nb::ndim<2>, nb::c_contig, nb::device::cpu> d_logits) {
+  locmoe_aux_loss_t k = 0;
+  if (kind == "load_balance") k = LOCMOE_AUX_LOAD_BALANCE;
+  else if (kind == "z") k = LOCMOE_AUX_Z_LOSS;
+  else if (kind == "locality") k = LOCMOE_AUX_LOCALITY;
+  else bad("kind must be 'load_balance', 'z' or 'locality', got '" + kind + "'");
+  const size_t T = static_cast<size_t>(p.info().num_tokens), E = static_cast<size_t>(p.info().num_experts);
+  if (logits.shape(0) != T || logits.shape(1) != E)
+    bad("logits must be [" + std::to_string(T) + ", " + std::to_string(E) + "] (the plan's tokens x experts)");
+  if (d_logits.shape(0) != T || d_logits.shape(1) != E)
+    bad("d_logits must be [" + std::to_string(T) + ", " + std::to_string(E) + "] (the plan's tokens x experts)");
+  double loss = 0;
+  check(locmoe_plan_aux_loss(p.get(), k, logits.data(), &loss, d_logits.data()));
+  return loss;
+}
 
 class Dispatcher;
 
@@ -347,12 +404,26 @@ NB_MODULE(_locmoe, m) {
            "d loss/d logits [T, E] (written into d_logits) from d loss/d weight [T, k]; logits = x gate^T")
       .def_prop_ro("copies", [](const Plan& p) {
         return std::vector<int64_t>{p.info().copies[0], p.info().copies[1], p.info().copies[2]};
-      }, "token copies to [this rank, its node, other nodes]");
+      }, "token copies to [this rank, its node, other nodes]")
+      .def("global_expert_counts", &plan_global_expert_counts,
+           "Local. Accepted slots of each expert over the whole group [E] (plans of the router and "
+           "locmoe.Plan both carry them).")
+      .def("aux_loss", &plan_aux_loss, nb::arg("kind"), nb::arg("logits"), nb::arg("d_logits").noconvert(),
+           "Local. kind 'load_balance' | 'z' | 'locality': returns the loss (mean over the plan's "
+           "tokens) and writes d loss/d logits into d_logits; logits, d_logits float32 [T, E].");
 
   nb::class_<Router>(m, "Router", "LocMoE+ or a baseline router (one per MoE layer).")
-      .def(nb::init<const std::string&, int, double, double, double, bool>(), nb::arg("name") = "locmoe+",
-           nb::arg("k") = 2, nb::arg("capacity_factor") = 1.25, nb::arg("tau") = 0.9,
-           nb::arg("locality_margin") = 0.1, nb::arg("renormalize") = true)
+      .def(nb::init<const std::string&, int, double, double, double, bool, int, double, int64_t, int>(),
+           nb::arg("name") = "locmoe+", nb::arg("k") = 2, nb::arg("capacity_factor") = 1.25, nb::arg("tau") = 0.9,
+           nb::arg("locality_margin") = 0.1, nb::arg("renormalize") = true, nb::arg("candidates") = 0,
+           nb::arg("beta") = 0.9, nb::arg("capacity_floor") = 1, nb::arg("max_nodes") = 0,
+           "Parameters as locmoe_router_config_t (include/locmoe/locmoe.h); a bad value raises Error "
+           "naming it.")
+      .def_prop_ro("name", &Router::name)
+      .def_prop_ro("k", &Router::k)
+      .def_prop_ro("renormalize", &Router::renormalize)
+      .def("last_stats", &router_last_stats,
+           "Local. What the last route() decided for the whole group, as a dict (locmoe_route_stats_t).")
       .def("route", &Router::route, nb::arg("group"), nb::arg("features"), nb::arg("gate"),
            nb::arg("experts_per_rank"), nb::rv_policy::take_ownership, nb::keep_alive<0, 2>(),
            "Collective. features float32 [T, H] (this rank's tokens), gate float32 [E, H] (same on "
