@@ -297,8 +297,8 @@ class MoELayer(nn.Module):
     initialized from (seed, e) so that any number of ranks holds the same experts.
 
     After each forward: ``aux_loss`` (0-d, differentiable), ``last_router`` (RouterOutput),
-    ``last_stats`` (the router's stats plus "internode_bytes_sent" of this rank's dispatch and
-    "recv_rows"), ``timings`` (seconds per stage of the last step: "route", "dispatch",
+    ``last_stats`` (the router's stats plus this rank's dispatch: "internode_bytes_sent",
+    "recv_rows", "accepted_slots" sent, "slots_received" by its experts, "dropped_tokens"), ``timings`` (seconds per stage of the last step: "route", "dispatch",
     "experts", "combine", and after backward "combine_backward", "dispatch_backward").
     """
 
@@ -372,5 +372,6 @@ class MoELayer(nn.Module):
         out = combine(expert_out, r.weight, self.dispatcher, handle, t)
         self.aux_loss, self.last_router = r.aux_loss, r
         self.last_stats = dict(r.stats, internode_bytes_sent=handle.internode_bytes_sent,
-                               recv_rows=handle.recv_rows)
+                               recv_rows=handle.recv_rows, accepted_slots=handle.accepted_slots,
+                               slots_received=handle.slots_received, dropped_tokens=handle.dropped_tokens)
         return out.reshape(shape)
