@@ -12,11 +12,13 @@ paths are checked to give the same output and gradients before timing.
 
 Launch with mpirun (every rank: `-x MASTER_ADDR -x MASTER_PORT` for gloo) or torchrun. Rank 0
 prints one JSON object: the medians over --iters steps of each path (slowest rank per step), the
-ratio gloo / locmoe, and the stage times of the locmoe path.
+ratio gloo / locmoe, rank 0's CPU seconds per step of each (more CPU than wall time on a
+shared core means waiting by spinning), and rank 0's stage times of both paths.
 """
 import argparse
 import json
 import os
+import resource
 import sys
 import time
 
@@ -155,25 +157,30 @@ def main():
     assert err < 1e-3, f"locmoe and gloo paths differ by {err}"
 
     times = {"locmoe": [], "gloo": []}
+    cpu = {"locmoe": [], "gloo": []}  # this process's CPU seconds (user + system) per step
     stages = {"locmoe": {}, "gloo": {}}
     for it in range(a.warmup + a.iters):
         for which in (("locmoe", "gloo") if it % 2 == 0 else ("gloo", "locmoe")):
             arr = np.zeros(R)
             g.allreduce_sum(arr)  # start together
             st = {}
+            ru0 = resource.getrusage(resource.RUSAGE_SELF)
             t0 = time.perf_counter()
             step(which, st)
             arr[g.rank] = time.perf_counter() - t0
+            ru1 = resource.getrusage(resource.RUSAGE_SELF)
+            c = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
             g.allreduce_sum(arr)
             if it >= a.warmup:
                 times[which].append(arr.max())
+                cpu[which].append(c)
                 for key, v in st.items():
                     stages[which][key] = stages[which].get(key, 0.0) + v / a.iters
     if g.rank == 0:
         med = {w: float(np.median(v)) for w, v in times.items()}
         print(json.dumps({"ranks": R, "nodes": g.num_nodes, "tokens": T, "hidden": H, "ffn": a.ffn,
                           "experts_per_rank": L, "k": k, "iters": a.iters, "max_abs_diff": err,
-                          "median_step_s": med, "gloo_over_locmoe": med["gloo"] / med["locmoe"],
+                          "median_step_s": med, "median_cpu_s_rank0": {w: float(np.median(v)) for w, v in cpu.items()}, "gloo_over_locmoe": med["gloo"] / med["locmoe"],
                           "stages_rank0_s": stages}))
     dist.destroy_process_group()
     return 0

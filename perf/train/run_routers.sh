@@ -6,7 +6,7 @@
 # LAUNCH=torchrun to start the same runs under two torchruns (one per emulated node).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-out=${1:-$root/perf/train/results}
+out=${1:-$root/docs/data/train}
 shift || true
 [ "${1:-}" = "--" ] && shift
 py=${PYTHON:-python3}
