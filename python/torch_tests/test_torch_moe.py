@@ -18,7 +18,7 @@ import locmoe  # noqa: E402
 import locmoe.torch as lt  # noqa: E402
 
 H, F, L, T = 16, 24, 2, 20
-ROUTERS = ["locmoe+", "gshard", "dropless", "switch", "expert-choice", "node-limited", "locmoe"]
+ROUTERS = ["locmoe+", "gshard", "dropless", "switch", "expert-choice", "node-limited", "locmoe", "hash"]
 
 
 def rank_tokens(g, T, seed, requires_grad=True):
