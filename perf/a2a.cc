@@ -39,6 +39,7 @@
 #include "locmoe/comm/communicator.h"
 #include "locmoe/core/params.h"
 #include "locmoe/core/log.h"
+#include "locmoe/topology/placement.h"
 #include "subcommand.h"
 
 extern char** environ;
@@ -193,9 +194,8 @@ int run_a2a(int argc, char** argv) {
   set_log_rank(rank);
   if (Status s = params::validate_all(); !s.ok()) return fail(rank, s);
 
-  auto host = local_host_id();
-  if (!host.ok()) return fail(rank, host.status());
-  auto cluster = exchange_cluster_map(b, RankDescriptor{*host, "", ""});
+  // The runtime's map: each rank's GPU, rail NIC and CPUs (LOCMOE_TOPO_FILE, overrides, LOCMOE_BIND).
+  auto cluster = topo::build_cluster_map(b);
   if (!cluster.ok()) return fail(rank, cluster.status());
 
   std::vector<std::string> algos;

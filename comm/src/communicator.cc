@@ -845,10 +845,10 @@ Result<std::unique_ptr<Communicator>> Communicator::create(Bootstrap& bootstrap,
                  "every rank must use the same",
                  algo == A2AAlgo::kFlat ? "flat" : "hier");
   }
-  LOCMOE_ASSIGN_OR_RETURN(std::unique_ptr<Transport> inter, make_transport(inter_name, bootstrap));
+  LOCMOE_ASSIGN_OR_RETURN(std::unique_ptr<Transport> inter, make_transport(inter_name, bootstrap, &cluster));
   std::unique_ptr<Transport> intra;
   if (!intra_name.empty()) {
-    LOCMOE_ASSIGN_OR_RETURN(intra, make_transport(intra_name, bootstrap));
+    LOCMOE_ASSIGN_OR_RETURN(intra, make_transport(intra_name, bootstrap, &cluster));
     LOCMOE_CHECK_ARG(intra->supports(MemoryKind::kHost) == inter->supports(MemoryKind::kHost),
                      "intra-node transport {} and inter-node transport {} move different kinds of memory",
                      intra_name, inter_name);

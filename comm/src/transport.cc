@@ -63,15 +63,17 @@ bool transport_available(std::string_view name) {
   return false;
 }
 
-Result<std::unique_ptr<Transport>> make_transport(std::string_view name, Bootstrap& bootstrap) {
+Result<std::unique_ptr<Transport>> make_transport(std::string_view name, Bootstrap& bootstrap,
+                                                  const ClusterMap* cluster) {
   if (name == "mpi") return make_mpi_transport(bootstrap);
-  if (name == "ucx") return make_ucx_transport(bootstrap);
+  if (name == "ucx") return make_ucx_transport(bootstrap, cluster);
   if (name == "nccl") return make_nccl_transport(bootstrap);
   return error(Code::kInvalidArgument, "unknown transport '{}': expected mpi, ucx or nccl", name);
 }
 
 #if !LOCMOE_HAVE_UCX
-Result<std::unique_ptr<Transport>> make_ucx_transport(Bootstrap&) {
+std::string ucx_net_device(const RankDescriptor&) { return ""; }
+Result<std::unique_ptr<Transport>> make_ucx_transport(Bootstrap&, const ClusterMap*) {
   return error(Code::kUnsupported, "this build has no UCX transport (UCX was not found at configure time)");
 }
 #endif

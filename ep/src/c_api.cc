@@ -21,6 +21,8 @@
 #include "locmoe/router/gate_grad.h"
 #include "locmoe/router/router.h"
 #include "locmoe/topology/cluster.h"
+#include "locmoe/topology/placement.h"
+#include "memory.h"
 
 struct locmoe_group_s {
   std::unique_ptr<locmoe::Bootstrap> bootstrap;
@@ -148,9 +150,10 @@ Status create_group(const locmoe_group_config_t* config, locmoe_group_t* out) {
       LOCMOE_ASSIGN_OR_RETURN(g->bootstrap, locmoe::make_bootstrap_from_env());
     }
   }
-  locmoe::RankDescriptor mine;
-  LOCMOE_ASSIGN_OR_RETURN(mine.host_id, locmoe::local_host_id());
-  LOCMOE_ASSIGN_OR_RETURN(g->cluster, locmoe::exchange_cluster_map(*g->bootstrap, mine));
+  // Each rank's place on its node (GPU, rail NIC, CPUs; LOCMOE_BIND) from its node's topology.
+  locmoe::topo::PlaceOverride place;
+  place.cuda_bus_id = locmoe::ep_detail::current_cuda_bus_id();
+  LOCMOE_ASSIGN_OR_RETURN(g->cluster, locmoe::topo::build_cluster_map(*g->bootstrap, place));
   locmoe::CommConfig cc;
   if (c.transport != nullptr) cc.transport = c.transport;
   cc.algo = static_cast<locmoe::A2AAlgo>(c.a2a_algo);

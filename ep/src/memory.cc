@@ -39,6 +39,21 @@ Status check_device_available() {
 #endif
 }
 
+std::string current_cuda_bus_id() {
+#if LOCMOE_HAVE_CUDA
+  int n = 0, dev = 0;
+  char id[32] = {0};
+  if (cudaGetDeviceCount(&n) != cudaSuccess || n <= 0 || cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetPCIBusId(id, sizeof id - 1, dev) != cudaSuccess) {
+    (void)cudaGetLastError();  // leave no sticky error behind for the caller's next CUDA call
+    return "";
+  }
+  return id;
+#else
+  return "";
+#endif
+}
+
 Result<Buffer> Buffer::make(size_t bytes, MemoryKind kind) {
   Buffer b;
   b.kind_ = kind;

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 
 #include "locmoe/comm/communicator.h"
 #include "locmoe/core/status.h"
@@ -38,6 +39,9 @@ Status copy_to_host(void* dst, const void* src, size_t bytes, MemoryKind src_kin
 // Copies `bytes` from host memory to `dst` (in `dst_kind` memory), ordered on `stream`.
 Status copy_from_host(void* dst, const void* src, size_t bytes, MemoryKind dst_kind, void* stream);
 // kUnsupported unless this build has CUDA and the process sees a device.
+// PCI bus id of the CUDA device current on this thread ("0000:07:00.0"); "" in a build without
+// CUDA or when no device is usable. Queries device attributes only (creates no context).
+std::string current_cuda_bus_id();
 Status check_device_available();
 
 }  // namespace locmoe::ep_detail

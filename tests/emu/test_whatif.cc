@@ -175,6 +175,48 @@ TEST(Whatif, TopologyFactsNicSpeedFromNetElement) {
   EXPECT_DOUBLE_EQ(f->nic_bw, 200000.0 * 1e6 / 8);
 }
 
+TEST(Whatif, RailsFromThePlacementRule) {
+  // ND V100 v2: 8 GPUs, one InfiniBand NIC (tests/data/topologies/README.md): every rank's rail.
+  auto v2 = w::read_topology_facts(std::string(LOCMOE_TEST_DATA) + "/topologies/azure-ndv2.nccl.xml");
+  ASSERT_TRUE(v2.ok()) << v2.status().to_string();
+  EXPECT_EQ(v2->nics, 1);
+  EXPECT_EQ(v2->rails, std::vector<int>(8, 0));
+  // Two GPUs each beside an InfiniBand NIC, and a management Ethernet NIC that carries no rail.
+  const std::string path = ::testing::TempDir() + "whatif_rails.nccl.xml";
+  {
+    std::ofstream out(path);
+    out << R"(<system version="1">
+  <cpu numaid="0" affinity="0000ffff" arch="x86_64" vendor="GenuineIntel" familyid="6" modelid="85">
+    <pci busid="0000:01:00.0" class="0x060400" link_speed="16 GT/s" link_width="16">
+      <pci busid="0000:02:00.0" class="0x030200" link_speed="16 GT/s" link_width="16"/>
+      <pci busid="0000:03:00.0" class="0x020700" link_speed="16 GT/s" link_width="16"/>
+    </pci>
+    <pci busid="0000:11:00.0" class="0x060400" link_speed="16 GT/s" link_width="16">
+      <pci busid="0000:12:00.0" class="0x030200" link_speed="16 GT/s" link_width="16"/>
+      <pci busid="0000:13:00.0" class="0x020700" link_speed="16 GT/s" link_width="16"/>
+    </pci>
+    <pci busid="0000:21:00.0" class="0x020000" link_speed="16 GT/s" link_width="16"/>
+  </cpu>
+</system>
+)";
+  }
+  auto f = w::read_topology_facts(path);
+  std::remove(path.c_str());
+  ASSERT_TRUE(f.ok()) << f.status().to_string();
+  EXPECT_EQ(f->gpus, 2);
+  EXPECT_EQ(f->nics, 2);
+  EXPECT_EQ(f->rails, (std::vector<int>{0, 1}));
+  // Rails shape the prediction: two ranks on one NIC take twice the NIC time of one each.
+  w::ClusterModel spread = model(2, 2, 2, 1e12, 1e8), shared = spread;
+  shared.rail_of_local = {0, 0};
+  auto a = w::predict(w::uniform_traffic(4, 1 << 20), spread, w::Algo::kFlat);
+  auto b = w::predict(w::uniform_traffic(4, 1 << 20), shared, w::Algo::kFlat);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_GT(b->seconds, 1.5 * a->seconds);
+  shared.rail_of_local = {0, 2};
+  EXPECT_FALSE(w::predict(w::uniform_traffic(4, 1), shared, w::Algo::kFlat).ok());
+}
+
 TEST(Whatif, TrafficFromRouterPlansCountsEveryCopy) {
   // Plans of a real router on the synthetic input; the matrix row of rank r, counted here from the
   // plan's slots (one copy per distinct destination rank of each token), times the row bytes.

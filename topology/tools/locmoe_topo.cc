@@ -3,6 +3,7 @@
 // (--cluster), and the LOCMOE_* parameters (--params). Exit status: 0 ok, 1 usage, 2 error.
 #include <mpi.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 
@@ -13,6 +14,7 @@
 #include "locmoe/core/check.h"
 #include "locmoe/core/params.h"
 #include "locmoe/topology/cluster.h"
+#include "locmoe/topology/placement.h"
 #include "locmoe/topology/topology.h"
 
 namespace {
@@ -94,35 +96,47 @@ void print_text(const topo::Topology& t) {
   }
 }
 
-// Rank descriptors are exchanged twice: first host ids alone, to learn this rank's local rank,
-// then with the GPU of that local rank and its rail NIC.
+// The runtime's own map (placement.h: the rule, overrides, LOCMOE_BIND), on --file/--synthetic
+// when given, else load_default()'s topology.
 Result<locmoe::ClusterMap> cluster_map(const Options& o, locmoe::Bootstrap& boot) {
-  LOCMOE_ASSIGN_OR_RETURN(topo::Topology t, load(o));
-  locmoe::RankDescriptor mine;
-  LOCMOE_ASSIGN_OR_RETURN(mine.host_id, locmoe::local_host_id());
-  LOCMOE_ASSIGN_OR_RETURN(locmoe::ClusterMap first, locmoe::exchange_cluster_map(boot, mine));
-  const int local = first.my_local_rank();
-  if (local < t.num_gpus()) {
-    mine.gpu_bus_id = t.gpus()[local].pci_bus_id;
-    if (t.rail(local) >= 0) mine.nic = t.nics()[t.rail(local)].label();
-  }
-  return locmoe::exchange_cluster_map(boot, mine);
+  Result<topo::Topology> t = load(o);
+  // A rank that cannot load its topology still joins the exchanges (build_cluster_map agrees on
+  // failures), so its peers fail with it instead of waiting.
+  if (!t.ok() && o.file.empty() && o.synthetic.empty()) return topo::build_cluster_map(boot);
+  if (!t.ok()) return t.status();
+  return topo::build_cluster_map(boot, {}, &*t);
 }
 
 std::string rank_list(const std::vector<int>& ranks) { return topo::cpu_list_string(ranks); }
 
+std::string groups_text(const std::vector<std::vector<int>>& groups) {
+  std::string out;
+  for (const auto& g : groups) out += (out.empty() ? "" : "; ") + std::string("ranks ") + rank_list(g);
+  return out;
+}
+
 void print_cluster(const locmoe::ClusterMap& map, bool json) {
+  const locmoe::ClusterFindings f = locmoe::cluster_findings(map);
   auto null_if_empty = [](const std::string& s) { return s.empty() ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(s); };
+  auto null_if_negative = [](int v) { return v < 0 ? nlohmann::ordered_json(nullptr) : nlohmann::ordered_json(v); };
   if (json) {
     nlohmann::ordered_json nodes = nlohmann::ordered_json::array(), ranks = nlohmann::ordered_json::array();
     for (int n = 0; n < map.num_nodes(); ++n)
-      nodes.push_back({{"node", n}, {"host", map.host_of_node(n)}, {"ranks", map.nodes[n]}});
+      nodes.push_back({{"node", n}, {"host", map.host_of_node(n)}, {"ranks", map.nodes[n]}, {"lanes", map.lanes[n]},
+                       {"topology", null_if_empty(map.ranks[map.nodes[n][0]].desc.topo_digest)},
+                       {"topology_differs", std::find(f.nodes_differing.begin(), f.nodes_differing.end(), n) !=
+                                                f.nodes_differing.end()}});
     for (const locmoe::RankInfo& r : map.ranks)
       ranks.push_back({{"rank", r.rank}, {"node", r.node}, {"local_rank", r.local_rank},
-                       {"local_size", map.local_size(r.node)}, {"host", r.desc.host_id},
-                       {"gpu", null_if_empty(r.desc.gpu_bus_id)}, {"nic", null_if_empty(r.desc.nic)}});
+                       {"local_size", map.local_size(r.node)}, {"host", r.desc.host_id}, {"lane", r.lane},
+                       {"gpu", null_if_empty(r.desc.gpu_bus_id)}, {"gpu_index", null_if_negative(r.desc.gpu)},
+                       {"nic", null_if_empty(r.desc.nic)}, {"nic_index", null_if_negative(r.desc.nic_index)},
+                       {"nic_name", null_if_empty(r.desc.nic_name)}, {"nic_kind", null_if_empty(r.desc.nic_kind)},
+                       {"cpus", null_if_empty(r.desc.cpus)}, {"numa", null_if_negative(r.desc.numa)}});
     nlohmann::ordered_json doc = {{"size", map.size()}, {"num_nodes", map.num_nodes()}, {"uniform", map.uniform()},
-                          {"nodes", nodes}, {"ranks", ranks}};
+                          {"nodes", nodes}, {"ranks", ranks},
+                          {"findings", {{"nodes_differing", f.nodes_differing}, {"shared_gpus", f.shared_gpus},
+                                        {"shared_nics", f.shared_nics}}}};
     // Host ids (LOCMOE_HOSTID) and NIC names need not be UTF-8: replace bad bytes, never throw.
     std::printf("%s\n", doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     return;
@@ -130,14 +144,23 @@ void print_cluster(const locmoe::ClusterMap& map, bool json) {
   std::printf("cluster: %d ranks on %d nodes (%s)\n", map.size(), map.num_nodes(),
               map.uniform() ? "uniform" : "UNEVEN: nodes have different rank counts");
   for (int n = 0; n < map.num_nodes(); ++n) {
-    std::printf("\nnode %d '%s': %d ranks (%s)\n", n, map.host_of_node(n).c_str(), map.local_size(n),
-                rank_list(map.nodes[n]).c_str());
+    const std::string& digest = map.ranks[map.nodes[n][0]].desc.topo_digest;
+    std::printf("\nnode %d '%s': %d ranks (%s), topology %s\n", n, map.host_of_node(n).c_str(), map.local_size(n),
+                rank_list(map.nodes[n]).c_str(), or_dash(digest).c_str());
     for (int r : map.nodes[n]) {
       const locmoe::RankInfo& i = map.ranks[r];
-      std::printf("  rank %-4d local %d/%d  GPU %-14s NIC %s\n", r, i.local_rank, map.local_size(n),
-                  or_dash(i.desc.gpu_bus_id).c_str(), or_dash(i.desc.nic).c_str());
+      std::string nic = i.desc.nic.empty() ? "-" : i.desc.nic_name.empty() || i.desc.nic_name == i.desc.nic ? i.desc.nic
+                                                 : fmt::format("{} ({})", i.desc.nic, i.desc.nic_name);
+      std::printf("  rank %-4d local %d/%d  lane %-3d GPU %-14s NIC %-22s NUMA %-3s CPUs %s\n", r, i.local_rank,
+                  map.local_size(n), i.lane, or_dash(i.desc.gpu_bus_id).c_str(), nic.c_str(),
+                  numa_text(i.desc.numa).c_str(), or_dash(i.desc.cpus).c_str());
     }
   }
+  for (int n : f.nodes_differing)
+    std::printf("\nWARNING: node %d '%s' has a different topology from node 0 '%s'\n", n, map.host_of_node(n).c_str(),
+                map.host_of_node(0).c_str());
+  if (!f.shared_gpus.empty()) std::printf("\nWARNING: ranks share a GPU: %s\n", groups_text(f.shared_gpus).c_str());
+  if (!f.shared_nics.empty()) std::printf("\nNOTE: ranks share a NIC: %s\n", groups_text(f.shared_nics).c_str());
 }
 
 int fail(const Status& st, int rank = -1) {
@@ -153,8 +176,15 @@ int run_cluster(const Options& o, int argc, char** argv) {
   auto boot = locmoe::make_mpi_bootstrap(MPI_COMM_WORLD);
   Result<locmoe::ClusterMap> map = boot.ok() ? cluster_map(o, **boot) : Result<locmoe::ClusterMap>(boot.status());
   if (!map.ok()) {
-    // Peers may be waiting in an exchange this rank will never join: end the whole job.
     fail(map.status(), rank);
+    std::fflush(stderr);
+    // A rank told that a peer failed leaves quietly so that peer prints its own error (it ends
+    // the job); any other failure may leave peers waiting in an exchange: end the whole job.
+    if (map.status().code() == locmoe::Code::kPeerFailure) {
+      boot = Status();
+      MPI_Finalize();
+      return 2;
+    }
     MPI_Abort(MPI_COMM_WORLD, 2);
   }
   if (rank == 0) print_cluster(*map, o.json);

@@ -10,6 +10,12 @@
 // failed; a request towards or from a failed peer then fails with Code::kPeerFailure. UCX 1.13
 // drops its shared-memory transports in that mode unless POSIX_ERROR_HANDLING=y, which we set on
 // our own ucp config (not the environment) unless the user chose a value.
+//
+// Rails: the rank's rail NIC from the cluster map (placement.h) becomes UCX's NET_DEVICES on our
+// own config ("mlx5_0:1" for InfiniBand, the interface name for Ethernet), so each rank's
+// inter-node traffic leaves through its own NIC, unless the user set UCX_NET_DEVICES. A NIC that
+// is not a device of this machine (a topology file of another machine) is not passed (INFO).
+#include <sys/stat.h>
 #include <ucp/api/ucp.h>
 
 #include <cstdlib>
@@ -40,10 +46,15 @@ class UcxTransport final : public Transport {
   }
   ~UcxTransport() override { (void)finalize(); }
 
-  Status init(Bootstrap& bootstrap, bool peer_mode) {
+  Status init(Bootstrap& bootstrap, bool peer_mode, const std::string& net_device) {
     ucp_config_t* config = nullptr;
     ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
     LOCMOE_CHECK(st == UCS_OK, Code::kSystemError, "ucp_config_read: {}", ucs_status_string(st));
+    if (!net_device.empty()) {
+      st = ucp_config_modify(config, "NET_DEVICES", net_device.c_str());
+      if (st != UCS_OK) LOCMOE_INFO("UCX: cannot set NET_DEVICES={}: {}", net_device, ucs_status_string(st));
+      else LOCMOE_INFO("UCX: rank {} uses its rail NIC, NET_DEVICES={}", rank_, net_device);
+    }
     if (peer_mode && std::getenv("UCX_POSIX_ERROR_HANDLING") == nullptr) {
       // The posix transport's ERROR_HANDLING inherits MM_ERROR_HANDLING; only the latter is
       // accepted through ucp_config_modify in UCX 1.13.
@@ -55,7 +66,9 @@ class UcxTransport final : public Transport {
     params.features = UCP_FEATURE_TAG;
     st = ucp_init(&params, config, &context_);
     ucp_config_release(config);
-    LOCMOE_CHECK(st == UCS_OK, Code::kSystemError, "ucp_init: {}", ucs_status_string(st));
+    LOCMOE_CHECK(st == UCS_OK, Code::kSystemError, "ucp_init{}: {}",
+                 net_device.empty() ? "" : " with NET_DEVICES=" + net_device + " (the rank's rail NIC)",
+                 ucs_status_string(st));
     ucp_worker_params_t wp{};
     wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
     wp.thread_mode = UCS_THREAD_MODE_SINGLE;
@@ -219,12 +232,28 @@ class UcxTransport final : public Transport {
   bool job_failed_ = false;
 };
 
+bool exists(const std::string& path) {
+  struct stat sb;
+  return stat(path.c_str(), &sb) == 0;
+}
+
 }  // namespace
 
-Result<std::unique_ptr<Transport>> make_ucx_transport(Bootstrap& bootstrap) {
+std::string ucx_net_device(const RankDescriptor& me) {
+  if (std::getenv("UCX_NET_DEVICES") != nullptr || me.nic_name.empty() ||
+      me.nic_name.find_first_of("/:,") != std::string::npos)
+    return "";
+  if (me.nic_kind == "ib" && exists("/sys/class/infiniband/" + me.nic_name)) return me.nic_name + ":1";
+  if (me.nic_kind != "ib" && exists("/sys/class/net/" + me.nic_name)) return me.nic_name;
+  LOCMOE_INFO("UCX: rail NIC {} is not a device of this machine; UCX picks its devices itself", me.nic_name);
+  return "";
+}
+
+Result<std::unique_ptr<Transport>> make_ucx_transport(Bootstrap& bootstrap, const ClusterMap* cluster) {
   LOCMOE_ASSIGN_OR_RETURN(std::string mode, params::get_string(params::Id::ucx_error_mode));
   auto t = std::make_unique<UcxTransport>(bootstrap.rank(), bootstrap.size());
-  LOCMOE_RETURN_IF_ERROR(t->init(bootstrap, mode == "peer"));
+  const std::string dev = cluster != nullptr ? ucx_net_device(cluster->ranks[cluster->my_rank].desc) : "";
+  LOCMOE_RETURN_IF_ERROR(t->init(bootstrap, mode == "peer", dev));
   return std::unique_ptr<Transport>(std::move(t));
 }
 

@@ -55,7 +55,10 @@ struct Loads {
     st.name = std::move(name);
   }
   int node(int r) const { return r / c.ranks_per_node; }
-  int rail(int r) const { return (r % c.ranks_per_node) % c.nics_per_node; }
+  int rail(int r) const {
+    const int l = r % c.ranks_per_node;
+    return c.rail_of_local.empty() ? l % c.nics_per_node : c.rail_of_local[l];
+  }
   int nic(int r) const { return node(r) * c.nics_per_node + rail(r); }
   void add(int s, int d, uint64_t b) {
     if (b == 0 || s == d) return;
@@ -130,6 +133,10 @@ Result<Prediction> predict(const TrafficMatrix& t, const ClusterModel& c, Algo a
                    c.ranks_per_node, c.nics_per_node);
   LOCMOE_CHECK_ARG(c.intra.bw > 0 && c.inter.bw > 0, "whatif: link bandwidths intra {} and inter {} B/s must be > 0",
                    c.intra.bw, c.inter.bw);
+  LOCMOE_CHECK_ARG(c.rail_of_local.empty() || static_cast<int>(c.rail_of_local.size()) == c.ranks_per_node,
+                   "whatif: rail_of_local has {} entries for {} ranks per node", c.rail_of_local.size(), c.ranks_per_node);
+  for (int nic : c.rail_of_local)
+    LOCMOE_CHECK_ARG(nic >= 0 && nic < c.nics_per_node, "whatif: rail NIC {} outside [0, {})", nic, c.nics_per_node);
   LOCMOE_CHECK_ARG(c.spine.bw >= 0, "whatif: spine bandwidth {} B/s must be >= 0 (0: non-blocking)", c.spine.bw);
   LOCMOE_CHECK_ARG(c.chunk_bytes > 0, "whatif: chunk of {} bytes must be > 0", c.chunk_bytes);
   LOCMOE_CHECK_ARG(c.intra.latency_s >= 0 && c.inter.latency_s >= 0, "whatif: latencies {} and {} s must be >= 0",
@@ -194,6 +201,24 @@ Result<TopologyFacts> read_topology_facts(const std::string& path) {
   TopologyFacts f;
   f.gpus = t.num_gpus();
   f.nics = t.num_nics();
+  // The runtime's placement rule for one rank per GPU (placement.h, step 4, no overrides: the
+  // facts describe the file): local rank l drives GPU l, whose rail is Topology::rail(l).
+  std::vector<int> used;
+  for (int l = 0; l < f.gpus; ++l) {
+    const int nic = t.rail(l);
+    if (nic < 0) {
+      used.clear();
+      break;
+    }
+    used.push_back(nic);
+  }
+  if (!used.empty()) {
+    std::vector<int> distinct = used;
+    std::sort(distinct.begin(), distinct.end());
+    distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+    f.nics = static_cast<int>(distinct.size());
+    for (int nic : used) f.rails.push_back(static_cast<int>(std::lower_bound(distinct.begin(), distinct.end(), nic) - distinct.begin()));
+  }
   int64_t mbps = -1;
   for (const topo::Nic& n : t.nics()) mbps = std::max(mbps, n.speed_mbps);
   if (mbps > 0) f.nic_bw = static_cast<double>(mbps) * 1e6 / 8;  // Mb/s -> bytes/s

@@ -91,11 +91,13 @@ int main(int argc, char** argv) {
     if (!f.ok()) return fail(f.status());
     if (f->gpus > 0) c.ranks_per_node = f->gpus;
     if (f->nics > 0) c.nics_per_node = f->nics;
+    c.rail_of_local = f->rails;
     if (f->nic_bw > 0 && app.count("--inter-bw") == 0) c.inter.bw = f->nic_bw;
-    doc["topology"] = {{"file", topo}, {"gpus", f->gpus}, {"nics", f->nics}, {"nic_bw_from_file", f->nic_bw}};
+    doc["topology"] = {{"file", topo}, {"gpus", f->gpus}, {"nics", f->nics}, {"rails", f->rails}, {"nic_bw_from_file", f->nic_bw}};
   }
   if (gpus > 0) c.ranks_per_node = gpus;
   if (nics > 0) c.nics_per_node = nics;
+  if (gpus > 0 || nics > 0) c.rail_of_local.clear();  // a shape given by hand: rails by local rank
   doc["cluster"] = {{"nodes", c.nodes}, {"ranks_per_node", c.ranks_per_node}, {"nics_per_node", c.nics_per_node},
                     {"intra_bw", c.intra.bw}, {"intra_latency_s", c.intra.latency_s}, {"inter_bw", c.inter.bw},
                     {"inter_latency_s", c.inter.latency_s}, {"spine_bw", c.spine.bw}, {"chunk_bytes", c.chunk_bytes}};

@@ -97,12 +97,18 @@ std::string peer_name(int rank, const ClusterMap* cluster);
 Result<std::unique_ptr<Transport>> make_mpi_transport(Bootstrap& bootstrap);
 // UCX (host memory): one ucp context and worker, one endpoint per peer created from worker
 // addresses allgathered through `bootstrap`, peer-failure error handling (see ARCHITECTURE.md).
-Result<std::unique_ptr<Transport>> make_ucx_transport(Bootstrap& bootstrap);
+// With `cluster`, this rank's rail NIC becomes UCX's NET_DEVICES (ucx_net_device).
+Result<std::unique_ptr<Transport>> make_ucx_transport(Bootstrap& bootstrap, const ClusterMap* cluster = nullptr);
+// What the UCX transport sets as NET_DEVICES for a rank: "" when the user set UCX_NET_DEVICES,
+// the rank has no NIC name, or the NIC is no device of this machine (/sys/class/infiniband or
+// /sys/class/net); else "mlx5_0:1" for InfiniBand, the interface name for Ethernet. "" without UCX.
+std::string ucx_net_device(const RankDescriptor& me);
 // NCCL (device memory): a communicator from a unique id broadcast by rank 0 through `bootstrap`;
 // sends and receives posted between two tests are issued as one ncclGroup on the caller's stream.
 Result<std::unique_ptr<Transport>> make_nccl_transport(Bootstrap& bootstrap);
-// By name ("mpi" | "ucx" | "nccl").
-Result<std::unique_ptr<Transport>> make_transport(std::string_view name, Bootstrap& bootstrap);
+// By name ("mpi" | "ucx" | "nccl"); `cluster` as for make_ucx_transport.
+Result<std::unique_ptr<Transport>> make_transport(std::string_view name, Bootstrap& bootstrap,
+                                                  const ClusterMap* cluster = nullptr);
 
 // Which backends this build has.
 bool transport_available(std::string_view name);

@@ -54,6 +54,9 @@ struct ClusterModel {
   LinkClassFigures inter;  // per NIC
   LinkClassFigures spine;  // per rail's link to the spine; bw 0 = non-blocking (header)
   uint64_t chunk_bytes = 4194304;  // comm's pipeline chunk (LOCMOE_CHUNK_BYTES); hierarchical only
+  // The NIC (0..nics_per_node-1) of each local rank, as the runtime places ranks
+  // (TopologyFacts::rails); empty = local rank mod nics_per_node.
+  std::vector<int> rail_of_local;
   int size() const { return nodes * ranks_per_node; }
 };
 
@@ -112,11 +115,15 @@ Result<Prediction> predict(const TrafficMatrix& traffic, const ClusterModel& clu
 // The node's shape read from a topology file through the topology layer (topo::load_file: NCCL
 // XML or hwloc XML, its rules for what counts as a GPU and a NIC): GPUs give ranks_per_node, NICs
 // nics_per_node, and the fastest NIC's speed (Nic::speed_mbps, an NCCL <net speed="Mb/s">), where
-// the file states one, the NIC bandwidth. Fields the file does not state are left to the caller's
+// the file states one, the NIC bandwidth. NICs and rails come from the runtime's placement
+// rule (placement.h: local rank l drives GPU l, its rail NIC Topology::rail(l)): `rails` is each local rank's rail NIC, renumbered 0..nics-1
+// in NIC order, and `nics` the number of NICs that carry rails (a management Ethernet NIC next to
+// InfiniBand rails carries none). Fields the file does not state are left to the caller's
 // defaults. Errors are load_file's (kNotFound for a missing file, kParseError...), naming the file.
 struct TopologyFacts {
   int gpus = 0;
   int nics = 0;
+  std::vector<int> rails;  // [gpus] when every GPU has a rail NIC, else empty
   double nic_bw = 0;  // bytes/s per NIC, 0 = not in the file
 };
 Result<TopologyFacts> read_topology_facts(const std::string& path);
