@@ -1,5 +1,7 @@
 // locmoe-perf a2a: all-to-all-v bandwidth of the flat and hierarchical exchanges and of plain
-// MPI_Alltoallv, side by side in one run, with the bytes and messages that crossed a node
+// MPI_Alltoallv, side by side in one run (flat/hier: alltoallv, a metadata round per call;
+// flat-planned/hier-planned: prepared once per size, then only Communicator::execute, the way
+// MPI_Alltoallv also assumes known counts), with the bytes and messages that crossed a node
 // boundary, next to this machine's memcpy bandwidth measured in the same run.
 //
 // Sizes follow nccl-tests' alltoall: SIZE is the bytes each rank sends in total (its send
@@ -52,7 +54,7 @@ struct Options {
   double factor = 2;
   int iters = 20, warmup = 5, check = 1;
   double timeout_s = 0;
-  std::string json, algos = "flat,hier,mpi", transport = "auto";
+  std::string json, algos = "flat,hier,flat-planned,hier-planned,mpi", transport = "auto";
   uint64_t chunk = 0;
 };
 
@@ -168,7 +170,7 @@ int run_a2a(int argc, char** argv) {
   app.add_option("-c,--check", o.check, "check the data of one extra untimed iteration (0/1)");
   app.add_option("-T,--timeout", o.timeout_s, "deadline in seconds of every wait (default LOCMOE_TIMEOUT_S)");
   app.add_option("-J,--json", o.json, "write the results as JSON to this file");
-  app.add_option("--algo", o.algos, "comma-separated subset of flat,hier,mpi");
+  app.add_option("--algo", o.algos, "comma-separated subset of flat,hier,flat-planned,hier-planned,mpi");
   app.add_option("--transport", o.transport, "mpi | ucx | nccl | auto (LOCMOE_TRANSPORT)");
   app.add_option("--chunk", o.chunk, "LOCMOE_CHUNK_BYTES for this run (0: the parameter)")
       ->transform(CLI::AsSizeValue(false));
@@ -202,8 +204,10 @@ int run_a2a(int argc, char** argv) {
   {
     std::stringstream ss(o.algos);
     for (std::string a; std::getline(ss, a, ',');) {
-      if (a != "flat" && a != "hier" && a != "mpi") {
-        if (rank == 0) std::fprintf(stderr, "locmoe-perf a2a: --algo '%s': expected flat, hier or mpi\n", a.c_str());
+      if (a != "flat" && a != "hier" && a != "flat-planned" && a != "hier-planned" && a != "mpi") {
+        if (rank == 0)
+          std::fprintf(stderr, "locmoe-perf a2a: --algo '%s': expected flat, hier, flat-planned, hier-planned or mpi\n",
+                       a.c_str());
         return finish(2);
       }
       if (a == "mpi" && !mpi_initialized()) {
@@ -217,7 +221,9 @@ int run_a2a(int argc, char** argv) {
   std::string transport_name = "mpi";
   for (int i = 0; i < 2; ++i) {
     const std::string want = i == 0 ? "flat" : "hier";
-    if (std::find(algos.begin(), algos.end(), want) == algos.end()) continue;
+    if (std::find(algos.begin(), algos.end(), want) == algos.end() &&
+        std::find(algos.begin(), algos.end(), want + "-planned") == algos.end())
+      continue;
     CommConfig cfg;
     cfg.transport = o.transport == "auto" ? "" : o.transport;
     cfg.algo = i == 0 ? A2AAlgo::kFlat : A2AAlgo::kHierarchical;
@@ -246,7 +252,7 @@ int run_a2a(int argc, char** argv) {
                 o.iters, o.warmup, o.check);
     std::printf("# memcpy: %.2f GB/s one rank alone, %.2f GB/s per rank with all %d copying at once\n", memcpy_alone,
                 memcpy_together, size);
-    std::printf("#%5s %12s %11s %11s %11s %7s %16s %15s\n", "algo", "size(B)", "time(us)", "algbw(GB/s)",
+    std::printf("#%11s %12s %11s %11s %11s %7s %16s %15s\n", "algo", "size(B)", "time(us)", "algbw(GB/s)",
                 "busbw(GB/s)", "#wrong", "internode B/rank", "internode msgs");
   }
 
@@ -272,8 +278,22 @@ int run_a2a(int argc, char** argv) {
       ++step;
       if (tty) std::fprintf(stderr, "\r[%zu/%zu] %s %llu B        ", step, sizes.size() * algos.size(), algo.c_str(),
                             static_cast<unsigned long long>(bytes));
-      Communicator* comm = algo == "flat" ? comms[0].get() : algo == "hier" ? comms[1].get() : nullptr;
+      const bool planned = algo.size() > 8 && algo.compare(algo.size() - 8, 8, "-planned") == 0;
+      Communicator* comm = algo.rfind("flat", 0) == 0 ? comms[0].get() : algo.rfind("hier", 0) == 0 ? comms[1].get() : nullptr;
+      ExchangePlan plan;
+      if (planned) {
+        ExchangeSpec spec;
+        spec.send_counts = counts.data();
+        spec.send_displs = displs.data();
+        spec.recv_counts = counts.data();
+        spec.recv_displs = displs.data();
+        spec.recv_capacity = recv.size();
+        spec.mem = device ? MemoryKind::kDevice : MemoryKind::kHost;
+        if (Status s = comm->prepare(spec, plan); !s.ok()) return fail(rank, s);
+      }
       auto once = [&]() -> Status {
+        if (planned)
+          return device ? comm->execute(plan, dev.send, dev.recv, nullptr) : comm->execute(plan, send.data(), recv.data());
         if (comm && device)
           return comm->alltoallv(dev.send, counts.data(), displs.data(), dev.recv, counts.data(), displs.data(),
                                  recv.size(), MemoryKind::kDevice, nullptr);
@@ -325,7 +345,7 @@ int run_a2a(int argc, char** argv) {
       }
       if (rank == 0) {
         auto opt = [](int64_t v) { return v < 0 ? std::string("-") : std::to_string(v); };
-        std::printf("%6s %12llu %11.1f %11.3f %11.3f %7llu %16s %15s\n", algo.c_str(),
+        std::printf("%12s %12llu %11.1f %11.3f %11.3f %7llu %16s %15s\n", algo.c_str(),
                     static_cast<unsigned long long>(row.bytes), row.time_us, row.algbw, row.busbw,
                     static_cast<unsigned long long>(row.wrong), opt(row.inter_bytes).c_str(), opt(row.inter_msgs).c_str());
         std::fflush(stdout);

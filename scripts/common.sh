@@ -10,7 +10,7 @@ LOCMOE_JOBS=${LOCMOE_JOBS:-$(nproc)}
 LOCMOE_APT_PACKAGES=(build-essential cmake ninja-build pkg-config git
   libhwloc-dev libhwloc-plugins hwloc-nox libopenmpi-dev openmpi-bin libucx-dev ucx-utils
   libopenblas-dev googletest libgtest-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev libfmt-dev libpugixml-dev
-  clang libclang-rt-dev python3 python3-numpy python3-matplotlib python3-dev iproute2)
+  clang libclang-rt-dev python3 python3-numpy python3-matplotlib python3-dev python3-venv iproute2)
 
 log() { printf '\033[1m[locmoe]\033[0m %s\n' "$*" >&2; }
 
@@ -29,23 +29,39 @@ install_packages() {
   install_python_packages
 }
 
-# PyPI packages of the Python module, for the python3 first on PATH (pyenv's, not Debian's):
-# nanobind builds the module, numpy and pytest run its tests. Skipped when already importable.
-LOCMOE_PIP_PACKAGES=(nanobind numpy pytest)
+# The Python module's interpreter: a virtual environment made with Debian's python3-venv (Debian's
+# own Python refuses `pip install` outside one, PEP 668), holding the PyPI packages the module and
+# its tests need: nanobind builds the module, numpy and pytest run its tests, torch (the ordinary
+# PyPI wheel, used on the CPU here) runs the locmoe.torch tests. LOCMOE_VENV picks another folder
+# (an existing venv with these packages is used as it is). Skipped when they already import.
+LOCMOE_VENV=${LOCMOE_VENV:-$LOCMOE_BUILD/venv}
+LOCMOE_PIP_PACKAGES=(nanobind numpy pytest torch)
+LOCMOE_PYTHON=$LOCMOE_VENV/bin/python
 install_python_packages() {
-  command -v python3 >/dev/null || return 0
-  if ! python3 -c "import nanobind, numpy, pytest" 2>/dev/null; then
-    log "pip installing for $(python3 -c 'import sys; print(sys.executable)'): ${LOCMOE_PIP_PACKAGES[*]}"
-    python3 -m pip install -q "${LOCMOE_PIP_PACKAGES[@]}" ||
-      log "pip install failed: the Python module will be off (see the configure summary)"
+  if [ ! -x "$LOCMOE_PYTHON" ]; then
+    log "making the virtual environment $LOCMOE_VENV (/usr/bin/python3 -m venv)"
+    /usr/bin/python3 -m venv "$LOCMOE_VENV"
+  fi
+  if ! "$LOCMOE_PYTHON" -c "import nanobind, numpy, pytest, torch" 2>/dev/null; then
+    log "pip installing into $LOCMOE_VENV: ${LOCMOE_PIP_PACKAGES[*]}"
+    local start=$SECONDS
+    "$LOCMOE_PYTHON" -m pip install -q --disable-pip-version-check "${LOCMOE_PIP_PACKAGES[@]}"
+    log "pip install took $((SECONDS - start)) s"
   fi
 }
+# CMake arguments of the main build: the module and every torch test for the venv's Python, and a
+# configure error rather than a silently smaller test suite when that Python lacks any of them.
+LOCMOE_PY_CMAKE_ARGS=(-DPython_EXECUTABLE="$LOCMOE_PYTHON" -DLOCMOE_REQUIRE_TORCH=ON)
 
 # configure_and_build BUILD_DIR [cmake args...]
 configure_and_build() {
   local dir=$1
   shift
-  if [ ! -f "$dir/build.ninja" ]; then
+  # Configured again when the build was made for another Python than the one asked for now.
+  local want_py="" have_py=""
+  for a in "$@"; do [[ $a == -DPython_EXECUTABLE=* ]] && want_py=${a#*=}; done
+  [ -f "$dir/CMakeCache.txt" ] && have_py=$(sed -n 's/^Python_EXECUTABLE:[A-Z]*=//p' "$dir/CMakeCache.txt")
+  if [ ! -f "$dir/build.ninja" ] || [ "$want_py" != "$have_py" ]; then
     log "configuring $dir"
     cmake -S "$LOCMOE_ROOT" -B "$dir" -G Ninja "$@"
   fi

@@ -4,7 +4,7 @@
 # and figures. Each step's command is printed before it runs.
 source "$(dirname "$0")/common.sh"
 install_packages
-configure_and_build "$LOCMOE_BUILD"
+configure_and_build "$LOCMOE_BUILD" "${LOCMOE_PY_CMAKE_ARGS[@]}"
 B=$LOCMOE_BUILD
 step() { log "\$ $*"; "$@"; }
 emulated_8() {  # runs "$@" as 8 ranks: LOCMOE_HOSTID=nodeA for ranks 0-3, nodeB for 4-7

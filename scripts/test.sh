@@ -4,7 +4,7 @@
 # LOCMOE_QUICK=1. Exits non-zero when anything fails.
 source "$(dirname "$0")/common.sh"
 install_packages
-configure_and_build "$LOCMOE_BUILD"
+configure_and_build "$LOCMOE_BUILD" "${LOCMOE_PY_CMAKE_ARGS[@]}"
 log "running tests in $LOCMOE_BUILD"
 ctest --test-dir "$LOCMOE_BUILD" --output-on-failure -j "$LOCMOE_JOBS"
 for extra in "$LOCMOE_ROOT"/scripts/test.d/*.sh; do

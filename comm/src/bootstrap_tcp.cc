@@ -1,7 +1,8 @@
-// TCP rendezvous bootstrap: a star around rank 0. Each message is a frame header {magic, op,
-// bytes} followed by the payload, so a peer calling a different collective (or the same one with
-// another size) is detected and named instead of corrupting the stream. Sockets are blocking
-// only in the sense of their data; every wait goes through poll() with the deadline.
+// TCP rendezvous bootstrap: a star around rank 0. Each message is a frame {magic, kind, Header
+// (operation, parameters, sequence number), payload bytes} followed by the payload, so a peer
+// calling a different collective (or the same one with another size, or at another step) is
+// detected and named on every rank instead of corrupting the stream. Sockets are blocking only in
+// the sense of their data; every wait goes through poll() with the deadline.
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -19,28 +20,28 @@
 #include "locmoe/comm/bootstrap.h"
 #include "locmoe/core/check.h"
 #include "locmoe/core/params.h"
+#include "bootstrap_frame.h"
 
 namespace locmoe {
 namespace {
 
+using namespace bootstrap_detail;
+
 constexpr uint32_t kMagic = 0x4c4d4f45;  // "LMOE"
-enum Op : uint32_t { kHello = 1, kAllgather, kAllreduce, kBroadcast, kBarrier };
-const char* op_name(uint32_t op) {
-  switch (op) {
-    case kHello: return "hello";
-    case kAllgather: return "allgather";
-    case kAllreduce: return "allreduce";
-    case kBroadcast: return "broadcast";
-    case kBarrier: return "barrier";
-  }
-  return "unknown";
-}
+// What a frame carries: a connecting rank's hello, a rank's part of a collective (kCall, `h`
+// says which), rank 0's answer (kResult, or kError: h.op is the Code, the payload the message,
+// h.arg is 1 when it is a rejection, which leaves every rank in step), or an abort notice
+// (payload: the message).
+enum Kind : uint32_t { kHello = 1, kCall, kResult, kError, kAbort };
 
 struct Frame {
-  uint32_t magic;
-  uint32_t op;
-  uint64_t bytes;
+  uint32_t magic = kMagic;
+  uint32_t kind = 0;
+  Header h;
+  uint64_t payload = 0;  // bytes that follow
 };
+static_assert(sizeof(Frame) == 40);
+constexpr uint64_t kMaxPayload = uint64_t{1} << 34;
 
 using TimePoint = std::chrono::steady_clock::time_point;
 
@@ -49,6 +50,10 @@ int ms_left(TimePoint deadline) {
   return left < 0 ? 0 : static_cast<int>(std::min<long long>(left, 1000));
 }
 
+// Every collective: each rank sends rank 0 one kCall frame (its Header and its part), rank 0
+// reads all of them before it answers anyone, checks the headers, and answers every rank with the
+// result or with the same verdict (kError) : a peer in another collective, or one that rejects
+// its input, fails every rank at once and leaves every stream in step.
 class TcpBootstrap final : public Bootstrap {
  public:
   TcpBootstrap(int rank, int size, double timeout_s) : rank_(rank), size_(size), timeout_s_(timeout_s), fds_(size, -1) {}
@@ -87,68 +92,175 @@ class TcpBootstrap final : public Bootstrap {
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     fds_[0] = fd;
     const int32_t hello[2] = {rank_, size_};
-    return send_frame(0, kHello, hello, sizeof hello);
+    return send_frame(0, kHello, Header{}, hello, sizeof hello);
   }
 
   Status allgather(const void* send, void* recv, size_t bytes) override {
     auto* out = static_cast<char*>(recv);
     if (send != recv) std::memmove(out + rank_ * bytes, send, bytes);
-    const TimePoint deadline = make_deadline();
-    if (rank_ != 0) {
-      LOCMOE_RETURN_IF_ERROR(send_frame(0, kAllgather, out + rank_ * bytes, bytes));
-      return recv_frame(0, kAllgather, out, bytes * size_, deadline);
-    }
-    for (int r = 1; r < size_; ++r) LOCMOE_RETURN_IF_ERROR(recv_frame(r, kAllgather, out + r * bytes, bytes, deadline));
-    for (int r = 1; r < size_; ++r) LOCMOE_RETURN_IF_ERROR(send_frame(r, kAllgather, out, bytes * size_));
-    return ok_status();
+    return collective({kAllgather, 0, 0, bytes}, out + rank_ * bytes, bytes, out, bytes * size_,
+                      [&](std::vector<std::vector<char>>& in) {
+                        for (int r = 1; r < size_; ++r) std::memcpy(out + r * bytes, in[r].data(), bytes);
+                      });
   }
 
   Status allreduce(const void* send, void* recv, size_t count, DataType type, ReduceOp op) override {
     const size_t bytes = count * data_type_size(type);
     if (send != recv) std::memmove(recv, send, bytes);
-    const TimePoint deadline = make_deadline();
-    if (rank_ != 0) {
-      LOCMOE_RETURN_IF_ERROR(send_frame(0, kAllreduce, recv, bytes));
-      return recv_frame(0, kAllreduce, recv, bytes, deadline);
-    }
-    std::vector<char> other(bytes);
-    for (int r = 1; r < size_; ++r) {
-      LOCMOE_RETURN_IF_ERROR(recv_frame(r, kAllreduce, other.data(), bytes, deadline));
-      reduce(recv, other.data(), count, type, op);
-    }
-    for (int r = 1; r < size_; ++r) LOCMOE_RETURN_IF_ERROR(send_frame(r, kAllreduce, recv, bytes));
-    return ok_status();
+    return collective({kAllreduce, static_cast<uint32_t>(type) << 8 | static_cast<uint32_t>(op), 0, count}, recv, bytes,
+                      recv, bytes, [&](std::vector<std::vector<char>>& in) {
+                        for (int r = 1; r < size_; ++r) reduce(recv, in[r].data(), count, type, op);
+                      });
   }
 
   Status broadcast(void* buf, size_t bytes, int root) override {
     LOCMOE_CHECK_RANGE(root >= 0 && root < size_, "broadcast root {} out of range [0, {})", root, size_);
-    const TimePoint deadline = make_deadline();
-    if (rank_ != 0) {
-      if (rank_ == root) LOCMOE_RETURN_IF_ERROR(send_frame(0, kBroadcast, buf, bytes));
-      return rank_ == root ? recv_frame(0, kBroadcast, nullptr, 0, deadline)  // completion notice
-                           : recv_frame(0, kBroadcast, buf, bytes, deadline);
-    }
-    if (root != 0) LOCMOE_RETURN_IF_ERROR(recv_frame(root, kBroadcast, buf, bytes, deadline));
-    for (int r = 1; r < size_; ++r)
-      LOCMOE_RETURN_IF_ERROR(r == root ? send_frame(r, kBroadcast, nullptr, 0) : send_frame(r, kBroadcast, buf, bytes));
-    return ok_status();
+    return collective({kBroadcast, static_cast<uint32_t>(root), 0, bytes}, buf, rank_ == root && root != 0 ? bytes : 0,
+                      buf, bytes, [&](std::vector<std::vector<char>>& in) {
+                        if (root != 0) std::memcpy(buf, in[root].data(), bytes);
+                      });
   }
 
   Status barrier() override {
-    const TimePoint deadline = make_deadline();
-    if (rank_ != 0) {
-      LOCMOE_RETURN_IF_ERROR(send_frame(0, kBarrier, nullptr, 0));
-      return recv_frame(0, kBarrier, nullptr, 0, deadline);
-    }
-    for (int r = 1; r < size_; ++r) LOCMOE_RETURN_IF_ERROR(recv_frame(r, kBarrier, nullptr, 0, deadline));
-    for (int r = 1; r < size_; ++r) LOCMOE_RETURN_IF_ERROR(send_frame(r, kBarrier, nullptr, 0));
-    return ok_status();
+    return collective({kBarrier, 0, 0, 0}, nullptr, 0, nullptr, 0, [](std::vector<std::vector<char>>&) {});
+  }
+
+  Status reject(const Status& why) override {
+    if (size_ == 1) return why;
+    const std::string& m = why.message();
+    (void)collective({kReject, 0, 0, 0}, m.data(), std::min(m.size(), kReasonBytes), nullptr, 0,
+                     [](std::vector<std::vector<char>>&) {});
+    return why;
+  }
+
+  void abort(std::string_view message) override {
+    if (size_ == 1 || !dead_.empty()) return;
+    dead_ = fmt::format("this rank aborted the group: {}", message);
+    const std::string text(message.substr(0, kReasonBytes));
+    const std::string notice = rank_ == 0 ? fmt::format("rank 0 aborted the group: {}", text) : text;
+    for (int p = 0; p < size_; ++p)
+      if (fds_[p] >= 0) (void)send_frame(p, kAbort, Header{}, notice.data(), notice.size());
   }
 
  private:
   TimePoint make_deadline() const {
     return std::chrono::steady_clock::now() +
            std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(timeout_s_));
+  }
+
+  // One collective. `part`: this rank's contribution (to rank 0); `result`: where the answer goes
+  // (rank 0 computes it with combine(parts), parts[r] = rank r's contribution).
+  template <typename Combine>
+  Status collective(Header h, const void* part, size_t part_bytes, void* result, size_t result_bytes,
+                    Combine&& combine) {
+    LOCMOE_CHECK(dead_.empty(), Code::kPeerFailure, "TCP bootstrap on rank {} is unusable: {}", rank_, dead_);
+    h.seq = ++seq_;
+    if (size_ == 1) return ok_status();
+    const TimePoint deadline = make_deadline();
+    if (rank_ != 0) {
+      LOCMOE_RETURN_IF_ERROR(send_frame(0, kCall, h, part, part_bytes));
+      Frame f;
+      LOCMOE_RETURN_IF_ERROR(dead_if_error(recv_header(0, f, deadline)));
+      if (f.kind == kResult && f.h == h && f.payload == result_bytes)
+        return dead_if_error(recv_raw(fds_[0], result, result_bytes, deadline, "rank 0"));
+      std::string text;
+      LOCMOE_RETURN_IF_ERROR(dead_if_error(recv_text(0, f, text, deadline)));
+      if (f.kind == kAbort) {
+        dead_ = text;
+        return error(Code::kPeerFailure, "TCP bootstrap {} on rank {}: {}", describe(h), rank_, text);
+      }
+      if (f.kind == kError) {
+        // Only a rejection (h.arg == 1) leaves the ranks in step; anything else ends the bootstrap.
+        const auto code = static_cast<Code>(f.h.op);
+        if (f.h.arg != 1) dead_ = text;
+        return error(code, "{}", text);
+      }
+      dead_ = "rank 0 answered out of step";
+      return error(Code::kMismatch, "TCP bootstrap on rank {}: rank 0 answered {} with a frame of kind {} for {}",
+                   rank_, describe(h), f.kind, describe(f.h));
+    }
+    // Rank 0: every rank's part, then one verdict for all.
+    std::vector<Header> all(size_);
+    std::vector<std::vector<char>> in(size_);
+    all[0] = h;
+    if (part_bytes) in[0].assign(static_cast<const char*>(part), static_cast<const char*>(part) + part_bytes);
+    std::vector<bool> got(size_, false);
+    got[0] = true;
+    for (int left = size_ - 1; left > 0;) {
+      std::vector<pollfd> pf;
+      for (int r = 1; r < size_; ++r)
+        if (!got[r]) pf.push_back({fds_[r], POLLIN, 0});
+      const int ready = ::poll(pf.data(), pf.size(), ms_left(deadline));
+      if (ready < 0 && errno == EINTR) continue;
+      if (ready <= 0) {
+        if (std::chrono::steady_clock::now() <= deadline) continue;
+        std::string missing;
+        for (int r = 1; r < size_; ++r)
+          if (!got[r]) missing += (missing.empty() ? "" : ", ") + std::to_string(r);
+        return give_up(error(Code::kTimeout,
+                             "TCP bootstrap {}: rank(s) {} sent nothing within LOCMOE_TIMEOUT_S={} s (dead or stopped; "
+                             "seen by rank 0); the bootstrap is unusable now",
+                             describe(h), missing, timeout_s_));
+      }
+      for (const pollfd& p : pf) {
+        if (!(p.revents & (POLLIN | POLLHUP | POLLERR))) continue;
+        int r = 1;
+        while (fds_[r] != p.fd) ++r;
+        Frame f;
+        Status s = recv_header(r, f, deadline);
+        if (s.ok() && f.kind == kCall && f.payload <= kMaxPayload) {
+          in[r].resize(f.payload);
+          s = recv_raw(fds_[r], in[r].data(), f.payload, deadline, "rank " + std::to_string(r));
+          all[r] = f.h;
+        } else if (s.ok()) {
+          std::string text;
+          s = recv_text(r, f, text, deadline);
+          if (s.ok())
+            s = f.kind == kAbort ? error(Code::kPeerFailure, "rank {} aborted the group: {}", r, text)
+                                 : error(Code::kMismatch, "TCP bootstrap: rank {} sent a frame of kind {} in {}", r,
+                                         f.kind, describe(h));
+        }
+        if (!s.ok()) return give_up(s.with_context(fmt::format("TCP bootstrap {} on rank 0", describe(h))));
+        got[r] = true;
+        --left;
+      }
+    }
+    // The verdict, phrased for each rank.
+    auto verdict = [&](int r) -> Status {
+      const int rejecting = first_reject(all);
+      if (rejecting >= 0) {
+        const auto& why = in[rejecting];
+        return rejected(rejecting, all[r], std::string_view(why.data(), why.size()));
+      }
+      return check_headers(all, r, "TCP");
+    };
+    Status mine = verdict(0);
+    if (mine.ok()) combine(in);
+    if (!mine.ok() && first_reject(all) < 0) dead_ = mine.message();
+    for (int r = 1; r < size_; ++r) {
+      Status theirs = mine.ok() ? ok_status() : verdict(r);
+      Status s = theirs.ok() ? send_frame(r, kResult, all[r], result, result_bytes)
+                             : send_frame(r, kError,
+                                          Header{static_cast<uint32_t>(theirs.code()), first_reject(all) >= 0 ? 1u : 0u, 0, 0},
+                                          theirs.message().data(), theirs.message().size());
+      if (!s.ok()) return give_up(s);
+    }
+    return mine;
+  }
+
+  // Rank 0 cannot finish a collective: every other rank learns why at once (not at its own
+  // deadline), and the bootstrap is out of step, so unusable, everywhere.
+  Status give_up(Status s) {
+    dead_ = s.message();
+    for (int r = 1; r < size_; ++r)
+      if (fds_[r] >= 0)
+        (void)send_frame(r, kError, Header{static_cast<uint32_t>(Code::kPeerFailure), 0, 0, 0}, s.message().data(),
+                         s.message().size());
+    return s;
+  }
+  Status dead_if_error(Status s) {
+    if (!s.ok() && dead_.empty()) dead_ = s.message();
+    return s;
   }
 
   Status accept_all(int port, TimePoint deadline) {
@@ -186,7 +298,7 @@ class TcpBootstrap final : public Bootstrap {
       int32_t hello[2] = {-1, -1};
       Frame f{};
       status = recv_raw(fd, &f, sizeof f, deadline, "a connecting rank");
-      if (status.ok() && (f.magic != kMagic || f.op != kHello || f.bytes != sizeof hello))
+      if (status.ok() && (f.magic != kMagic || f.kind != kHello || f.payload != sizeof hello))
         status = error(Code::kMismatch, "a process connected to the TCP rendezvous on port {} without a locmoe hello", port);
       if (status.ok()) status = recv_raw(fd, hello, sizeof hello, deadline, "a connecting rank");
       if (status.ok() && (hello[1] != size_ || hello[0] <= 0 || hello[0] >= size_ || fds_[hello[0]] >= 0))
@@ -203,8 +315,11 @@ class TcpBootstrap final : public Bootstrap {
     return status;
   }
 
-  Status send_frame(int peer, uint32_t op, const void* data, size_t bytes) {
-    Frame f{kMagic, op, bytes};
+  Status send_frame(int peer, uint32_t kind, const Header& h, const void* data, size_t bytes) {
+    Frame f;
+    f.kind = kind;
+    f.h = h;
+    f.payload = bytes;
     LOCMOE_RETURN_IF_ERROR(send_raw(peer, &f, sizeof f));
     return send_raw(peer, data, bytes);
   }
@@ -220,15 +335,16 @@ class TcpBootstrap final : public Bootstrap {
     }
     return ok_status();
   }
-  Status recv_frame(int peer, uint32_t op, void* data, size_t bytes, TimePoint deadline) {
-    Frame f{};
-    const std::string who = "rank " + std::to_string(peer);
-    LOCMOE_RETURN_IF_ERROR(recv_raw(fds_[peer], &f, sizeof f, deadline, who));
+  Status recv_header(int peer, Frame& f, TimePoint deadline) {
+    LOCMOE_RETURN_IF_ERROR(recv_raw(fds_[peer], &f, sizeof f, deadline, "rank " + std::to_string(peer)));
     LOCMOE_CHECK(f.magic == kMagic, Code::kMismatch, "TCP bootstrap: garbage from rank {}", peer);
-    LOCMOE_CHECK(f.op == op && f.bytes == bytes, Code::kMismatch,
-                 "TCP bootstrap: rank {} called {} of {} bytes while rank {} called {} of {} bytes", peer, op_name(f.op),
-                 f.bytes, rank_, op_name(op), bytes);
-    return recv_raw(fds_[peer], data, bytes, deadline, who);
+    return ok_status();
+  }
+  // The message of a kError / kAbort frame (or skips the payload of an unexpected one).
+  Status recv_text(int peer, const Frame& f, std::string& text, TimePoint deadline) {
+    LOCMOE_CHECK(f.payload <= kMaxPayload, Code::kMismatch, "TCP bootstrap: garbage from rank {}", peer);
+    text.resize(f.payload);
+    return recv_raw(fds_[peer], text.data(), f.payload, deadline, "rank " + std::to_string(peer));
   }
   Status recv_raw(int fd, void* data, size_t bytes, TimePoint deadline, const std::string& who) {
     char* p = static_cast<char*>(data);
@@ -276,6 +392,8 @@ class TcpBootstrap final : public Bootstrap {
 
   int rank_, size_;
   double timeout_s_;
+  uint64_t seq_ = 0;
+  std::string dead_;      // why the bootstrap is unusable ("" while usable)
   std::vector<int> fds_;  // rank 0: one socket per peer; others: fds_[0] only
 };
 
@@ -291,18 +409,18 @@ Result<int> int_env(const char* name) {
 
 }  // namespace
 
-Result<std::unique_ptr<Bootstrap>> make_tcp_bootstrap(const std::string& addr, int port, int rank, int size) {
+Result<std::unique_ptr<Bootstrap>> make_tcp_bootstrap(const std::string& addr, int port, int rank, int size,
+                                                      double timeout_s) {
   LOCMOE_CHECK_ARG(size >= 1, "world size {} must be at least 1", size);
   LOCMOE_CHECK_RANGE(rank >= 0 && rank < size, "rank {} out of range [0, {})", rank, size);
   LOCMOE_CHECK_RANGE(port > 0 && port < 65536, "port {} out of range (0, 65536)", port);
-  LOCMOE_ASSIGN_OR_RETURN(double timeout_s, params::get_float(params::Id::timeout_s));
-  LOCMOE_CHECK_ARG(timeout_s > 0, "LOCMOE_TIMEOUT_S={} must be positive", timeout_s);
+  LOCMOE_ASSIGN_OR_RETURN(timeout_s, resolve_timeout(timeout_s));
   auto b = std::make_unique<TcpBootstrap>(rank, size, timeout_s);
   if (size > 1) LOCMOE_RETURN_IF_ERROR(b->connect_all(addr, port));
   return std::unique_ptr<Bootstrap>(std::move(b));
 }
 
-Result<std::unique_ptr<Bootstrap>> make_bootstrap_from_env() {
+Result<std::unique_ptr<Bootstrap>> make_bootstrap_from_env(double timeout_s) {
   auto requested = params::get_string(params::Id::bootstrap);
   if (!requested.ok()) return requested.status();
   const std::string_view mode = *requested != "auto"                                   ? std::string_view(*requested)
@@ -318,7 +436,7 @@ Result<std::unique_ptr<Bootstrap>> make_bootstrap_from_env() {
       LOCMOE_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided) == MPI_SUCCESS,
                    Code::kSystemError, "MPI_Init_thread failed");
     }
-    return make_mpi_bootstrap(MPI_COMM_WORLD);
+    return make_mpi_bootstrap(MPI_COMM_WORLD, timeout_s);
   }
   // tcp
   LOCMOE_ASSIGN_OR_RETURN(std::string addr, params::get_string(params::Id::bootstrap_addr));
@@ -339,7 +457,7 @@ Result<std::unique_ptr<Bootstrap>> make_bootstrap_from_env() {
   }
   LOCMOE_ASSIGN_OR_RETURN(int rank, int_env("RANK"));
   LOCMOE_ASSIGN_OR_RETURN(int size, int_env("WORLD_SIZE"));
-  return make_tcp_bootstrap(addr, port, rank, size);
+  return make_tcp_bootstrap(addr, port, rank, size, timeout_s);
 }
 
 }  // namespace locmoe

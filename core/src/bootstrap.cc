@@ -1,9 +1,11 @@
 #include "locmoe/core/bootstrap.h"
 
+#include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "locmoe/core/check.h"
+#include "locmoe/core/params.h"
 
 namespace locmoe {
 
@@ -41,6 +43,20 @@ Status check_same_on_all_ranks(Bootstrap& bootstrap, uint64_t value, std::string
                  "{} differs across ranks: rank 0 has {}, rank {} has {}", what, all[0], r, all[r]);
   }
   return ok_status();
+}
+
+Result<double> resolve_timeout(double requested) {
+  LOCMOE_CHECK_ARG(std::isfinite(requested) && requested >= 0,
+                   "timeout_s = {} must be a positive number of seconds (0 = LOCMOE_TIMEOUT_S)", requested);
+  if (requested > 0) return requested;
+  LOCMOE_ASSIGN_OR_RETURN(double t, params::get_float(params::Id::timeout_s));
+  LOCMOE_CHECK_ARG(std::isfinite(t) && t > 0, "LOCMOE_TIMEOUT_S={} must be a positive number of seconds", t);
+  return t;
+}
+
+Status agree_on_input(Bootstrap& bootstrap, const Status& local) {
+  if (!local.ok()) return bootstrap.reject(local);
+  return bootstrap.barrier();
 }
 
 }  // namespace locmoe

@@ -10,6 +10,8 @@
 #include <cstring>
 #include <exception>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
 
 #include "locmoe/comm/bootstrap.h"
@@ -52,7 +54,21 @@ using locmoe::Status;
 
 thread_local std::string g_last_error;
 
+// Live groups (locmoe_abort_all tells every one of them), and whether any group of this process
+// saw a peer fail or aborted (then exit skips MPI_Finalize, which would wait for the peers).
+std::mutex g_groups_mu;
+std::set<locmoe_group_t> g_groups;
+bool g_group_failed = false;
+
+void note_failure(const Status& s) {
+  if (s.code() == Code::kTimeout || s.code() == Code::kPeerFailure) {
+    std::lock_guard<std::mutex> lock(g_groups_mu);
+    g_group_failed = true;
+  }
+}
+
 locmoe_status_t fail(const Status& s) {
+  note_failure(s);
   g_last_error = s.to_string();
   return static_cast<locmoe_status_t>(s.code());
 }
@@ -108,10 +124,18 @@ bool launched_by_mpi() {
   return init != 0;
 }
 
+// After a peer died or stopped, MPI_Finalize can wait for it forever (Open MPI's finalize joins
+// every process of the job): a survivor then leaves without it, so its exit takes no longer than
+// the deadline it already waited.
 void finalize_mpi_at_exit() {
   int fin = 0;
   MPI_Finalized(&fin);
-  if (!fin) MPI_Finalize();
+  bool peer_failed = false;
+  {
+    std::lock_guard<std::mutex> lock(g_groups_mu);
+    peer_failed = g_group_failed;
+  }
+  if (!fin && !peer_failed) MPI_Finalize();
 }
 
 Status ensure_mpi() {
@@ -133,6 +157,10 @@ Status create_group(const locmoe_group_config_t* config, locmoe_group_t* out) {
                    "config.bootstrap {} must be AUTO (0), MPI (1) or SELF (2)", c.bootstrap);
   LOCMOE_CHECK_ARG(c.a2a_algo >= LOCMOE_A2A_AUTO && c.a2a_algo <= LOCMOE_A2A_HIERARCHICAL,
                    "config.a2a_algo {} must be 0, 1 or 2", c.a2a_algo);
+  // A bad timeout on one rank is refused on every rank: the bootstrap is made with the default
+  // deadline, and that rank rejects its first collective (its peers' cluster map exchange).
+  Status timeout_ok = locmoe::resolve_timeout(c.timeout_s).status();
+  const double boot_timeout = timeout_ok.ok() ? c.timeout_s : 0.0;
   auto g = std::make_unique<locmoe_group_s>();
   if (c.bootstrap == LOCMOE_BOOTSTRAP_SELF) {
     g->bootstrap = std::make_unique<locmoe::SelfBootstrap>();
@@ -145,11 +173,12 @@ Status create_group(const locmoe_group_config_t* config, locmoe_group_t* out) {
                      (env_choice == "auto" && launched_by_mpi());
     if (mpi) {
       LOCMOE_RETURN_IF_ERROR(ensure_mpi());
-      LOCMOE_ASSIGN_OR_RETURN(g->bootstrap, locmoe::make_mpi_bootstrap(MPI_COMM_WORLD));
+      LOCMOE_ASSIGN_OR_RETURN(g->bootstrap, locmoe::make_mpi_bootstrap(MPI_COMM_WORLD, boot_timeout));
     } else {
-      LOCMOE_ASSIGN_OR_RETURN(g->bootstrap, locmoe::make_bootstrap_from_env());
+      LOCMOE_ASSIGN_OR_RETURN(g->bootstrap, locmoe::make_bootstrap_from_env(boot_timeout));
     }
   }
+  if (!timeout_ok.ok()) return g->bootstrap->reject(timeout_ok.with_context("config.timeout_s"));
   // Each rank's place on its node (GPU, rail NIC, CPUs; LOCMOE_BIND) from its node's topology.
   locmoe::topo::PlaceOverride place;
   place.cuda_bus_id = locmoe::ep_detail::current_cuda_bus_id();
@@ -160,6 +189,8 @@ Status create_group(const locmoe_group_config_t* config, locmoe_group_t* out) {
   cc.timeout_s = c.timeout_s;
   LOCMOE_ASSIGN_OR_RETURN(g->comm, locmoe::Communicator::create(*g->bootstrap, g->cluster, cc));
   *out = g.release();
+  std::lock_guard<std::mutex> lock(g_groups_mu);
+  g_groups.insert(*out);
   return locmoe::ok_status();
 }
 
@@ -168,14 +199,22 @@ Status check_group(locmoe_group_t g) {
   return locmoe::ok_status();
 }
 
-Status create_plan(locmoe_group_t g, int32_t T, int32_t k, int32_t L, const int32_t* expert,
-                   const float* weight, const uint8_t* dropped, locmoe_plan_t* out) {
-  LOCMOE_RETURN_IF_ERROR(check_group(g));
+Status check_plan_args(int32_t T, int32_t k, int32_t L, const int32_t* expert, const float* weight,
+                       locmoe_plan_t* out) {
   LOCMOE_CHECK_ARG(out != nullptr, "out is NULL");
   LOCMOE_CHECK_ARG(T >= 0 && k > 0 && L > 0, "num_tokens {} must be >= 0, k {} and experts_per_rank {} > 0",
                    T, k, L);
   LOCMOE_CHECK_ARG(T == 0 || (expert != nullptr && weight != nullptr), "expert or weight is NULL with {} tokens",
                    T);
+  return locmoe::ok_status();
+}
+
+Status create_plan(locmoe_group_t g, int32_t T, int32_t k, int32_t L, const int32_t* expert,
+                   const float* weight, const uint8_t* dropped, locmoe_plan_t* out) {
+  LOCMOE_RETURN_IF_ERROR(check_group(g));
+  // A rank with bad arguments takes its turn in the collective (finalize_plan's allreduce) as a
+  // rejecting rank, so its peers fail at once naming it.
+  if (Status s = check_plan_args(T, k, L, expert, weight, out); !s.ok()) return g->bootstrap->reject(s);
   auto p = std::make_unique<locmoe_plan_s>();
   locmoe::RoutingPlan& plan = p->plan;
   const int R = g->cluster.size();
@@ -226,6 +265,20 @@ Status check_pair(locmoe_dispatcher_t d, locmoe_handle_t h) {
   return locmoe::ok_status();
 }
 
+// A dispatcher call that this rank refused before its first exchange (its own arguments: plan,
+// handle, buffers) takes its turn in the exchange its peers wait in, as a rejecting rank: they
+// fail at once naming it and its reason, and the group stays usable.
+template <typename F>
+Status dispatcher_call(locmoe_dispatcher_t d, locmoe_handle_t h, F&& f) {
+  LOCMOE_RETURN_IF_ERROR(check_dispatcher(d));
+  locmoe::Communicator& comm = *d->group->comm;
+  const uint64_t before = comm.exchanges();
+  Status s = check_pair(d, h);
+  if (s.ok()) s = f();
+  if (s.ok() || comm.exchanges() != before) return s;
+  return comm.reject(s);
+}
+
 }  // namespace
 
 extern "C" {
@@ -240,7 +293,37 @@ const char* locmoe_status_name(locmoe_status_t status) {
 locmoe_status_t locmoe_group_create(const locmoe_group_config_t* config, locmoe_group_t* out) {
   return guarded("locmoe_group_create", [&] { return create_group(config, out); });
 }
-void locmoe_group_destroy(locmoe_group_t group) { delete group; }
+void locmoe_group_destroy(locmoe_group_t group) {
+  {
+    std::lock_guard<std::mutex> lock(g_groups_mu);
+    g_groups.erase(group);
+  }
+  delete group;
+}
+
+locmoe_status_t locmoe_group_abort(locmoe_group_t g, const char* message) {
+  return guarded("locmoe_group_abort", [&] {
+    LOCMOE_RETURN_IF_ERROR(check_group(g));
+    const std::string text = message != nullptr ? message : "(no message)";
+    g->bootstrap->abort(text);
+    if (g->comm) g->comm->abort(text);
+    std::lock_guard<std::mutex> lock(g_groups_mu);
+    g_group_failed = true;
+    return locmoe::ok_status();
+  });
+}
+void locmoe_abort_all(const char* message) {
+  try {
+    std::lock_guard<std::mutex> lock(g_groups_mu);
+    const std::string text = message != nullptr ? message : "(no message)";
+    for (locmoe_group_t g : g_groups) {
+      g->bootstrap->abort(text);
+      if (g->comm) g->comm->abort(text);
+      g_group_failed = true;
+    }
+  } catch (...) {
+  }
+}
 
 locmoe_status_t locmoe_group_rank(locmoe_group_t g, int32_t* rank) {
   return guarded("locmoe_group_rank", [&] {
@@ -343,26 +426,50 @@ locmoe_status_t locmoe_router_create(const locmoe_router_config_t* config, locmo
 }
 void locmoe_router_destroy(locmoe_router_t router) { delete router; }
 
-locmoe_status_t locmoe_route(locmoe_router_t router, locmoe_group_t group, const float* features, int32_t num_tokens,
-                             int64_t hidden, const float* gate, int32_t experts_per_rank, locmoe_plan_t* out) {
-  return guarded("locmoe_route", [&] {
+}  // extern "C"
+
+namespace {
+// gate_rows < 0: the caller of locmoe_route vouches for [E, hidden] (nothing to check it against).
+Status route(locmoe_router_t router, locmoe_group_t group, const float* features, int32_t num_tokens, int64_t hidden,
+             const float* gate, int64_t gate_rows, int64_t gate_hidden, int32_t experts_per_rank, locmoe_plan_t* out) {
+  LOCMOE_RETURN_IF_ERROR(check_group(group));
+  // Everything this rank can refuse alone is refused in its turn of the routing collective, so its
+  // peers fail at once naming it (Bootstrap::reject) instead of waiting for it.
+  auto placement = [&]() -> locmoe::Result<locmoe::ExpertPlacement> {
     LOCMOE_CHECK_ARG(router != nullptr && router->router != nullptr, "router is NULL");
-    LOCMOE_RETURN_IF_ERROR(check_group(group));
     LOCMOE_CHECK_ARG(out != nullptr && gate != nullptr, "out or gate is NULL");
     LOCMOE_CHECK_ARG(num_tokens >= 0 && hidden > 0 && (num_tokens == 0 || features != nullptr),
                      "features [{}, {}] must be non-null with num_tokens >= 0 and hidden > 0", num_tokens, hidden);
-    LOCMOE_ASSIGN_OR_RETURN(const locmoe::ExpertPlacement placement,
-                            locmoe::placement_from_cluster(group->cluster, experts_per_rank));
-    const int64_t E = placement.num_experts();
-    LOCMOE_ASSIGN_OR_RETURN(locmoe::RoutingPlan plan,
-                            router->router->route(locmoe::MatrixView{features, num_tokens, hidden},
-                                                  locmoe::MatrixView{gate, E, hidden}, placement,
-                                                  group->bootstrap.get()));
-    router->routed = true;
-    auto p = std::make_unique<locmoe_plan_s>();
-    p->plan = std::move(plan);
-    *out = p.release();
-    return locmoe::ok_status();
+    return locmoe::placement_from_cluster(group->cluster, experts_per_rank);
+  }();
+  if (!placement.ok()) return group->bootstrap->reject(placement.status());
+  const int64_t E = placement->num_experts();
+  // The router checks the gate's shape against E and the features before it reads anything.
+  const locmoe::MatrixView gate_view{gate, gate_rows < 0 ? E : gate_rows, gate_rows < 0 ? hidden : gate_hidden};
+  LOCMOE_ASSIGN_OR_RETURN(locmoe::RoutingPlan plan,
+                          router->router->route(locmoe::MatrixView{features, num_tokens, hidden}, gate_view,
+                                                *placement, group->bootstrap.get()));
+  router->routed = true;
+  auto p = std::make_unique<locmoe_plan_s>();
+  p->plan = std::move(plan);
+  *out = p.release();
+  return locmoe::ok_status();
+}
+}  // namespace
+
+extern "C" {
+
+locmoe_status_t locmoe_route(locmoe_router_t router, locmoe_group_t group, const float* features, int32_t num_tokens,
+                             int64_t hidden, const float* gate, int32_t experts_per_rank, locmoe_plan_t* out) {
+  return guarded("locmoe_route", [&] {
+    return route(router, group, features, num_tokens, hidden, gate, -1, -1, experts_per_rank, out);
+  });
+}
+locmoe_status_t locmoe_route_ex(locmoe_router_t router, locmoe_group_t group, const float* features,
+                                int32_t num_tokens, int64_t hidden, const float* gate, int64_t gate_rows,
+                                int64_t gate_hidden, int32_t experts_per_rank, locmoe_plan_t* out) {
+  return guarded("locmoe_route_ex", [&] {
+    return route(router, group, features, num_tokens, hidden, gate, gate_rows, gate_hidden, experts_per_rank, out);
   });
 }
 
@@ -527,31 +634,31 @@ locmoe_status_t locmoe_handle_expert_counts(locmoe_handle_t h, int64_t* counts, 
 locmoe_status_t locmoe_dispatch(locmoe_dispatcher_t d, const void* x, locmoe_plan_t plan, locmoe_handle_t h,
                                 void* expert_in, int64_t expert_in_rows, void* stream) {
   return guarded("locmoe_dispatch", [&] {
-    LOCMOE_RETURN_IF_ERROR(check_pair(d, h));
-    LOCMOE_CHECK_ARG(plan != nullptr, "plan is NULL");
-    return d->d->dispatch(x, plan->plan, *h->h, expert_in, expert_in_rows, stream);
+    return dispatcher_call(d, h, [&]() -> Status {
+      LOCMOE_CHECK_ARG(plan != nullptr, "plan is NULL");
+      return d->d->dispatch(x, plan->plan, *h->h, expert_in, expert_in_rows, stream);
+    });
   });
 }
 locmoe_status_t locmoe_combine(locmoe_dispatcher_t d, const void* expert_out, locmoe_handle_t h, void* out,
                                void* stream) {
   return guarded("locmoe_combine", [&] {
-    LOCMOE_RETURN_IF_ERROR(check_pair(d, h));
-    return d->d->combine(expert_out, *h->h, out, stream);
+    return dispatcher_call(d, h, [&] { return d->d->combine(expert_out, *h->h, out, stream); });
   });
 }
 locmoe_status_t locmoe_dispatch_backward(locmoe_dispatcher_t d, const void* grad_expert_in, locmoe_handle_t h,
                                          void* grad_x, void* stream) {
   return guarded("locmoe_dispatch_backward", [&] {
-    LOCMOE_RETURN_IF_ERROR(check_pair(d, h));
-    return d->d->dispatch_backward(grad_expert_in, *h->h, grad_x, stream);
+    return dispatcher_call(d, h, [&] { return d->d->dispatch_backward(grad_expert_in, *h->h, grad_x, stream); });
   });
 }
 locmoe_status_t locmoe_combine_backward(locmoe_dispatcher_t d, const void* grad_out, locmoe_handle_t h,
                                         const void* expert_out, void* grad_expert_out, float* grad_weights,
                                         void* stream) {
   return guarded("locmoe_combine_backward", [&] {
-    LOCMOE_RETURN_IF_ERROR(check_pair(d, h));
-    return d->d->combine_backward(grad_out, *h->h, expert_out, grad_expert_out, grad_weights, stream);
+    return dispatcher_call(d, h, [&] {
+      return d->d->combine_backward(grad_out, *h->h, expert_out, grad_expert_out, grad_weights, stream);
+    });
   });
 }
 

@@ -35,13 +35,24 @@ struct Dispatcher::Work {
   int32_t max_recv = 0;    // max_recv_rows
   Buffer rows_a, rows_b;   // max(max_copies, max_recv) rows each
   Buffer dw_recv, dw_back; // float [max_recv*k], [max_copies*k]
-  // Device path only: the plan's arrays on the device, and host copies of slot metadata for the
-  // token-conservation counts.
-  Buffer plan_expert, plan_weight, plan_dropped, plan_nodes;
-  std::vector<int32_t> host_slots;  // [max(max_copies, max_recv) * k]
-  std::vector<int32_t> host_counts; // [L+1]
+  // Device path only: the plan arrays the kernels read (expert, weight; node_of_rank and
+  // slot_dropped are read by no kernel and stay on the host), and pinned host staging for them
+  // and for the per-expert counts coming back, so neither copy synchronizes on its own.
+  Buffer plan_expert, plan_weight;  // device: int32 / float [max_tokens*k]
+  Buffer staging;                   // pinned: int32 expert, float weight [max_tokens*k]; int32 [2L+1]
+  // True while staging copies may be in flight on staging_stream (from the plan's copies to the
+  // counts' synchronization; a dispatch failing in between leaves it set).
+  bool staging_busy = false;
+  void* staging_stream = nullptr;
   std::vector<uint64_t> send_counts, send_displs, recv_counts, recv_displs;  // [R] bytes
 };
+
+namespace {
+// Bytes of the device path's pinned staging buffer (see Dispatcher::Work).
+size_t staging_bytes(int64_t max_tokens, int64_t k, int64_t L) {
+  return static_cast<size_t>(max_tokens * k) * 8 + static_cast<size_t>(2 * L + 1) * 4;
+}
+}  // namespace
 
 int Dispatcher::rank() const { return comm_->rank(); }
 int Dispatcher::num_ranks() const { return comm_->size(); }
@@ -53,7 +64,7 @@ int64_t Dispatcher::max_expert_rows() const {
 size_t Dispatcher::workspace_bytes() const {
   const Work& w = *work_;
   return w.rows_a.size() + w.rows_b.size() + w.dw_recv.size() + w.dw_back.size() + w.plan_expert.size() +
-         w.plan_weight.size() + w.plan_dropped.size() + w.plan_nodes.size() + 4 * w.host_slots.size();
+         w.plan_weight.size() + w.staging.size();
 }
 
 namespace {
@@ -62,11 +73,13 @@ kernels::Exec exec_for(const DispatcherConfig& c, void* stream) {
   return kernels::Exec{c.memory == MemoryKind::kDevice ? kernels::Device::kCuda : kernels::Device::kCpu, stream};
 }
 
-// Number of entries >= 0 among n int32 in `mem` memory (device: copied to `scratch` first).
-Result<int64_t> count_set_slots(const int32_t* p, int64_t n, MemoryKind mem, std::vector<int32_t>& scratch,
-                                void* stream) {
+// Number of entries >= 0 among n int32 in `mem` memory. Device memory is copied to the host
+// first (allocates and synchronizes): only debug builds count device slots.
+Result<int64_t> count_set_slots(const int32_t* p, int64_t n, MemoryKind mem, void* stream) {
+  std::vector<int32_t> scratch;
   const int32_t* h = p;
   if (mem == MemoryKind::kDevice) {
+    scratch.resize(static_cast<size_t>(n));
     LOCMOE_RETURN_IF_ERROR(ep_detail::copy_to_host(scratch.data(), p, static_cast<size_t>(n) * 4, mem, stream));
     h = scratch.data();
   }
@@ -74,6 +87,14 @@ Result<int64_t> count_set_slots(const int32_t* p, int64_t n, MemoryKind mem, std
   for (int64_t i = 0; i < n; ++i) c += h[i] >= 0;
   return c;
 }
+
+// Token conservation is checked on every host dispatch (the arrays are host memory); on the
+// device only in debug builds, where it costs two copies back and two synchronizations.
+#ifdef NDEBUG
+constexpr bool kCheckDeviceConservation = false;
+#else
+constexpr bool kCheckDeviceConservation = true;
+#endif
 }  // namespace
 
 namespace {
@@ -118,8 +139,7 @@ Result<DispatcherSizes> Dispatcher::query_sizes(const DispatcherConfig& c, int n
   s.max_expert_rows = kernels::max_expert_rows(l.max_recv, c.top_k, c.experts_per_rank, c.align);
   s.workspace_bytes = 2 * max_rows * rb + 4 * k * static_cast<size_t>(l.max_recv + l.max_copies);
   if (c.memory == MemoryKind::kDevice)
-    s.workspace_bytes += static_cast<size_t>(c.max_tokens) * k * 9 + 4 * static_cast<size_t>(num_ranks) +
-                         4 * max_rows * k;
+    s.workspace_bytes += static_cast<size_t>(c.max_tokens) * k * 8 + staging_bytes(c.max_tokens, c.top_k, c.experts_per_rank);
   LOCMOE_ASSIGN_OR_RETURN(const int64_t sbytes,
                           kernels::dispatch_layout_bytes(c.max_tokens, c.top_k, num_ranks, c.experts_per_rank));
   LOCMOE_ASSIGN_OR_RETURN(const int64_t rbytes, kernels::expert_layout_bytes(static_cast<int32_t>(l.max_recv), c.top_k,
@@ -164,11 +184,8 @@ Result<std::unique_ptr<Dispatcher>> Dispatcher::create(Bootstrap& bootstrap, Com
     const size_t slots = static_cast<size_t>(c.max_tokens) * k;
     LOCMOE_ASSIGN_OR_RETURN(w->plan_expert, Buffer::make(slots * 4, mem));
     LOCMOE_ASSIGN_OR_RETURN(w->plan_weight, Buffer::make(slots * 4, mem));
-    LOCMOE_ASSIGN_OR_RETURN(w->plan_dropped, Buffer::make(slots, mem));
-    LOCMOE_ASSIGN_OR_RETURN(w->plan_nodes, Buffer::make(static_cast<size_t>(R) * 4, mem));
-    w->host_slots.resize(max_rows * k);
+    LOCMOE_ASSIGN_OR_RETURN(w->staging, Buffer::make_pinned(staging_bytes(c.max_tokens, k, c.experts_per_rank)));
   }
-  w->host_counts.resize(static_cast<size_t>(c.experts_per_rank) + 1);
   for (auto* v : {&w->send_counts, &w->send_displs, &w->recv_counts, &w->recv_displs}) v->resize(R);
   d->work_ = std::move(w);
   return d;
@@ -271,41 +288,67 @@ Status Dispatcher::dispatch(const void* x, const RoutingPlan& plan, DispatchHand
   const kernels::Exec ex = exec_for(config_, stream);
   const kernels::DType dt = config_.dtype;
 
-  // Counters of the plan itself (token conservation is checked against them below).
-  int64_t accepted = 0, dropped = 0, dropped_tokens = 0;
-  for (int32_t t = 0; t < plan.num_tokens; ++t) {
-    bool any = false;
-    for (int32_t j = 0; j < k; ++j) {
-      const size_t s = static_cast<size_t>(t) * k + j;
-      const int32_t e = plan.expert[s];
-      LOCMOE_CHECK_RANGE(e >= -1 && e < R * L, "dispatch: token {} slot {}: expert {} out of range [-1, {})",
-                         t, j, e, R * L);
-      accepted += e >= 0;
-      any |= e >= 0;
-      dropped += plan.slot_dropped[s] != 0;
-    }
-    dropped_tokens += !any;
-  }
+  // Counts and counters come from the plan, derived once by finalize_plan (which also validated
+  // its expert ids): nothing is recounted here, and on the device nothing is copied back to learn
+  // them. A plan whose slots changed after finalize_plan fails the conservation check below.
+  const size_t E = static_cast<size_t>(R) * L;
+  LOCMOE_CHECK_ARG(plan.rank_count.size() == static_cast<size_t>(R) &&
+                       plan.rank_offset.size() == static_cast<size_t>(R) + 1 && plan.expert_count.size() == E &&
+                       plan.expert_offset.size() == E + 1,
+                   "dispatch: the plan is not finalized (rank_count has {} entries, expected {}; finalize_plan "
+                   "derives the counts)", plan.rank_count.size(), R);
+  const int64_t C = plan.rank_offset[R];
+  LOCMOE_CHECK_RANGE(C >= 0 && C <= w.max_copies,
+                     "dispatch: the plan makes {} copies, at most {} possible (finalize_plan again after editing it)",
+                     C, w.max_copies);
+  const int64_t accepted = plan.expert_offset[E];
 
-  // 1. Send layout (on the device from a device copy of the plan), counts mirrored to the host.
+  // 1. Send layout (on the device from a device copy of the plan's expert ids and weights).
   PlanView view = plan.view();
   if (mem == MemoryKind::kDevice) {
-    LOCMOE_RETURN_IF_ERROR(ep_detail::copy_from_host(w.plan_expert.data(), plan.expert.data(), slots * 4, mem, stream));
-    LOCMOE_RETURN_IF_ERROR(ep_detail::copy_from_host(w.plan_weight.data(), plan.weight.data(), slots * 4, mem, stream));
-    LOCMOE_RETURN_IF_ERROR(ep_detail::copy_from_host(w.plan_dropped.data(), plan.slot_dropped.data(), slots, mem, stream));
-    LOCMOE_RETURN_IF_ERROR(
-        ep_detail::copy_from_host(w.plan_nodes.data(), plan.node_of_rank.data(), static_cast<size_t>(R) * 4, mem, stream));
+    // Staged through pinned memory: an async copy from pageable memory would wait for the stream.
+    // The previous dispatch synchronized the stream after its staging copies, so reuse is safe.
+    if (w.staging_busy)  // a failed dispatch left its staging copies unawaited
+      LOCMOE_RETURN_IF_ERROR(ep_detail::sync_stream(w.staging_stream));
+    auto* st_expert = w.staging.as<int32_t>();
+    auto* st_weight = reinterpret_cast<float*>(st_expert + slots);
+    std::memcpy(st_expert, plan.expert.data(), slots * 4);
+    std::memcpy(st_weight, plan.weight.data(), slots * 4);
+    LOCMOE_RETURN_IF_ERROR(ep_detail::copy_from_host(w.plan_expert.data(), st_expert, slots * 4, mem, stream));
+    LOCMOE_RETURN_IF_ERROR(ep_detail::copy_from_host(w.plan_weight.data(), st_weight, slots * 4, mem, stream));
+    w.staging_busy = true;
+    w.staging_stream = stream;
     view.expert = w.plan_expert.as<const int32_t>();
     view.weight = w.plan_weight.as<const float>();
-    view.slot_dropped = w.plan_dropped.as<const uint8_t>();
-    view.node_of_rank = w.plan_nodes.as<const int32_t>();
+    view.node_of_rank = nullptr;  // read by no kernel (ops.h)
+    view.slot_dropped = nullptr;
   }
   LOCMOE_RETURN_IF_ERROR(kernels::dispatch_layout(ex, view, im.send).with_context("dispatch"));
-  LOCMOE_RETURN_IF_ERROR(ep_detail::copy_to_host(im.send_rank_count.data(), im.send.send_rank_count,
-                                                 static_cast<size_t>(R) * 4, mem, stream));
-  LOCMOE_RETURN_IF_ERROR(ep_detail::copy_to_host(im.send_rank_offset.data(), im.send.send_rank_offset,
-                                                 static_cast<size_t>(R + 1) * 4, mem, stream));
-  im.C = im.send_rank_offset[R];
+  for (int r = 0; r < R; ++r) {
+    im.send_rank_count[r] = plan.rank_count[r];
+    im.send_rank_offset[r] = static_cast<int32_t>(plan.rank_offset[r]);
+  }
+  im.send_rank_offset[R] = static_cast<int32_t>(C);
+  im.C = static_cast<int32_t>(C);
+  // Token conservation, sending side: the layout makes the plan's copies, per rank, and carries
+  // every accepted slot exactly once.
+  if (mem == MemoryKind::kHost || kCheckDeviceConservation) {
+    std::vector<int32_t> dev_counts;  // debug builds only on the device
+    const int32_t* lc = im.send.send_rank_count;
+    if (mem == MemoryKind::kDevice) {
+      dev_counts.resize(static_cast<size_t>(R));
+      LOCMOE_RETURN_IF_ERROR(ep_detail::copy_to_host(dev_counts.data(), lc, static_cast<size_t>(R) * 4, mem, stream));
+      lc = dev_counts.data();
+    }
+    for (int r = 0; r < R; ++r)
+      LOCMOE_CHECK(lc[r] == plan.rank_count[r], Code::kInvalidArgument,
+                   "dispatch: the plan counts {} copies to rank {} but its slots make {} (was it edited after "
+                   "finalize_plan?)", plan.rank_count[r], r, lc[r]);
+    LOCMOE_ASSIGN_OR_RETURN(const int64_t sent_slots, count_set_slots(im.send.copy_slot_expert, C * k, mem, stream));
+    LOCMOE_CHECK(sent_slots == accepted, Code::kInvalidArgument,
+                 "token conservation: the plan accepts {} slots but its send layout carries {} (was it edited "
+                 "after finalize_plan?)", accepted, sent_slots);
+  }
 
   // 2-3. Counts (announced in row bytes), then the slot metadata and the rows.
   const size_t rb = row_bytes();
@@ -344,16 +387,26 @@ Status Dispatcher::dispatch(const void* x, const RoutingPlan& plan, DispatchHand
   LOCMOE_RETURN_IF_ERROR(exchange_rows(w.rows_a.data(), w.rows_b.data(), h, true, rb, mem, stream, &st)
                              .with_context("dispatch: exchanging token rows"));
 
-  // 4-5. Expert-major layout (counts mirrored to the host) and unpack.
+  // 4-5. Expert-major layout and unpack. The host needs the per-expert counts (expert_in's rows,
+  // the caller's expert GEMMs): on the device one copy back into pinned memory and the
+  // dispatch's one synchronization.
   LOCMOE_RETURN_IF_ERROR(
       kernels::expert_layout(ex, im.recv_slot_expert.as<const int32_t>(), im.N, im.recv).with_context("dispatch"));
-  LOCMOE_RETURN_IF_ERROR(ep_detail::copy_to_host(w.host_counts.data(), im.recv.expert_offset,
-                                                 static_cast<size_t>(L + 1) * 4, mem, stream));
-  for (int32_t l = 0; l <= L; ++l) h.expert_offset_[l] = w.host_counts[l];
-  LOCMOE_RETURN_IF_ERROR(ep_detail::copy_to_host(w.host_counts.data(), im.recv.expert_count,
-                                                 static_cast<size_t>(L) * 4, mem, stream));
+  const int32_t* ecount = im.recv.expert_count;
+  const int32_t* eoffset = im.recv.expert_offset;
+  if (mem == MemoryKind::kDevice) {
+    auto* st_counts = reinterpret_cast<int32_t*>(w.staging.data() + slots * 8);
+    LOCMOE_RETURN_IF_ERROR(
+        ep_detail::copy_to_host(st_counts, ecount, static_cast<size_t>(L) * 4, mem, stream, /*sync=*/false));
+    LOCMOE_RETURN_IF_ERROR(ep_detail::copy_to_host(st_counts + L, eoffset, static_cast<size_t>(L + 1) * 4, mem,
+                                                   stream, /*sync=*/true));
+    w.staging_busy = false;  // the stream has passed the staging copies
+    ecount = st_counts;
+    eoffset = st_counts + L;
+  }
   int64_t placed = 0;
-  for (int32_t l = 0; l < L; ++l) placed += h.expert_count_[l] = w.host_counts[l];
+  for (int32_t l = 0; l < L; ++l) placed += h.expert_count_[l] = ecount[l];
+  for (int32_t l = 0; l <= L; ++l) h.expert_offset_[l] = eoffset[l];
   const int64_t M = h.expert_offset_[L];
   LOCMOE_CHECK_RANGE(M <= expert_in_rows,
                      "dispatch: expert_in has {} rows, this dispatch needs {} (max_expert_rows() = {})",
@@ -363,22 +416,18 @@ Status Dispatcher::dispatch(const void* x, const RoutingPlan& plan, DispatchHand
                                                 nullptr, kernels::Rows{expert_in, static_cast<int32_t>(M), H, dt})
                              .with_context("dispatch"));
 
-  // Token conservation: every accepted slot of this rank travels in exactly one copy's slot list,
-  // and every slot received fills exactly one expert row.
-  LOCMOE_ASSIGN_OR_RETURN(const int64_t sent_slots,
-                          count_set_slots(im.send.copy_slot_expert, static_cast<int64_t>(im.C) * k, mem,
-                                          w.host_slots, stream));
-  LOCMOE_ASSIGN_OR_RETURN(const int64_t recv_slots,
-                          count_set_slots(im.recv_slot_expert.as<const int32_t>(), N * k, mem, w.host_slots, stream));
-  LOCMOE_CHECK(sent_slots == accepted, Code::kInternal,
-               "token conservation: the plan accepts {} slots but the send layout carries {}", accepted, sent_slots);
-  LOCMOE_CHECK(recv_slots == placed, Code::kInternal,
-               "token conservation: {} slots received but {} placed in expert rows", recv_slots, placed);
+  // Token conservation, receiving side: every slot received fills exactly one expert row.
+  if (mem == MemoryKind::kHost || kCheckDeviceConservation) {
+    LOCMOE_ASSIGN_OR_RETURN(const int64_t recv_slots,
+                            count_set_slots(im.recv_slot_expert.as<const int32_t>(), N * k, mem, stream));
+    LOCMOE_CHECK(recv_slots == placed, Code::kInternal,
+                 "token conservation: {} slots received but {} placed in expert rows", recv_slots, placed);
+  }
 
   st.tokens = plan.num_tokens;
   st.accepted_slots = accepted;
-  st.dropped_slots = dropped;
-  st.dropped_tokens = dropped_tokens;
+  st.dropped_slots = plan.dropped_slots;
+  st.dropped_tokens = plan.dropped_tokens;
   st.copies_sent = im.C;
   st.rows_received = N;
   st.slots_received = placed;

@@ -75,16 +75,37 @@ Result<Buffer> Buffer::make(size_t bytes, MemoryKind kind) {
 #endif
 }
 
+Result<Buffer> Buffer::make_pinned(size_t bytes) {
+#if LOCMOE_HAVE_CUDA
+  Buffer b;
+  b.kind_ = MemoryKind::kHost;
+  b.bytes_ = bytes;
+  b.pinned_ = true;
+  if (bytes == 0) return b;
+  void* p = nullptr;
+  LOCMOE_RETURN_IF_ERROR(cuda_status(cudaMallocHost(&p, bytes), "cudaMallocHost"));
+  b.data_ = static_cast<unsigned char*>(p);
+  return b;
+#else
+  return make(bytes, MemoryKind::kHost);
+#endif
+}
+
 Buffer& Buffer::operator=(Buffer&& o) noexcept {
   std::swap(data_, o.data_);
   std::swap(bytes_, o.bytes_);
   std::swap(kind_, o.kind_);
+  std::swap(pinned_, o.pinned_);
   return *this;
 }
 
 Buffer::~Buffer() {
   if (data_ == nullptr) return;
-  if (kind_ == MemoryKind::kHost) {
+  if (pinned_) {
+#if LOCMOE_HAVE_CUDA
+    cudaFreeHost(data_);
+#endif
+  } else if (kind_ == MemoryKind::kHost) {
     ::operator delete(data_, std::align_val_t(64));
   } else {
 #if LOCMOE_HAVE_CUDA
@@ -93,7 +114,16 @@ Buffer::~Buffer() {
   }
 }
 
-Status copy_to_host(void* dst, const void* src, size_t bytes, MemoryKind src_kind, void* stream) {
+Status sync_stream(void* stream) {
+#if LOCMOE_HAVE_CUDA
+  return cuda_status(cudaStreamSynchronize(static_cast<cudaStream_t>(stream)), "cudaStreamSynchronize");
+#else
+  (void)stream;
+  return ok_status();
+#endif
+}
+
+Status copy_to_host(void* dst, const void* src, size_t bytes, MemoryKind src_kind, void* stream, bool sync) {
   if (bytes == 0) return ok_status();
   if (src_kind == MemoryKind::kHost) {
     std::memcpy(dst, src, bytes);
@@ -102,9 +132,11 @@ Status copy_to_host(void* dst, const void* src, size_t bytes, MemoryKind src_kin
 #if LOCMOE_HAVE_CUDA
   auto s = static_cast<cudaStream_t>(stream);
   LOCMOE_RETURN_IF_ERROR(cuda_status(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync D2H"));
+  if (!sync) return ok_status();
   return cuda_status(cudaStreamSynchronize(s), "cudaStreamSynchronize");
 #else
   (void)stream;
+  (void)sync;
   return no_cuda("copy_to_host");
 #endif
 }

@@ -16,6 +16,10 @@ class Buffer {
  public:
   Buffer() = default;
   static Result<Buffer> make(size_t bytes, MemoryKind kind);
+  // Page-locked host memory (cudaMallocHost) when this build has CUDA, else plain host memory:
+  // the staging buffer of copies that must not synchronize (a cudaMemcpyAsync from pageable
+  // memory to the device waits for the stream first; one to pageable memory is not async).
+  static Result<Buffer> make_pinned(size_t bytes);
   Buffer(Buffer&& o) noexcept { *this = static_cast<Buffer&&>(o); }
   Buffer& operator=(Buffer&& o) noexcept;
   ~Buffer();
@@ -31,12 +35,20 @@ class Buffer {
   unsigned char* data_ = nullptr;
   size_t bytes_ = 0;
   MemoryKind kind_ = MemoryKind::kHost;
+  bool pinned_ = false;
 };
 
 // Copies `bytes` from `src` (in `src_kind` memory) to host memory and waits for it: device
-// copies are ordered on `stream` after the work already enqueued there.
-Status copy_to_host(void* dst, const void* src, size_t bytes, MemoryKind src_kind, void* stream);
-// Copies `bytes` from host memory to `dst` (in `dst_kind` memory), ordered on `stream`.
+// copies are ordered on `stream` after the work already enqueued there, and the call
+// synchronizes `stream` (cudaStreamSynchronize) once.
+// With sync = false the copy is only enqueued (dst must be pinned for it to be asynchronous) and
+// is complete after the next synchronization of `stream`.
+Status copy_to_host(void* dst, const void* src, size_t bytes, MemoryKind src_kind, void* stream, bool sync = true);
+// cudaStreamSynchronize(stream) (nothing in a build without CUDA).
+Status sync_stream(void* stream);
+// Copies `bytes` from host memory to `dst` (in `dst_kind` memory), ordered on `stream`. Does
+// not synchronize when `src` is pinned (Buffer::make_pinned); the source must then stay
+// unchanged until the stream has passed the copy.
 Status copy_from_host(void* dst, const void* src, size_t bytes, MemoryKind dst_kind, void* stream);
 // kUnsupported unless this build has CUDA and the process sees a device.
 // PCI bus id of the CUDA device current on this thread ("0000:07:00.0"); "" in a build without

@@ -12,7 +12,11 @@
  *    from a newer header accepts the older, shorter struct and uses defaults for the missing fields.
  *  - Collective: functions marked so must be called by every rank of the group in the same order
  *    (a rank with no tokens too); a rank that never arrives makes the others fail with
- *    LOCMOE_ERR_TIMEOUT after LOCMOE_TIMEOUT_S seconds instead of hanging.
+ *    LOCMOE_ERR_TIMEOUT after LOCMOE_TIMEOUT_S seconds instead of hanging. A rank that refuses
+ *    its own arguments to locmoe_plan_create, locmoe_route(_ex) or locmoe_group_create still
+ *    takes its turn: the other ranks fail at once with LOCMOE_ERR_MISMATCH naming that rank and
+ *    its reason, and the group stays usable. A rank calling a different collective of the group
+ *    than its peers is LOCMOE_ERR_MISMATCH on every rank, naming it and both calls.
  *  - Rows: a [rows, hidden] block of tokens is contiguous, row-major, of the dispatcher's dtype
  *    (LOCMOE_DTYPE_F32: float; LOCMOE_DTYPE_BF16: bfloat16 as uint16_t bits). Buffers are owned
  *    by the caller and live in the dispatcher's memory kind (host memory for LOCMOE_MEMORY_HOST,
@@ -80,16 +84,29 @@ typedef struct locmoe_group_config_t {
   locmoe_bootstrap_t bootstrap; /* how ranks find each other */
   locmoe_a2a_algo_t a2a_algo;   /* all-to-all algorithm (AUTO: LOCMOE_A2A_ALGO) */
   const char* transport;        /* "mpi" | "ucx" | "nccl"; NULL = LOCMOE_TRANSPORT. Borrowed. */
-  double timeout_s;             /* deadline of every wait on a peer; 0 = LOCMOE_TIMEOUT_S */
+  double timeout_s;             /* deadline of every wait on a peer, seconds; 0 = LOCMOE_TIMEOUT_S;
+                                   negative or NaN refused. Must be the same on every rank */
 } locmoe_group_config_t;
 #define LOCMOE_GROUP_CONFIG_INIT \
   { (uint32_t)sizeof(locmoe_group_config_t), LOCMOE_BOOTSTRAP_AUTO, LOCMOE_A2A_AUTO, NULL, 0.0 }
 
 /* Collective. Builds the bootstrap, the cluster map (LOCMOE_HOSTID emulates nodes) and the
- * communicator. `config` may be NULL (defaults). *out: a new group; destroy it before MPI is
- * finalized (MPI initialized by this call is finalized at process exit). */
+ * communicator. `config` may be NULL (defaults). The timeout, transports, all-to-all algorithm
+ * and LOCMOE_CHUNK_BYTES must agree across ranks: LOCMOE_ERR_MISMATCH on every rank otherwise,
+ * naming rank 0's and the differing rank's values. *out: a new group; destroy it before MPI is
+ * finalized (MPI initialized by this call is finalized at process exit, except after a peer
+ * failed or timed out: then MPI_Finalize, which would wait for that peer, is skipped). */
 locmoe_status_t locmoe_group_create(const locmoe_group_config_t* config, locmoe_group_t* out);
+/* Collective when the group is healthy (its ranks close together); after an error, local. */
 void locmoe_group_destroy(locmoe_group_t group);
+/* Not collective, never waits: tells every other rank of the group that this rank gives up
+ * (e.g. an exception is ending its program). A peer waiting in, or later calling, a collective
+ * of the group fails at once with LOCMOE_ERR_PEER_FAILURE and a message naming this rank and
+ * `message` (UTF-8, cut at 480 bytes; NULL allowed). Afterwards the group is unusable on every
+ * rank that learned of it, this one included (destroy it). */
+locmoe_status_t locmoe_group_abort(locmoe_group_t group, const char* message);
+/* locmoe_group_abort on every live group of this process (for an exception or signal hook). */
+void locmoe_abort_all(const char* message);
 /* This rank, the number of ranks, the number of nodes, and the node of rank `rank`. */
 locmoe_status_t locmoe_group_rank(locmoe_group_t group, int32_t* rank);
 locmoe_status_t locmoe_group_size(locmoe_group_t group, int32_t* size);
@@ -133,7 +150,8 @@ typedef struct locmoe_router_s* locmoe_router_t;
 typedef struct locmoe_router_config_t {
   uint32_t struct_size;   /* sizeof(locmoe_router_config_t) */
   const char* name;       /* "locmoe+" | "gshard" | "switch" | "expert-choice" | "node-limited" |
-                             "locmoe" | "hash" | "dropless"; NULL = "locmoe+". Borrowed. */
+                             "locmoe" | "hash" | "dropless" | "locmoe-opt" (its costs at their
+                             defaults, router.h); NULL = "locmoe+". Borrowed. */
   int32_t k;              /* experts per token (> 0) */
   double capacity_factor; /* C_cf = ceil(capacity_factor * k * T / E), T over the group (> 0) */
   double tau;             /* LocMoE+: gate mass the capacity lower bound keeps, (0, 1] */
@@ -153,10 +171,17 @@ locmoe_status_t locmoe_router_create(const locmoe_router_config_t* config, locmo
 void locmoe_router_destroy(locmoe_router_t router);
 /* Collective. Routes this rank's tokens: features float [num_tokens, hidden] (host, this rank's
  * tokens, global ids following lower ranks'); gate float [E, hidden] (host, the same on every
- * rank), E = experts_per_rank * group size. *out: a new plan (as from locmoe_plan_create). */
+ * rank), E = experts_per_rank * group size. *out: a new plan (as from locmoe_plan_create).
+ * locmoe_route cannot check the gate's extent (it reads E x hidden floats): prefer
+ * locmoe_route_ex, which is told the gate's shape [gate_rows, gate_hidden] and refuses
+ * gate_rows != E or gate_hidden != hidden (LOCMOE_ERR_INVALID_ARGUMENT, before any read). */
 locmoe_status_t locmoe_route(locmoe_router_t router, locmoe_group_t group, const float* features,
                              int32_t num_tokens, int64_t hidden, const float* gate,
                              int32_t experts_per_rank, locmoe_plan_t* out);
+locmoe_status_t locmoe_route_ex(locmoe_router_t router, locmoe_group_t group,
+                                const float* features, int32_t num_tokens, int64_t hidden,
+                                const float* gate, int64_t gate_rows, int64_t gate_hidden,
+                                int32_t experts_per_rank, locmoe_plan_t* out);
 /* What the router's last successful locmoe_route decided for the whole group (the same on every
  * rank). Capacities are slots per expert; masses are sums of gate probabilities over the group. */
 typedef struct locmoe_route_stats_t {

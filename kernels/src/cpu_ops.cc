@@ -63,17 +63,19 @@ Status gather_sum_rows(const detail::RowList& list, ConstRows in, Rows out, int3
   });
 }
 
-// Copies rows: out[r] = src(r) >= 0 ? in[src(r)] : 0, as raw bytes (bit-exact).
+// Copies rows: out[r] = src(r) >= 0 ? in[src(r)] : 0, as raw bytes (bit-exact); either side may
+// be strided (bytes between rows are left alone).
 void gather_copy(const int32_t* index, int32_t index_div, ConstRows in, Rows out, int32_t rows) {
   const int64_t row_bytes = static_cast<int64_t>(in.hidden) * dtype_size(in.dtype);
+  const int64_t in_stride = row_stride(in), out_stride = row_stride(out);
   const char* src = static_cast<const char*>(in.data);
   char* dst = static_cast<char*>(out.data);
   for (int32_t r = 0; r < rows; ++r) {
     const int32_t v = index[r];
     if (v < 0) {
-      std::memset(dst + r * row_bytes, 0, row_bytes);
+      std::memset(dst + r * out_stride, 0, row_bytes);
     } else {
-      std::memcpy(dst + r * row_bytes, src + (v / index_div) * row_bytes, row_bytes);
+      std::memcpy(dst + r * out_stride, src + (v / index_div) * in_stride, row_bytes);
     }
   }
 }

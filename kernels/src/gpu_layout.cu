@@ -161,7 +161,11 @@ __global__ void sort_place(Keys keys, SortArgs a) {
 struct DispatchKeys {
   PlanView p;
   DispatchLayout l;
-  __device__ int32_t key(int32_t t, int32_t j) const { return dispatch_bucket(p, t, j); }
+  // An id >= E (a plan edited after finalize_plan; the host checks no ids on this path) makes
+  // no copy instead of indexing past the histograms. Ids < 0 make none anyway.
+  __device__ int32_t key(int32_t t, int32_t j) const {
+    return p.expert[t * p.k + j] < p.num_experts ? dispatch_bucket(p, t, j) : -1;
+  }
   __device__ void row(int32_t t, int32_t before) const { l.token_copy_offset[t] = before; }
   __device__ void skip(int32_t, int32_t) const {}
   __device__ void place(int32_t t, int32_t, int32_t b, int32_t c, int32_t before) const {

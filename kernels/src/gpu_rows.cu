@@ -22,9 +22,11 @@ __device__ int32_t live_rows(const int32_t* count, int32_t cap) {
   return count ? min(*count, cap) : cap;
 }
 
-// out[r] = index[r] < 0 ? 0 : in[index[r] / div], W = the word moved per lane access.
+// out[r] = index[r] < 0 ? 0 : in[index[r] / div], W = the word moved per lane access; rows are
+// in_stride / out_stride words apart (>= words).
 template <typename W>
 __global__ void gather_copy_kernel(W* __restrict__ out, const W* __restrict__ in, int64_t words,
+                                   int64_t in_stride, int64_t out_stride,
                                    const int32_t* __restrict__ index, int32_t div,
                                    const int32_t* count, int32_t cap) {
   const int32_t rows = live_rows(count, cap);
@@ -32,13 +34,13 @@ __global__ void gather_copy_kernel(W* __restrict__ out, const W* __restrict__ in
   for (int32_t r = blockIdx.x * kRowWarps + threadIdx.x / kWarp; r < rows;
        r += gridDim.x * kRowWarps) {
     const int32_t v = index[r];
-    W* o = out + r * words;
+    W* o = out + r * out_stride;
     if (v < 0) {
       W zero;
       memset(&zero, 0, sizeof zero);
       for (int64_t w = lane; w < words; w += kWarp) o[w] = zero;
     } else {
-      const W* s = in + static_cast<int64_t>(v / div) * words;
+      const W* s = in + static_cast<int64_t>(v / div) * in_stride;
 #pragma unroll 4
       for (int64_t w = lane; w < words; w += kWarp) o[w] = s[w];
     }
@@ -53,21 +55,26 @@ int gather_copy(const int32_t* index, int32_t div, const int32_t* count, ConstRo
                 void* stream) {
   if (out.rows == 0) return 0;
   const int64_t bytes = static_cast<int64_t>(in.hidden) * dtype_size(in.dtype);
+  const int64_t is = row_stride(in), os = row_stride(out);
   const unsigned blocks = row_blocks(out.rows);
   const cudaStream_t s = as_stream(stream);
-  if (bytes % 16 == 0 && aligned16(in.data) && aligned16(out.data)) {
+  // The widest word that divides the row, both strides and both base addresses.
+  auto fits = [&](int64_t w) {
+    return bytes % w == 0 && is % w == 0 && os % w == 0 &&
+           reinterpret_cast<uintptr_t>(in.data) % w == 0 && reinterpret_cast<uintptr_t>(out.data) % w == 0;
+  };
+  if (fits(16)) {
     gather_copy_kernel<uint4><<<blocks, kRowThreads, 0, s>>>(
-        static_cast<uint4*>(out.data), static_cast<const uint4*>(in.data), bytes / 16, index, div,
-        count, out.rows);
-  } else if (bytes % 4 == 0 && reinterpret_cast<uintptr_t>(in.data) % 4 == 0 &&
-             reinterpret_cast<uintptr_t>(out.data) % 4 == 0) {
+        static_cast<uint4*>(out.data), static_cast<const uint4*>(in.data), bytes / 16, is / 16,
+        os / 16, index, div, count, out.rows);
+  } else if (fits(4)) {
     gather_copy_kernel<uint32_t><<<blocks, kRowThreads, 0, s>>>(
-        static_cast<uint32_t*>(out.data), static_cast<const uint32_t*>(in.data), bytes / 4, index,
-        div, count, out.rows);
+        static_cast<uint32_t*>(out.data), static_cast<const uint32_t*>(in.data), bytes / 4, is / 4,
+        os / 4, index, div, count, out.rows);
   } else {
     gather_copy_kernel<uint16_t><<<blocks, kRowThreads, 0, s>>>(
-        static_cast<uint16_t*>(out.data), static_cast<const uint16_t*>(in.data), bytes / 2, index,
-        div, count, out.rows);
+        static_cast<uint16_t*>(out.data), static_cast<const uint16_t*>(in.data), bytes / 2, is / 2,
+        os / 2, index, div, count, out.rows);
   }
   return last_launch();
 }

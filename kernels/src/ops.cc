@@ -30,6 +30,11 @@ Status check_rows(const char* what, ConstRows r) {
                    "hidden >= 1",
                    what, r.rows, r.hidden);
   LOCMOE_CHECK_ARG(r.rows == 0 || r.data != nullptr, "{}: data is null for {} rows", what, r.rows);
+  const int64_t dense = static_cast<int64_t>(r.hidden) * dtype_size(r.dtype);
+  LOCMOE_CHECK_ARG(r.stride == 0 || r.stride == dense,
+                   "{}: row stride {} bytes (rows of {} bytes): only dispatch_pack's send and "
+                   "expert_unpack's recv (without slot weights) take strided rows",
+                   what, r.stride, dense);
   return ok_status();
 }
 
@@ -42,6 +47,28 @@ Status check_same(const char* what_a, ConstRows a, const char* what_b, ConstRows
   LOCMOE_CHECK_ARG(a.dtype == b.dtype, "{} has dtype {} but {} has {}", what_b, dtype_name(b.dtype),
                    what_a, dtype_name(a.dtype));
   return ok_status();
+}
+
+// The rows of a pure copy may be strided: stride 0 (dense) or at least one row, a multiple of
+// the element size.
+Status check_copy_rows(const char* what, ConstRows r) {
+  ConstRows dense = r;
+  dense.stride = 0;
+  LOCMOE_RETURN_IF_ERROR(check_rows(what, dense));
+  const int64_t bytes = static_cast<int64_t>(r.hidden) * dtype_size(r.dtype);
+  LOCMOE_CHECK_ARG(r.stride == 0 || (r.stride >= bytes && r.stride % dtype_size(r.dtype) == 0),
+                   "{}: row stride {} bytes must be 0 (dense) or >= the row's {} bytes and a "
+                   "multiple of the element size {}",
+                   what, r.stride, bytes, dtype_size(r.dtype));
+  return ok_status();
+}
+
+// check_same for a pure copy, whose `b` rows may be strided.
+Status check_same_copy(const char* what_a, ConstRows a, const char* what_b, ConstRows b) {
+  ConstRows dense = b;
+  dense.stride = 0;
+  LOCMOE_RETURN_IF_ERROR(check_same(what_a, a, what_b, dense));
+  return check_copy_rows(what_b, b);
 }
 
 Status check_rows_eq(const char* what, ConstRows r, int32_t expected, const char* of) {
@@ -122,7 +149,7 @@ Status dispatch_layout(const Exec& exec, const PlanView& plan, DispatchLayout& l
 Status dispatch_pack(const Exec& exec, const DispatchLayout& layout, ConstRows x, Rows send) {
   LOCMOE_RETURN_IF_ERROR(check_exec(exec));
   LOCMOE_RETURN_IF_ERROR(check_dispatch(layout));
-  LOCMOE_RETURN_IF_ERROR(check_same("x", x, "send", send));
+  LOCMOE_RETURN_IF_ERROR(check_same_copy("x", x, "send", send));
   LOCMOE_RETURN_IF_ERROR(check_rows_eq("x", x, layout.num_tokens, "tokens of the plan"));
   LOCMOE_RETURN_IF_ERROR(
       check_capacity(exec, "send", send, layout.send_rank_offset + layout.num_ranks, "copies"));
@@ -145,7 +172,14 @@ Status expert_layout(const Exec& exec, const int32_t* recv_slot_expert, int32_t 
 
 Status expert_unpack(const Exec& exec, const ExpertLayout& layout, ConstRows recv,
                      const float* slot_weight, Rows expert_in) {
-  LOCMOE_RETURN_IF_ERROR(check_receiver_op(exec, layout, "recv", recv, "expert_in", expert_in));
+  if (slot_weight == nullptr && recv.stride != 0) {  // a pure copy: recv may be strided
+    LOCMOE_RETURN_IF_ERROR(check_copy_rows("recv", recv));
+    ConstRows dense = recv;
+    dense.stride = 0;
+    LOCMOE_RETURN_IF_ERROR(check_receiver_op(exec, layout, "recv", dense, "expert_in", expert_in));
+  } else {
+    LOCMOE_RETURN_IF_ERROR(check_receiver_op(exec, layout, "recv", recv, "expert_in", expert_in));
+  }
   if (exec.device == Device::kCpu) return cpu::expert_unpack(layout, recv, slot_weight, expert_in);
   return LOCMOE_GPU_CALL(gpu::expert_unpack(layout, recv, slot_weight, expert_in, exec.stream));
 }

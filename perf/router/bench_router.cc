@@ -105,7 +105,7 @@ int main(int argc, char** argv) {
     for (const int64_t H : Hs)
       for (const int64_t E : Es) {
         benchmark::RegisterBenchmark("BM_Gemm", BM_Gemm)->Args({T, H, E})->Unit(benchmark::kMillisecond)->UseRealTime();
-        for (const char* r : {"locmoe+", "gshard"})
+        for (const char* r : {"locmoe+", "gshard", "locmoe-opt"})
           benchmark::RegisterBenchmark((std::string("BM_Route/") + r).c_str(), BM_Route, r)
               ->Args({T, H, E})->Unit(benchmark::kMillisecond)->UseRealTime();
       }

@@ -23,15 +23,25 @@ except ImportError:
 import locmoe
 
 
+def check_handle(ctx):
+    # handle.generation counts the dispatches made on it: a later one would have replaced the
+    # layouts this backward needs.
+    if ctx.handle.generation != ctx.generation:
+        raise RuntimeError("the handle of this forward was dispatched on again before its backward")
+
+
 class Dispatch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dispatcher, plan, handle):
         ctx.dispatcher, ctx.handle = dispatcher, handle
         # DLPack refuses tensors that require grad: hand over the data (no copy) via detach().
-        return dispatcher.dispatch(x.detach().contiguous(), plan, handle)
+        out = dispatcher.dispatch(x.detach().contiguous(), plan, handle)
+        ctx.generation = handle.generation
+        return out
 
     @staticmethod
     def backward(ctx, grad_expert_in):
+        check_handle(ctx)
         grad_x = ctx.dispatcher.dispatch_backward(grad_expert_in.detach().contiguous(), ctx.handle)
         return grad_x, None, None, None
 
@@ -41,13 +51,14 @@ class Combine(torch.autograd.Function):
     def forward(ctx, expert_out, weights, dispatcher, handle):
         # `weights` [T, k] are the plan's combine weights (the plan was made from their values):
         # they are an input here only so that autograd routes their gradient to the router.
-        ctx.dispatcher, ctx.handle = dispatcher, handle
+        ctx.dispatcher, ctx.handle, ctx.generation = dispatcher, handle, handle.generation
         expert_out = expert_out.detach().contiguous()
         ctx.save_for_backward(expert_out)
         return dispatcher.combine(expert_out, handle)
 
     @staticmethod
     def backward(ctx, grad_out):
+        check_handle(ctx)
         (expert_out,) = ctx.saved_tensors
         grad_y, grad_w = ctx.dispatcher.combine_backward(grad_out.detach().contiguous(), ctx.handle, expert_out)
         return grad_y, grad_w, None, None
@@ -68,7 +79,6 @@ class MoELayer(torch.nn.Module):
         self.all_w1, self.all_w2 = w1, w2  # for the dense reference only
         self.dispatcher = locmoe.Dispatcher(group, experts_per_rank=experts_per_rank, hidden=hidden,
                                             max_tokens=max_tokens, top_k=k)
-        self.handle = self.dispatcher.make_handle()
 
     def route(self, x):
         probs = torch.softmax(x @ self.gate.t(), dim=-1)
@@ -79,8 +89,12 @@ class MoELayer(torch.nn.Module):
         experts, weights = self.route(x)
         plan = locmoe.Plan(self.group, experts.contiguous().numpy(), weights.detach().contiguous().numpy(),
                            experts_per_rank=self.L)
-        expert_in = Dispatch.apply(x, self.dispatcher, plan, self.handle)
-        offs, counts = self.handle.expert_offsets, self.handle.expert_counts
+        # A handle per forward: its layouts serve this forward's combine and both backwards, so a
+        # second forward before this one's backward (gradient accumulation, recomputation) must not
+        # reuse it (a handle kept per layer would give this backward the later forward's layouts).
+        handle = self.dispatcher.make_handle()
+        expert_in = Dispatch.apply(x, self.dispatcher, plan, handle)
+        offs, counts = handle.expert_offsets, handle.expert_counts
         outs = []
         for l in range(self.L):
             seg = expert_in[offs[l]:offs[l] + counts[l]]
@@ -88,7 +102,7 @@ class MoELayer(torch.nn.Module):
             pad = offs[l + 1] - offs[l] - counts[l]
             outs.append(expert_in.new_zeros((pad, expert_in.shape[1])))
         expert_out = torch.cat(outs) if outs else expert_in.new_zeros((0, expert_in.shape[1]))
-        return Combine.apply(expert_out, weights, self.dispatcher, self.handle)
+        return Combine.apply(expert_out, weights, self.dispatcher, handle)
 
     def reference(self, x):
         """The same layer without locmoe: each token through its top-k experts, dense weights."""
@@ -109,19 +123,24 @@ def main():
     layer = MoELayer(group, H, F, L, k, max_tokens=T)
     x = torch.randn(T, H, generator=torch.Generator().manual_seed(100 + group.rank), requires_grad=True)
     grad = torch.randn(T, H, generator=torch.Generator().manual_seed(200 + group.rank))
+    # Gradient accumulation: a second micro-batch (other tokens, another plan) goes forward before
+    # the first one's backward.
+    x2 = torch.randn(T - 2, H, generator=torch.Generator().manual_seed(300 + group.rank), requires_grad=True)
+    grad2 = torch.randn(T - 2, H, generator=torch.Generator().manual_seed(400 + group.rank))
 
     out = layer(x)
-    (out * grad).sum().backward()
-    gx, ggate, gw1 = x.grad.clone(), layer.gate.grad.clone(), layer.w1.grad.clone()
+    out2 = layer(x2)
+    ((out * grad).sum() + (out2 * grad2).sum()).backward()
+    gx, gx2, ggate, gw1 = x.grad.clone(), x2.grad.clone(), layer.gate.grad.clone(), layer.w1.grad.clone()
 
     # Reference: the full expert weights as leaves; this rank's slice of their gradient must equal
     # the sum over ranks of what each rank's tokens contribute, so compare after an allreduce.
-    x.grad = None
+    x.grad = x2.grad = None
     layer.gate.grad = None
     layer.ref_w1 = layer.all_w1.clone().requires_grad_(True)
     layer.ref_w2 = layer.all_w2.clone().requires_grad_(True)
-    ref = layer.reference(x)
-    (ref * grad).sum().backward()
+    ref, ref2 = layer.reference(x), layer.reference(x2)
+    ((ref * grad).sum() + (ref2 * grad2).sum()).backward()
     ok = True
 
     def close(name, a, b, tol=1e-4):
@@ -131,7 +150,9 @@ def main():
         ok = ok and err <= tol
 
     close("forward", out.detach(), ref.detach())
+    close("forward (second micro-batch)", out2.detach(), ref2.detach())
     close("grad x", gx, x.grad)
+    close("grad x (second micro-batch)", gx2, x2.grad)
     close("grad gate", ggate, layer.gate.grad)
     ref_gw1 = layer.ref_w1.grad.double().numpy().copy()
     group.allreduce_sum(ref_gw1.reshape(-1))

@@ -6,15 +6,42 @@ methods without ``_into`` allocate the output with the input's own library (``ne
 torch tensors, numpy otherwise) and return it.
 
     g = locmoe.Group()                          # MPI under mpirun, TCP under torchrun, else alone
+    # or locmoe.Group.from_torch(pg), or world.split(color): expert-parallel sub-groups
     plan = locmoe.Plan(g, expert, weight, experts_per_rank=L)   # or locmoe.Router().route(g, x, gate, L)
     d = locmoe.Dispatcher(g, experts_per_rank=L, hidden=H, max_tokens=T, top_k=k)
     h = d.make_handle()
     expert_in = d.dispatch(x, plan, h)          # [h.expert_rows, H], expert-major
     out = d.combine(f(expert_in), h)            # [T, H]
 """
-from ._locmoe import Dispatcher, Error, Group, Handle, Plan, Router, __version__
+from ._group import Group
+from ._locmoe import Dispatcher, Error, Handle, Plan, Router, __version__
 
 __all__ = ["Dispatcher", "Error", "Group", "Handle", "Plan", "Router", "__version__"]
+
+
+def _install_abort_hook():
+    """An unhandled exception ending this rank's script tells the other ranks of every live group at
+    once (locmoe_abort_all): their pending or next collective fails naming this rank and the
+    exception, instead of waiting for it until LOCMOE_TIMEOUT_S. Then the previous hook runs."""
+    import sys
+    import traceback
+
+    from . import _locmoe
+
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        try:
+            text = "".join(traceback.format_exception_only(exc_type, exc)).strip()
+            _locmoe._abort_all(f"unhandled exception: {text}")
+        except Exception:  # never hide the original error
+            pass
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = hook
+
+
+_install_abort_hook()
 
 
 def _empty(ref, rows, cols, dtype=None):

@@ -1,7 +1,9 @@
 """locmoe.torch: PyTorch autograd integration of locmoe's dispatch, combine and routers.
 
     import locmoe, locmoe.torch as lt
-    group = locmoe.Group()                                     # collective
+    group = locmoe.Group()                                     # collective (mpirun or torchrun)
+    # expert-parallel groups inside a data-parallel job: group = world.split(world.rank // ep),
+    # or locmoe.Group.from_torch(pg) for a torch.distributed process group
     moe = lt.MoELayer(group, hidden=H, ffn_hidden=F, experts_per_rank=L, max_tokens=T,
                       router="locmoe+", k=2)                   # collective (creates the dispatcher)
     y = moe(x)                      # x [..., H] float32 -> y [..., H]; collective
@@ -13,7 +15,8 @@ Pieces, each usable alone:
 - ``dispatch`` / ``combine``: autograd functions over a ``locmoe.Dispatcher``. Gradients flow to
   the tokens (through dispatch), to the expert outputs and to the combine weights (through
   combine). Every call makes its own ``Handle``, so a second forward before the first backward
-  (gradient accumulation, recomputation, pipelines) never overwrites the first one's layout.
+  (gradient accumulation, recomputation, pipelines) never overwrites the first one's layout; a
+  backward whose handle was dispatched on again since its forward raises RuntimeError.
 - ``plan_from_topk``: a ``locmoe.Plan`` from expert ids of your own router (int32 or int64, e.g.
   what ``torch.topk`` returns) and its weights.
 - ``Router``: an ``nn.Module`` that owns the gate ``[E, H]`` and routes with any locmoe router by
@@ -64,17 +67,30 @@ def _stage(timings: Optional[Dict[str, float]], key: str, t0: float) -> None:
         timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
 
 
+def _check_handle(ctx, what: str) -> None:
+    """A backward needs the layouts of its own forward's dispatch: refuse a handle that another
+    dispatch has overwritten since (a second forward reusing it before this backward)."""
+    if ctx.handle.generation != ctx.generation:
+        raise RuntimeError(
+            f"locmoe.torch: {what}: the handle of this forward's dispatch was used by "
+            f"{ctx.handle.generation - ctx.generation} later dispatch(es) before this backward (gradient "
+            "accumulation, recomputation or a pipeline schedule reusing one handle); its layouts are no "
+            "longer this forward's. Give every dispatch its own handle (locmoe.torch.dispatch does).")
+
+
 class _Dispatch(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dispatcher, plan, handle, timings):
         t0 = time.perf_counter()
         ctx.dispatcher, ctx.handle, ctx.timings = dispatcher, handle, timings
         expert_in = dispatcher.dispatch(_host_f32(x, "x"), plan, handle)
+        ctx.generation = handle.generation
         _stage(timings, "dispatch", t0)
         return expert_in
 
     @staticmethod
     def backward(ctx, grad_expert_in):
+        _check_handle(ctx, "dispatch backward")
         t0 = time.perf_counter()
         grad_x = ctx.dispatcher.dispatch_backward(grad_expert_in.detach().contiguous(), ctx.handle)
         _stage(ctx.timings, "dispatch_backward", t0)
@@ -86,6 +102,7 @@ class _Combine(torch.autograd.Function):
     def forward(ctx, expert_out, weight, dispatcher, handle, timings):
         t0 = time.perf_counter()
         ctx.dispatcher, ctx.handle, ctx.timings = dispatcher, handle, timings
+        ctx.generation = handle.generation
         expert_out = _host_f32(expert_out, "expert_out")
         ctx.save_for_backward(expert_out)
         out = dispatcher.combine(expert_out, handle)
@@ -94,6 +111,7 @@ class _Combine(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        _check_handle(ctx, "combine backward")
         t0 = time.perf_counter()
         (expert_out,) = ctx.saved_tensors
         grad_y, grad_w = ctx.dispatcher.combine_backward(grad_out.detach().contiguous(), ctx.handle, expert_out)
@@ -108,7 +126,10 @@ def dispatch(x: torch.Tensor, dispatcher, plan, timings: Optional[Dict[str, floa
     Returns ``(expert_in, handle)``: expert_in float32 [handle.expert_rows, H], the rows of this
     rank's local experts, expert-major (local expert l's rows start at handle.expert_offsets[l],
     handle.expert_counts[l] of them, then zero padding up to the next offset); handle is a new
-    ``locmoe.Handle`` for ``combine``. Backward: d expert_in -> d x (sum over the token's slots).
+    ``locmoe.Handle`` of this call alone, for ``combine`` (pass it there, dispatch nothing else
+    on it: a backward whose handle another dispatch has used since raises RuntimeError instead
+    of using that dispatch's layouts). Backward: d expert_in -> d x float32 [T, H] (sum over the
+    token's slots).
     ``timings``: optional dict that accumulates seconds under "dispatch" / "dispatch_backward".
     """
     handle = dispatcher.make_handle()
@@ -134,7 +155,8 @@ def combine(expert_out: torch.Tensor, weight: torch.Tensor, dispatcher, handle,
 
 def plan_from_topk(group, expert: torch.Tensor, weight: torch.Tensor, experts_per_rank: int,
                    slot_dropped: Optional[torch.Tensor] = None):
-    """Collective. A ``locmoe.Plan`` from your own routing decision.
+    """Collective (the group's expert counts are summed). A ``locmoe.Plan`` from your own routing
+    decision.
 
     expert: int32 or int64 [T, k] global expert ids in [0, E) or -1 (no expert), e.g. the indices
     of ``torch.topk``; weight: float32 [T, k] combine weights (>= 0); slot_dropped: optional bool or
@@ -152,9 +174,8 @@ def plan_from_topk(group, expert: torch.Tensor, weight: torch.Tensor, experts_pe
             bad = lo if lo < -1 else hi
             raise ValueError(f"expert id {bad} is outside [-1, {E}) (E = experts_per_rank {experts_per_rank} "
                              f"x {group.size} ranks)")
-    e32 = expert.detach().to(torch.int32).contiguous()
     dropped = None if slot_dropped is None else slot_dropped.detach().to(torch.uint8).contiguous()
-    return _locmoe.Plan(group, e32, _host_f32(weight, "weight"), experts_per_rank, dropped)
+    return _locmoe.Plan(group, expert.detach().contiguous(), _host_f32(weight, "weight"), experts_per_rank, dropped)
 
 
 class _PlanWeight(torch.autograd.Function):
@@ -206,7 +227,7 @@ class RouterOutput(NamedTuple):
 
 
 class Router(nn.Module):
-    """A locmoe router with its gate as a parameter.
+    """A locmoe router with its gate as a parameter. Local constructor; ``forward`` is collective.
 
     group: the ``locmoe.Group``; hidden: H; experts_per_rank: L (E = L * group.size).
     name and the router parameters: as ``locmoe.Router`` / locmoe_router_config_t (k,

@@ -1,8 +1,10 @@
 // The Python module `locmoe._locmoe`: the C API (include/locmoe/locmoe.h) with tensors passed
 // through DLPack (nb::ndarray), so numpy arrays work on the CPU and PyTorch / JAX / CuPy tensors
 // on the GPU without copies. Outputs are caller-allocated arrays (the `locmoe` package wraps them
-// with numpy allocation); every array is checked here (rank, shape, dtype, device, contiguity)
-// before its pointer reaches the library. A failing call raises locmoe.Error.
+// with numpy allocation). Every array is checked here (rank, shape against the other arguments,
+// dtype, strides, memory, writability of outputs, overlap) before its pointer reaches the library,
+// and never converted: a refusal raises ValueError naming the argument, what it got and what was
+// expected. A failing library call raises locmoe.Error.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
@@ -10,6 +12,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -30,40 +34,165 @@ void check(locmoe_status_t s) {
 }
 [[noreturn]] void bad(const std::string& what) { throw nb::value_error(what.c_str()); }
 
-using Array = nb::ndarray<nb::c_contig>;
+// ---- Array arguments: checked, never converted ---------------------------------------------------
+// nanobind converts an argument whose dtype or layout does not match a binding's constraints into
+// a temporary copy: harmless for an input, silent data loss for an output (the library would write
+// into the copy and the caller's buffer would stay as it was). So every array parameter is taken as
+// a plain object and imported here without conversion (outputs writable, inputs as read-only views,
+// so a read-only numpy array is a valid input), then its dtype, shape, strides and memory are
+// checked; each refusal names the argument, what it got and what was expected.
+using InArray = nb::ndarray<nb::ro>;
+using OutArray = nb::ndarray<>;
+using DType = nb::dlpack::dtype;
+using Code = nb::dlpack::dtype_code;
 
-constexpr int kDlCpu = 1, kDlCuda = 2, kDlCudaManaged = 13;
+constexpr int kDlCpu = 1, kDlCuda = 2, kDlCudaHost = 3, kDlCudaManaged = 13;
 
-bool is_dtype(const Array& a, nb::dlpack::dtype_code code, int bits) {
-  return a.dtype().code == static_cast<uint8_t>(code) && a.dtype().bits == bits && a.dtype().lanes == 1;
-}
-
-// Checks that `a` is [rows, cols] (rows < 0: any) of the given element type on the given memory.
-void check_array(const Array& a, const char* name, int64_t rows, int64_t cols, locmoe_memory_t mem,
-                 const char* type_name, bool (*type_ok)(const Array&)) {
-  if (a.ndim() != 2) bad(std::string(name) + " must be 2-D, got " + std::to_string(a.ndim()) + "-D");
-  if (rows >= 0 && static_cast<int64_t>(a.shape(0)) != rows)
-    bad(std::string(name) + " has " + std::to_string(a.shape(0)) + " rows, expected " + std::to_string(rows));
-  if (cols >= 0 && static_cast<int64_t>(a.shape(1)) != cols)
-    bad(std::string(name) + " has " + std::to_string(a.shape(1)) + " columns, expected " + std::to_string(cols));
-  if (!type_ok(a)) bad(std::string(name) + " must have dtype " + type_name);
-  const int dev = a.device_type();
-  if (mem == LOCMOE_MEMORY_HOST && dev != kDlCpu)
-    bad(std::string(name) + " must be in host memory (the dispatcher was made for device 'cpu')");
-  if (mem == LOCMOE_MEMORY_DEVICE && dev != kDlCuda && dev != kDlCudaManaged)
-    bad(std::string(name) + " must be in CUDA memory (the dispatcher was made for device 'cuda')");
-}
-
-bool f32(const Array& a) { return is_dtype(a, nb::dlpack::dtype_code::Float, 32); }
-bool i32(const Array& a) { return is_dtype(a, nb::dlpack::dtype_code::Int, 32); }
-bool u8(const Array& a) {
-  return is_dtype(a, nb::dlpack::dtype_code::UInt, 8) || is_dtype(a, nb::dlpack::dtype_code::Bool, 8);
-}
+bool is(DType t, Code code, int bits) { return t.code == static_cast<uint8_t>(code) && t.bits == bits && t.lanes == 1; }
+bool f32(DType t) { return is(t, Code::Float, 32); }
+bool f64(DType t) { return is(t, Code::Float, 64); }
+bool i32(DType t) { return is(t, Code::Int, 32); }
+bool i32_or_i64(DType t) { return is(t, Code::Int, 32) || is(t, Code::Int, 64); }
+bool u8(DType t) { return is(t, Code::UInt, 8) || is(t, Code::Bool, 8); }
 // bf16 rows: a DLPack bfloat16 tensor (PyTorch, JAX) or uint16 holding the bits (numpy has no bf16).
-bool bf16(const Array& a) {
-  return is_dtype(a, nb::dlpack::dtype_code::Bfloat, 16) || is_dtype(a, nb::dlpack::dtype_code::UInt, 16);
+bool bf16(DType t) { return is(t, Code::Bfloat, 16) || is(t, Code::UInt, 16); }
+
+std::string dtype_name(DType t) {
+  const char* kind = "?";
+  switch (static_cast<Code>(t.code)) {
+    case Code::Int: kind = "int"; break;
+    case Code::UInt: kind = "uint"; break;
+    case Code::Float: kind = "float"; break;
+    case Code::Bfloat: kind = "bfloat"; break;
+    case Code::Complex: kind = "complex"; break;
+    case Code::Bool: return "bool";
+    default: kind = "dtype-code-"; break;
+  }
+  std::string s = std::string(kind) + std::to_string(t.bits);
+  if (t.lanes != 1) s += "x" + std::to_string(t.lanes);
+  return s;
 }
-bool f64(const Array& a) { return is_dtype(a, nb::dlpack::dtype_code::Float, 64); }
+
+std::string memory_name(int device_type) {
+  switch (device_type) {
+    case kDlCpu: return "host memory";
+    case kDlCuda: return "CUDA memory";
+    case kDlCudaHost: return "CUDA pinned host memory";
+    case kDlCudaManaged: return "CUDA managed memory";
+    default: return "DLPack device type " + std::to_string(device_type);
+  }
+}
+std::string wanted_memory(locmoe_memory_t mem, bool of_dispatcher) {
+  if (!of_dispatcher) return "host memory";
+  return mem == LOCMOE_MEMORY_DEVICE ? "CUDA memory (the dispatcher was made for device 'cuda')"
+                                     : "host memory (the dispatcher was made for device 'cpu')";
+}
+
+template <class A>
+bool c_contiguous(const A& a) {
+  if (a.size() <= 1) return true;  // no second element to place: any strides (numpy gives 0 for [0, k])
+  int64_t want = 1;
+  for (size_t i = a.ndim(); i-- > 0;) {
+    if (a.shape(i) != 1 && a.stride(i) != want) return false;
+    want *= static_cast<int64_t>(a.shape(i));
+  }
+  return true;
+}
+
+// "float64 [4, 8] (strides [1, 4]) in host memory"; strides (in elements) only when not row-major.
+template <class A>
+std::string describe(const A& a) {
+  std::string s = dtype_name(a.dtype()) + " [";
+  for (size_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.shape(i));
+  s += "]";
+  if (!c_contiguous(a)) {
+    s += " (strides [";
+    for (size_t i = 0; i < a.ndim(); ++i) s += (i ? ", " : "") + std::to_string(a.stride(i));
+    s += "], not contiguous)";
+  }
+  return s + " in " + memory_name(a.device_type());
+}
+
+bool requires_grad(nb::handle h) {
+  return nb::hasattr(h, "requires_grad") && nb::hasattr(h, "detach") && nb::cast<bool>(h.attr("requires_grad"));
+}
+
+std::string not_an_array(nb::handle h) {
+  if (requires_grad(h)) return "a tensor that requires grad cannot be exported through DLPack (pass .detach())";
+  return "expected an array (numpy, or a DLPack tensor: torch, JAX, CuPy), got " +
+         std::string(nb::type_name(h.type()).c_str());
+}
+
+InArray input_array(nb::handle h, const char* name) {
+  InArray a;
+  if (!nb::try_cast(h, a, /*convert=*/false)) bad(std::string(name) + ": " + not_an_array(h));
+  return a;
+}
+OutArray output_array(nb::handle h, const char* name) {
+  // Writing into a tensor autograd tracks would bypass it (torch refuses in-place ops on such leaves).
+  if (requires_grad(h))
+    bad(std::string(name) + " requires grad: an output is written in place behind autograd's back; pass a "
+        "tensor that does not require grad");
+  OutArray a;
+  if (nb::try_cast(h, a, /*convert=*/false)) return a;
+  InArray ro;
+  if (nb::try_cast(h, ro, /*convert=*/false))
+    bad(std::string(name) + " is read-only; an output must be writable (got " + describe(ro) + ")");
+  bad(std::string(name) + ": " + not_an_array(h));
+}
+
+// What an array argument must be: dtype, [rows, cols] (rows < 0: any; at_least: rows is a
+// minimum; cols < 0: any), row-major contiguous, in `mem`.
+struct Want {
+  int64_t rows = -1;
+  int64_t cols = -1;
+  bool at_least = false;
+  const char* dtype = "float32";
+  bool (*dtype_ok)(DType) = f32;
+  locmoe_memory_t mem = LOCMOE_MEMORY_HOST;
+  bool of_dispatcher = false;  // mem is the dispatcher's (said in the message)
+};
+
+template <class A>
+void check_array(const A& a, const char* name, const Want& w) {
+  auto fail = [&](const std::string& why) {
+    std::string shape = std::string("[") + (w.at_least ? ">= " : "") +
+                        (w.rows < 0 ? std::string("any") : std::to_string(w.rows)) + ", " +
+                        (w.cols < 0 ? std::string("any") : std::to_string(w.cols)) + "]";
+    bad(std::string(name) + " " + why + ": expected " + w.dtype + " " + shape + " contiguous (row-major) in " +
+        wanted_memory(w.mem, w.of_dispatcher) + ", got " + describe(a));
+  };
+  if (a.ndim() != 2) fail("is " + std::to_string(a.ndim()) + "-D");
+  if (!w.dtype_ok(a.dtype())) fail("has dtype " + dtype_name(a.dtype()));
+  const int64_t rows = static_cast<int64_t>(a.shape(0)), cols = static_cast<int64_t>(a.shape(1));
+  if (w.rows >= 0 && (w.at_least ? rows < w.rows : rows != w.rows))
+    fail("has " + std::to_string(rows) + " rows");
+  if (w.cols >= 0 && cols != w.cols) fail("has " + std::to_string(cols) + " columns");
+  if (!c_contiguous(a)) fail("is not contiguous");
+  const int dev = a.device_type();
+  const bool mem_ok = w.mem == LOCMOE_MEMORY_DEVICE ? (dev == kDlCuda || dev == kDlCudaManaged) : dev == kDlCpu;
+  if (!mem_ok) fail("is in " + memory_name(dev));
+}
+
+// Outputs must not share memory with any other argument of the call (the library reads its inputs
+// while it writes its outputs; an overlap would give garbage, not an error).
+struct Span {
+  const char* name;
+  uintptr_t lo, hi;
+};
+template <class A>
+Span span(const A& a, const char* name) {
+  const auto lo = reinterpret_cast<uintptr_t>(a.data());
+  return {name, lo, lo + a.nbytes()};
+}
+void check_no_overlap(std::initializer_list<Span> outputs, std::initializer_list<Span> others) {
+  for (const Span& o : outputs) {
+    if (o.lo == o.hi) continue;
+    for (const Span& x : others)
+      if (x.lo != x.hi && x.name != o.name && o.lo < x.hi && x.lo < o.hi)
+        bad(std::string(o.name) + " overlaps " + x.name + " in memory; an output needs a buffer of its own");
+  }
+}
 
 locmoe_bootstrap_t parse_bootstrap(const std::string& s) {
   if (s == "auto") return LOCMOE_BOOTSTRAP_AUTO;
@@ -96,8 +225,11 @@ class Group {
   int size() const { int32_t v; check(locmoe_group_size(g_, &v)); return v; }
   int num_nodes() const { int32_t v; check(locmoe_group_num_nodes(g_, &v)); return v; }
   int node_of(int r) const { int32_t v; check(locmoe_group_node_of(g_, r, &v)); return v; }
-  void allreduce_sum(nb::ndarray<double, nb::c_contig, nb::device::cpu> a) {
-    check(locmoe_group_allreduce_sum(g_, a.data(), static_cast<int64_t>(a.size())));
+  void allreduce_sum(nb::object values) {
+    const OutArray a = output_array(values, "values");
+    if (!f64(a.dtype()) || !c_contiguous(a) || a.device_type() != kDlCpu)
+      bad("values: expected a float64 contiguous array (any shape) in host memory, got " + describe(a));
+    check(locmoe_group_allreduce_sum(g_, static_cast<double*>(a.data()), static_cast<int64_t>(a.size())));
   }
 
  private:
@@ -106,20 +238,45 @@ class Group {
 
 class Plan {
  public:
-  Plan(Group& g, Array expert, Array weight, int experts_per_rank, nb::object slot_dropped) {
-    check_array(expert, "expert", -1, -1, LOCMOE_MEMORY_HOST, "int32", i32);
+  Plan(Group& g, nb::object expert_obj, nb::object weight_obj, int experts_per_rank, nb::object slot_dropped) {
+    const InArray expert = input_array(expert_obj, "expert");
+    Want we;
+    we.dtype = "int32 or int64";
+    we.dtype_ok = i32_or_i64;
+    check_array(expert, "expert", we);
     const int64_t T = static_cast<int64_t>(expert.shape(0)), k = static_cast<int64_t>(expert.shape(1));
-    check_array(weight, "weight", T, k, LOCMOE_MEMORY_HOST, "float32", f32);
+    if (T > std::numeric_limits<int32_t>::max() || k > std::numeric_limits<int32_t>::max())
+      bad("expert is [" + std::to_string(T) + ", " + std::to_string(k) + "]: at most 2^31 - 1 tokens and slots");
+    const InArray weight = input_array(weight_obj, "weight");
+    check_array(weight, "weight", Want{T, k});
     const uint8_t* dropped = nullptr;
-    Array d;
+    InArray d;
     if (!slot_dropped.is_none()) {
-      d = nb::cast<Array>(slot_dropped);
-      check_array(d, "slot_dropped", T, k, LOCMOE_MEMORY_HOST, "uint8 or bool", u8);
+      d = input_array(slot_dropped, "slot_dropped");
+      Want wd{T, k};
+      wd.dtype = "uint8 or bool";
+      wd.dtype_ok = u8;
+      check_array(d, "slot_dropped", wd);
       dropped = static_cast<const uint8_t*>(d.data());
     }
-    check(locmoe_plan_create(g.get(), static_cast<int32_t>(T), static_cast<int32_t>(k), experts_per_rank,
-                             static_cast<const int32_t*>(expert.data()), static_cast<const float*>(weight.data()),
-                             dropped, &p_));
+    // int64 ids (what torch.topk returns) are narrowed here, each checked first: a value outside
+    // int32 would otherwise wrap into a valid-looking id.
+    const int32_t* ids = static_cast<const int32_t*>(expert.data());
+    std::vector<int32_t> narrowed;
+    if (!i32(expert.dtype())) {
+      const auto* wide = static_cast<const int64_t*>(expert.data());
+      const int64_t E = static_cast<int64_t>(experts_per_rank) * g.size();
+      narrowed.resize(static_cast<size_t>(T * k));
+      for (int64_t i = 0; i < T * k; ++i) {
+        if (wide[i] < -1 || wide[i] >= std::max<int64_t>(E, 0))
+          bad("expert[" + std::to_string(i / k) + ", " + std::to_string(i % k) + "] = " + std::to_string(wide[i]) +
+              " is out of range [-1, " + std::to_string(E) + ") (E = experts_per_rank x group size)");
+        narrowed[static_cast<size_t>(i)] = static_cast<int32_t>(wide[i]);
+      }
+      ids = narrowed.data();
+    }
+    check(locmoe_plan_create(g.get(), static_cast<int32_t>(T), static_cast<int32_t>(k), experts_per_rank, ids,
+                             static_cast<const float*>(weight.data()), dropped, &p_));
     info_ = LOCMOE_PLAN_INFO_INIT;
     check(locmoe_plan_info(p_, &info_));
   }
@@ -141,14 +298,19 @@ class Plan {
                           nb::ndarray<nb::numpy, float, nb::ndim<2>>(w, {T, k}, cw));
   }
   // d loss / d logits [T, E] from d loss / d weight [T, k] (host arrays).
-  void weight_backward(nb::ndarray<float, nb::c_contig, nb::device::cpu> logits,
-                       nb::ndarray<float, nb::c_contig, nb::device::cpu> d_weight, bool renormalize,
-                       nb::ndarray<float, nb::c_contig, nb::device::cpu> d_logits) const {
-    const size_t T = static_cast<size_t>(info_.num_tokens);
-    if (logits.size() != T * info_.num_experts || d_logits.size() != T * info_.num_experts)
-      bad("logits and d_logits must have num_tokens * num_experts elements");
-    if (d_weight.size() != T * static_cast<size_t>(info_.k)) bad("d_weight must have num_tokens * k elements");
-    check(locmoe_plan_weight_backward(p_, logits.data(), d_weight.data(), renormalize ? 1 : 0, d_logits.data()));
+  void weight_backward(nb::object logits_obj, nb::object d_weight_obj, bool renormalize,
+                       nb::object d_logits_obj) const {
+    const int64_t T = info_.num_tokens, E = info_.num_experts, k = info_.k;
+    const InArray logits = input_array(logits_obj, "logits");
+    const InArray d_weight = input_array(d_weight_obj, "d_weight");
+    const OutArray d_logits = output_array(d_logits_obj, "d_logits");
+    check_array(logits, "logits", Want{T, E});
+    check_array(d_weight, "d_weight", Want{T, k});
+    check_array(d_logits, "d_logits", Want{T, E});
+    check_no_overlap({span(d_logits, "d_logits")}, {span(logits, "logits"), span(d_weight, "d_weight")});
+    check(locmoe_plan_weight_backward(p_, static_cast<const float*>(logits.data()),
+                                      static_cast<const float*>(d_weight.data()), renormalize ? 1 : 0,
+                                      static_cast<float*>(d_logits.data())));
   }
   Plan(const Plan&) = delete;
   Plan& operator=(const Plan&) = delete;
@@ -187,12 +349,18 @@ class Router {
   ~Router() { locmoe_router_destroy(r_); }
   Router(const Router&) = delete;
   Router& operator=(const Router&) = delete;
-  Plan* route(Group& g, nb::ndarray<float, nb::ndim<2>, nb::c_contig, nb::device::cpu> features,
-              nb::ndarray<float, nb::ndim<2>, nb::c_contig, nb::device::cpu> gate, int experts_per_rank) {
-    if (features.shape(1) != gate.shape(1)) bad("features and gate must have the same hidden size");
+  Plan* route(Group& g, nb::object features_obj, nb::object gate_obj, int experts_per_rank) {
+    const InArray features = input_array(features_obj, "features");
+    check_array(features, "features", Want{});
+    const int64_t T = static_cast<int64_t>(features.shape(0)), H = static_cast<int64_t>(features.shape(1));
+    if (T > std::numeric_limits<int32_t>::max()) bad("features has " + std::to_string(T) + " rows: at most 2^31 - 1");
+    if (experts_per_rank <= 0) bad("experts_per_rank must be > 0, got " + std::to_string(experts_per_rank));
+    // The library reads E x H floats of the gate: its rows are checked against E before any read.
+    const InArray gate = input_array(gate_obj, "gate");
+    check_array(gate, "gate", Want{static_cast<int64_t>(experts_per_rank) * g.size(), H});
     locmoe_plan_t p = nullptr;
-    check(locmoe_route(r_, g.get(), features.data(), static_cast<int32_t>(features.shape(0)),
-                       static_cast<int64_t>(features.shape(1)), gate.data(), experts_per_rank, &p));
+    check(locmoe_route(r_, g.get(), static_cast<const float*>(features.data()), static_cast<int32_t>(T), H,
+                       static_cast<const float*>(gate.data()), experts_per_rank, &p));
     return new Plan(p);
   }
 
@@ -228,21 +396,21 @@ std::vector<int64_t> plan_global_expert_counts(const Plan& p) {
   return c;
 }
 
-double plan_aux_loss(const Plan& p, const std::string& kind,
-                     nb::ndarray<float, nb::ndim<2>, nb::c_contig, nb::device::cpu> logits,
-                     nb::ndarray<float, nb::ndim<2>, nb::c_contig, nb::device::cpu> d_logits) {
+double plan_aux_loss(const Plan& p, const std::string& kind, nb::object logits_obj, nb::object d_logits_obj) {
   locmoe_aux_loss_t k = 0;
   if (kind == "load_balance") k = LOCMOE_AUX_LOAD_BALANCE;
   else if (kind == "z") k = LOCMOE_AUX_Z_LOSS;
   else if (kind == "locality") k = LOCMOE_AUX_LOCALITY;
   else bad("kind must be 'load_balance', 'z' or 'locality', got '" + kind + "'");
-  const size_t T = static_cast<size_t>(p.info().num_tokens), E = static_cast<size_t>(p.info().num_experts);
-  if (logits.shape(0) != T || logits.shape(1) != E)
-    bad("logits must be [" + std::to_string(T) + ", " + std::to_string(E) + "] (the plan's tokens x experts)");
-  if (d_logits.shape(0) != T || d_logits.shape(1) != E)
-    bad("d_logits must be [" + std::to_string(T) + ", " + std::to_string(E) + "] (the plan's tokens x experts)");
+  const Want w{p.info().num_tokens, p.info().num_experts};  // the plan's tokens x experts
+  const InArray logits = input_array(logits_obj, "logits");
+  const OutArray d_logits = output_array(d_logits_obj, "d_logits");
+  check_array(logits, "logits", w);
+  check_array(d_logits, "d_logits", w);
+  check_no_overlap({span(d_logits, "d_logits")}, {span(logits, "logits")});
   double loss = 0;
-  check(locmoe_plan_aux_loss(p.get(), k, logits.data(), &loss, d_logits.data()));
+  check(locmoe_plan_aux_loss(p.get(), k, static_cast<const float*>(logits.data()), &loss,
+                             static_cast<float*>(d_logits.data())));
   return loss;
 }
 
@@ -255,6 +423,10 @@ class Handle {
   Handle(const Handle&) = delete;
   Handle& operator=(const Handle&) = delete;
   locmoe_handle_t get() const { return h_; }
+  // Dispatches made on this handle so far: each one replaces the layouts the earlier one left for
+  // combine and the backwards (locmoe.torch compares it at backward to refuse a reused handle).
+  uint64_t generation() const { return generation_; }
+  void next_generation() { ++generation_; }
   locmoe_handle_info_t info() const {
     locmoe_handle_info_t i = LOCMOE_HANDLE_INFO_INIT;
     check(locmoe_handle_info(h_, &i));
@@ -273,6 +445,7 @@ class Handle {
 
  private:
   locmoe_handle_t h_ = nullptr;
+  uint64_t generation_ = 0;
 };
 
 class Dispatcher {
@@ -308,57 +481,80 @@ class Dispatcher {
   std::string device() const { return cfg_.memory == LOCMOE_MEMORY_DEVICE ? "cuda" : "cpu"; }
   Handle* make_handle() { return new Handle(d_); }
 
-  int64_t dispatch(Array x, Plan& plan, Handle& h, Array expert_in, uintptr_t stream) {
-    rows(x, "x", plan.info().num_tokens);
-    rows(expert_in, "expert_in", -1);
+  int64_t dispatch(nb::object x_obj, Plan& plan, Handle& h, nb::object expert_in_obj, uintptr_t stream) {
+    const InArray x = input_array(x_obj, "x");
+    const OutArray expert_in = output_array(expert_in_obj, "expert_in");
+    check_array(x, "x", rows(plan.info().num_tokens));
+    check_array(expert_in, "expert_in", rows(-1));
+    check_no_overlap({span(expert_in, "expert_in")}, {span(x, "x")});
+    h.next_generation();
     check(locmoe_dispatch(d_, x.data(), plan.get(), h.get(), expert_in.data(),
                           static_cast<int64_t>(expert_in.shape(0)), reinterpret_cast<void*>(stream)));
     return h.info().expert_rows;
   }
-  void combine(Array expert_out, Handle& h, Array out, uintptr_t stream) {
+  void combine(nb::object expert_out_obj, Handle& h, nb::object out_obj, uintptr_t stream) {
     const locmoe_handle_info_t i = h.info();
-    rows_at_least(expert_out, "expert_out", i.expert_rows);
-    rows(out, "out", i.num_tokens);
+    const InArray expert_out = input_array(expert_out_obj, "expert_out");
+    const OutArray out = output_array(out_obj, "out");
+    check_array(expert_out, "expert_out", rows(i.expert_rows, true));
+    check_array(out, "out", rows(i.num_tokens));
+    check_no_overlap({span(out, "out")}, {span(expert_out, "expert_out")});
     check(locmoe_combine(d_, expert_out.data(), h.get(), out.data(), reinterpret_cast<void*>(stream)));
   }
-  void dispatch_backward(Array grad_expert_in, Handle& h, Array grad_x, uintptr_t stream) {
+  void dispatch_backward(nb::object grad_expert_in_obj, Handle& h, nb::object grad_x_obj, uintptr_t stream) {
     const locmoe_handle_info_t i = h.info();
-    rows_at_least(grad_expert_in, "grad_expert_in", i.expert_rows);
-    rows(grad_x, "grad_x", i.num_tokens);
+    const InArray grad_expert_in = input_array(grad_expert_in_obj, "grad_expert_in");
+    const OutArray grad_x = output_array(grad_x_obj, "grad_x");
+    check_array(grad_expert_in, "grad_expert_in", rows(i.expert_rows, true));
+    check_array(grad_x, "grad_x", rows(i.num_tokens));
+    check_no_overlap({span(grad_x, "grad_x")}, {span(grad_expert_in, "grad_expert_in")});
     check(locmoe_dispatch_backward(d_, grad_expert_in.data(), h.get(), grad_x.data(),
                                    reinterpret_cast<void*>(stream)));
   }
-  void combine_backward(Array grad_out, Handle& h, Array expert_out, nb::object grad_expert_out,
+  void combine_backward(nb::object grad_out_obj, Handle& h, nb::object expert_out_obj, nb::object grad_expert_out,
                         nb::object grad_weights, uintptr_t stream) {
     const locmoe_handle_info_t i = h.info();
-    rows(grad_out, "grad_out", i.num_tokens);
-    rows_at_least(expert_out, "expert_out", i.expert_rows);
+    const InArray grad_out = input_array(grad_out_obj, "grad_out");
+    const InArray expert_out = input_array(expert_out_obj, "expert_out");
+    check_array(grad_out, "grad_out", rows(i.num_tokens));
+    check_array(expert_out, "expert_out", rows(i.expert_rows, true));
     void* gy = nullptr;
     float* gw = nullptr;
-    Array gya, gwa;
+    OutArray gya, gwa;
+    Span none{"", 0, 0};
+    Span gys = none, gws = none;
     if (!grad_expert_out.is_none()) {
-      gya = nb::cast<Array>(grad_expert_out);
-      rows_at_least(gya, "grad_expert_out", i.expert_rows);
+      gya = output_array(grad_expert_out, "grad_expert_out");
+      check_array(gya, "grad_expert_out", rows(i.expert_rows, true));
       gy = gya.data();
+      gys = span(gya, "grad_expert_out");
     }
     if (!grad_weights.is_none()) {
-      gwa = nb::cast<Array>(grad_weights);
-      check_array(gwa, "grad_weights", i.num_tokens, i.k, cfg_.memory, "float32", f32);
+      gwa = output_array(grad_weights, "grad_weights");
+      Want w{i.num_tokens, i.k};
+      w.mem = cfg_.memory;
+      w.of_dispatcher = true;
+      check_array(gwa, "grad_weights", w);
       gw = static_cast<float*>(gwa.data());
+      gws = span(gwa, "grad_weights");
     }
+    const Span ins[] = {span(grad_out, "grad_out"), span(expert_out, "expert_out")};
+    check_no_overlap({gys, gws}, {ins[0], ins[1], gys, gws});
     check(locmoe_combine_backward(d_, grad_out.data(), h.get(), expert_out.data(), gy, gw,
                                   reinterpret_cast<void*>(stream)));
   }
 
  private:
-  void rows(const Array& a, const char* name, int64_t n) const {
-    check_array(a, name, n, cfg_.hidden, cfg_.memory, cfg_.dtype == LOCMOE_DTYPE_BF16 ? "bfloat16 (or uint16 bits)" : "float32",
-                cfg_.dtype == LOCMOE_DTYPE_BF16 ? bf16 : f32);
-  }
-  void rows_at_least(const Array& a, const char* name, int64_t n) const {
-    rows(a, name, -1);
-    if (static_cast<int64_t>(a.shape(0)) < n)
-      bad(std::string(name) + " has " + std::to_string(a.shape(0)) + " rows, needs at least " + std::to_string(n));
+  // Token rows of this dispatcher: [n, hidden] (n < 0: any; at_least: n is a minimum) of its dtype
+  // in its memory.
+  Want rows(int64_t n, bool at_least = false) const {
+    Want w{n, cfg_.hidden, at_least};
+    const bool b = cfg_.dtype == LOCMOE_DTYPE_BF16;
+    w.dtype = b ? "bfloat16 (or uint16 bits)" : "float32";
+    w.dtype_ok = b ? bf16 : f32;
+    w.mem = cfg_.memory;
+    w.of_dispatcher = true;
+    return w;
   }
 
   Group* group_;
@@ -373,6 +569,9 @@ NB_MODULE(_locmoe, m) {
   m.doc() = "locmoe: expert-parallel dispatch/combine of MoE tokens (C API through DLPack)";
   m.attr("__version__") = LOCMOE_VERSION;
   nb::exception<LocmoeError>(m, "Error");
+  m.def("_abort_all", [](const std::string& message) { locmoe_abort_all(message.c_str()); }, nb::arg("message"),
+        "Not collective: tells the other ranks of every live group that this rank gives up (locmoe_abort_all); "
+        "used by the unhandled-exception hook of `import locmoe`.");
 
   nb::class_<Group>(m, "Group", "The ranks of one expert-parallel group (collective constructor).")
       .def(nb::init<const std::string&, const std::string&, const std::string&, double>(),
@@ -384,15 +583,20 @@ NB_MODULE(_locmoe, m) {
       .def_prop_ro("size", &Group::size)
       .def_prop_ro("num_nodes", &Group::num_nodes)
       .def("node_of", &Group::node_of, nb::arg("rank"))
+      .def("abort", [](Group& g, const std::string& message) { check(locmoe_group_abort(g.get(), message.c_str())); },
+           nb::arg("message"),
+           "Not collective: the other ranks' pending or next collective fails at once naming this rank and "
+           "`message`; the group is unusable afterwards.")
       .def("allreduce_sum", &Group::allreduce_sum, nb::arg("values"),
            "Collective in-place sum of a contiguous float64 numpy array over the group.");
 
   nb::class_<Plan>(m, "Plan", "This rank's routing plan (collective constructor).")
-      .def(nb::init<Group&, Array, Array, int, nb::object>(), nb::arg("group"), nb::arg("expert"),
+      .def(nb::init<Group&, nb::object, nb::object, int, nb::object>(), nb::arg("group"), nb::arg("expert"),
            nb::arg("weight"), nb::arg("experts_per_rank"), nb::arg("slot_dropped") = nb::none(),
            nb::keep_alive<1, 2>(),
-           "expert: int32 [T, k] global expert ids (-1 = none); weight: float32 [T, k]; "
-           "slot_dropped: optional uint8/bool [T, k]. Host arrays, copied.")
+           "Collective. expert: int32 or int64 [T, k] global expert ids in [-1, E) (-1 = none; int64 is "
+           "what torch.topk returns); weight: float32 [T, k]; slot_dropped: optional uint8/bool [T, k]. "
+           "Contiguous host arrays, read only (read-only arrays are fine), copied.")
       .def_prop_ro("num_tokens", [](const Plan& p) { return p.info().num_tokens; })
       .def_prop_ro("k", [](const Plan& p) { return p.info().k; })
       .def_prop_ro("num_experts", [](const Plan& p) { return p.info().num_experts; })
@@ -430,6 +634,9 @@ NB_MODULE(_locmoe, m) {
            "every rank) -> this rank's Plan.");
 
   nb::class_<Handle>(m, "Handle", "Layouts of one dispatch, reused by combine and the backwards.")
+      .def_prop_ro("generation", &Handle::generation,
+                   "Dispatches made on this handle so far; a later dispatch replaces the layouts an earlier "
+                   "one left for combine and the backwards (one handle per dispatch in flight).")
       .def_prop_ro("num_tokens", [](const Handle& h) { return h.info().num_tokens; })
       .def_prop_ro("k", [](const Handle& h) { return h.info().k; })
       .def_prop_ro("expert_rows", [](const Handle& h) { return h.info().expert_rows; })

@@ -235,5 +235,165 @@ class LocmoeTest(unittest.TestCase):
         self.assertIn("hidden size", str(ctx.exception))
 
 
+class ArgumentsAreCheckedNeverConverted(unittest.TestCase):
+    """Every array argument: outputs never converted (a converted output would be a temporary copy
+    the caller never sees), read-only inputs accepted, shapes checked against each other before
+    any read; each refusal names the argument, what it got and what was expected. Every rank
+    takes the same path (the refusals come before any collective)."""
+
+    def setUp(self):
+        self.g = group()
+        self.rng = np.random.default_rng(5 + self.g.rank)
+        self.T, self.H, self.k, self.L = 5, 8, 2, 2
+        self.E = self.L * self.g.size
+        self.d = locmoe.Dispatcher(self.g, experts_per_rank=self.L, hidden=self.H, max_tokens=self.T, top_k=self.k)
+        self.expert = self.rng.integers(0, self.E, size=(self.T, self.k)).astype(np.int32)
+        self.expert[:, 1] = np.where(self.expert[:, 1] == self.expert[:, 0], -1, self.expert[:, 1])
+        self.weight = (0.5 + self.rng.random((self.T, self.k))).astype(np.float32)
+        self.plan = locmoe.Plan(self.g, self.expert, self.weight, experts_per_rank=self.L)
+        self.x = self.rng.standard_normal((self.T, self.H)).astype(np.float32)
+
+    def reference_out(self, x):
+        ref = np.zeros((self.T, self.H))
+        for t in range(self.T):
+            for j in range(self.k):
+                if self.expert[t, j] >= 0:
+                    ref[t] += self.weight[t, j] * x[t]
+        return ref
+
+    def refused(self, pattern, fn, *args):
+        with self.assertRaisesRegex(ValueError, pattern):
+            fn(*args)
+
+    def test_dispatch_outputs(self):
+        d, h, M = self.d, self.d.make_handle(), self.d.max_expert_rows
+        self.refused(r"expert_in is not contiguous: expected float32 \[any, 8\] contiguous.*got float32 "
+                     r"\[%d, 8\] \(strides \[16, 1\]" % M,
+                     d.dispatch_into, self.x, self.plan, h, np.zeros((2 * M, self.H), np.float32)[::2])
+        self.refused(r"expert_in has dtype float64: expected float32", d.dispatch_into, self.x, self.plan, h,
+                     np.zeros((M, self.H)))
+        self.refused(r"expert_in is not contiguous", d.dispatch_into, self.x, self.plan, h,
+                     np.zeros((M, self.H), np.float32, order="F"))
+        ro = np.zeros((M, self.H), np.float32)
+        ro.setflags(write=False)
+        self.refused(r"expert_in is read-only", d.dispatch_into, self.x, self.plan, h, ro)
+        self.refused(r"expert_in is 1-D", d.dispatch_into, self.x, self.plan, h, np.zeros(M * self.H, np.float32))
+        self.refused(r"expert_in: expected an array .* got list", d.dispatch_into, self.x, self.plan, h, [[0.0]])
+        buf = np.zeros((M + self.T, self.H), np.float32)
+        self.refused(r"expert_in overlaps x", d.dispatch_into, buf[M:], self.plan, h, buf)
+        self.assertEqual(h.generation, 0)  # nothing was dispatched
+
+    def test_read_only_inputs_are_accepted(self):
+        d, h = self.d, self.d.make_handle()
+        x = self.x.copy()
+        x.setflags(write=False)
+        ein = d.dispatch(x, self.plan, h)
+        self.assertEqual(h.generation, 1)
+        ein.setflags(write=False)
+        out = d.combine(ein, h)
+        np.testing.assert_allclose(out, self.reference_out(self.x), rtol=1e-5, atol=1e-6)
+        g = np.ones((self.T, self.H), np.float32)
+        g.setflags(write=False)
+        gy, gw = d.combine_backward(g, h, ein)
+        gy.setflags(write=False)
+        gx = d.dispatch_backward(gy, h)
+        np.testing.assert_allclose(gx, self.reference_out(np.ones((self.T, self.H))), rtol=1e-5, atol=1e-6)
+
+    def test_combine_and_backward_outputs(self):
+        d, h = self.d, self.d.make_handle()
+        ein = d.dispatch(self.x, self.plan, h)
+        T, H = self.T, self.H
+        self.refused(r"out is not contiguous", d.combine_into, ein, h, np.zeros((T, 2 * H), np.float32)[:, ::2])
+        self.refused(r"out has dtype float64", d.combine_into, ein, h, np.zeros((T, H)))
+        self.refused(r"out has %d rows: expected float32 \[%d, 8\]" % (T + 1, T), d.combine_into, ein, h,
+                     np.zeros((T + 1, H), np.float32))
+        if h.expert_rows:  # (ranks whose experts receive nothing skip the checks that need rows)
+            self.refused(r"expert_out has 0 rows: expected float32 \[>= %d, 8\]" % h.expert_rows, d.combine_into,
+                         ein[:0], h, np.zeros((T, H), np.float32))
+        self.refused(r"grad_x is not contiguous", d.dispatch_backward_into, ein, h,
+                     np.zeros((T, 2 * H), np.float32)[:, ::2])
+        g = np.ones((T, H), np.float32)
+        self.refused(r"grad_weights has dtype float64", d.combine_backward_into, g, h, ein,
+                     np.zeros_like(ein), np.zeros((T, self.k)))
+        self.refused(r"grad_weights has 1 columns", d.combine_backward_into, g, h, ein, np.zeros_like(ein),
+                     np.zeros((T, 1), np.float32))
+        ro = np.zeros_like(ein)
+        ro.setflags(write=False)
+        self.refused(r"grad_expert_out is read-only", d.combine_backward_into, g, h, ein, ro)
+        if h.expert_rows:
+            self.refused(r"grad_expert_out overlaps expert_out", d.combine_backward_into, g, h, ein, ein)
+
+    def test_allreduce_sum_output(self):
+        v = np.arange(6, dtype=np.float64).reshape(2, 3) + self.g.rank
+        v.setflags(write=False)
+        self.refused(r"values is read-only", self.g.allreduce_sum, v)
+        self.refused(r"values: expected a float64 contiguous array .* got float32 \[2, 3\]",
+                     self.g.allreduce_sum, np.zeros((2, 3), np.float32))
+        self.refused(r"values: expected a float64 contiguous .* not contiguous", self.g.allreduce_sum,
+                     np.zeros(8)[::2])
+        w = v.copy()
+        self.g.allreduce_sum(w)
+        R = self.g.size
+        np.testing.assert_array_equal(w, R * np.arange(6).reshape(2, 3) + R * (R - 1) / 2)
+
+    def test_plan_arrays(self):
+        g, T, k, L = self.g, self.T, self.k, self.L
+        self.refused(r"weight has %d rows: expected float32 \[%d, %d\]" % (T - 1, T, k), locmoe.Plan, g,
+                     self.expert, self.weight[:-1], L)
+        self.refused(r"weight has dtype float64", locmoe.Plan, g, self.expert, self.weight.astype(np.float64), L)
+        self.refused(r"expert has dtype float32: expected int32 or int64", locmoe.Plan, g,
+                     self.expert.astype(np.float32), self.weight, L)
+        self.refused(r"slot_dropped has 1 columns", locmoe.Plan, g, self.expert, self.weight, L,
+                     np.zeros((T, 1), np.uint8))
+        self.refused(r"expert is not contiguous", locmoe.Plan, g, np.asfortranarray(self.expert), self.weight, L)
+        wide = self.expert.astype(np.int64)
+        wide[2, 0] = 2 ** 32  # would wrap to 0 if narrowed unchecked
+        self.refused(r"expert\[2, 0\] = 4294967296 is out of range \[-1, %d\)" % self.E, locmoe.Plan, g, wide,
+                     self.weight, L)
+        # int64 ids (torch.topk's) and read-only arrays: the same plan as int32.
+        e64, w = self.expert.astype(np.int64), self.weight.copy()
+        e64.setflags(write=False)
+        w.setflags(write=False)
+        p = locmoe.Plan(g, e64, w, experts_per_rank=L)
+        e, ww = p.slots()
+        e0, w0 = self.plan.slots()
+        np.testing.assert_array_equal(e, e0)
+        np.testing.assert_array_equal(ww, w0)
+
+    def test_router_gate_rows_against_experts(self):
+        g, H, L = self.g, self.H, self.L
+        router = locmoe.Router("gshard", k=2)
+        for rows in (1, self.E - 1, self.E + 1):
+            gate = np.zeros((rows, H), np.float32)
+            self.refused(r"gate has %d rows: expected float32 \[%d, %d\]" % (rows, self.E, H), router.route, g,
+                         self.x, gate, L)
+        self.refused(r"gate has 7 columns", router.route, g, self.x, np.zeros((self.E, 7), np.float32), L)
+        self.refused(r"features has dtype float64", router.route, g, self.x.astype(np.float64),
+                     np.zeros((self.E, H), np.float32), L)
+        gate = np.random.default_rng(1).standard_normal((self.E, H)).astype(np.float32)
+        gate.setflags(write=False)
+        x = self.x.copy()
+        x.setflags(write=False)
+        plan = router.route(g, x, gate, L)
+        self.assertEqual(plan.num_tokens, self.T)
+
+    def test_plan_gradients_outputs(self):
+        g, T, H, L = self.g, self.T, self.H, self.L
+        gate = np.random.default_rng(1).standard_normal((self.E, H)).astype(np.float32)
+        plan = locmoe.Router("gshard", k=2, capacity_factor=4.0).route(g, self.x, gate, L)
+        z = self.x @ gate.T
+        dw = np.ones((T, plan.k), np.float32)
+        self.refused(r"d_logits has dtype float64", plan.weight_backward, z, dw, True, np.zeros((T, self.E)))
+        self.refused(r"d_weight has 1 columns", plan.weight_backward, z, dw[:, :1], True,
+                     np.zeros((T, self.E), np.float32))
+        ro = np.zeros((T, self.E), np.float32)
+        ro.setflags(write=False)
+        self.refused(r"d_logits is read-only", plan.weight_backward, z, dw, True, ro)
+        self.refused(r"d_logits is read-only", plan.aux_loss, "z", z, ro)
+        self.refused(r"logits has %d rows: expected float32 \[%d, %d\]" % (T - 1, T, self.E), plan.aux_loss, "z",
+                     z[:-1], np.zeros((T, self.E), np.float32))
+        self.refused(r"d_logits overlaps logits", plan.aux_loss, "z", z, z)
+
+
 if __name__ == "__main__":
     unittest.main()

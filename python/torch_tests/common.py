@@ -1,7 +1,6 @@
 """Shared by the locmoe.torch tests and the training script: the group of this process (mpirun,
 torchrun or alone) and a pure-PyTorch single-process reference of locmoe.torch.MoELayer."""
 import os
-import socket
 
 import torch
 
@@ -15,22 +14,15 @@ def under_torchrun() -> bool:
 
 
 def group():
-    """This process's locmoe.Group (one per process). Under torchrun, torch.distributed (gloo)
-    is initialized from torchrun's variables and rank 0's free port for locmoe's TCP rendezvous is
-    shared through it: torchrun's own store holds MASTER_PORT."""
+    """This process's locmoe.Group (one per process): MPI under mpirun, under torchrun the TCP
+    rendezvous with nothing but torchrun's own variables. TEST_TORCH_INIT_FIRST=1 initializes
+    torch.distributed (gloo, env://) first, as a trainer would (its rank 0 then holds MASTER_PORT)."""
     global _GROUP
     if _GROUP is None:
-        if under_torchrun():
+        if os.environ.get("TEST_TORCH_INIT_FIRST") == "1":
             import torch.distributed as dist
             if not dist.is_initialized():
                 dist.init_process_group("gloo")
-            port = [0]
-            if dist.get_rank() == 0:
-                with socket.socket() as s:
-                    s.bind((os.environ.get("MASTER_ADDR", "127.0.0.1"), 0))
-                    port[0] = s.getsockname()[1]
-            dist.broadcast_object_list(port, src=0)
-            os.environ["LOCMOE_BOOTSTRAP_ADDR"] = f"{os.environ.get('MASTER_ADDR', '127.0.0.1')}:{port[0]}"
         _GROUP = locmoe.Group()
     return _GROUP
 

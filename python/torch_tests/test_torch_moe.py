@@ -57,7 +57,8 @@ class MoELayerMatchesReference(unittest.TestCase):
         xr = x.detach().clone().requires_grad_(True)
         gate = layer.router.gate.detach().clone().requires_grad_(True)
         params = common.all_experts(seed, self.E, H, F)
-        ref, ref_w = common.reference_moe(xr, gate, params, r.expert, renormalize=True)
+        # switch combines with the raw probability (Switch Transformer); the others renormalize.
+        ref, ref_w = common.reference_moe(xr, gate, params, r.expert, renormalize=router != "switch")
         (ref * grad).sum().backward()
         self.close(f"{router} combine weights", r.weight.detach(), ref_w.detach())
         self.close(f"{router} forward", out.detach(), ref.detach())
@@ -168,6 +169,57 @@ class UserRoutingWithInt32AndInt64Ids(unittest.TestCase):
             layer(torch.zeros(2, H, dtype=torch.float64))
         with self.assertRaisesRegex(ValueError, "expected hidden 16"):
             layer(torch.zeros(2, H + 1))
+
+
+class HandlesAndArguments(unittest.TestCase):
+    def setUp(self):
+        self.g = common.group()
+        self.E = L * self.g.size
+        self.d = locmoe.Dispatcher(self.g, experts_per_rank=L, hidden=H, max_tokens=T, top_k=2)
+
+    def plan(self, seed):
+        ids = torch.randint(0, self.E, (T, 1), generator=torch.Generator().manual_seed(seed * 7 + self.g.rank))
+        ids = torch.cat([ids, (ids + 1) % self.E], dim=1)  # two distinct experts per token
+        return lt.plan_from_topk(self.g, ids, torch.full((T, 2), 0.5), L)
+
+    def test_a_handle_dispatched_again_before_backward_is_refused(self):
+        # A second forward reusing the first forward's handle (one handle per layer, as code copied
+        # from an older example keeps) would give the first backward the second plan's layouts.
+        expert_in, h = lt.dispatch(rank_tokens(self.g, T, 51), self.d, self.plan(1))
+        y = expert_in * 2
+        out = lt.combine(y, torch.full((T, 2), 0.5, requires_grad=True), self.d, h)
+        self.d.dispatch(rank_tokens(self.g, T, 52, requires_grad=False), self.plan(2), h)
+        with self.assertRaisesRegex(RuntimeError, "combine backward: the handle of this forward's dispatch was "
+                                                  "used by 1 later dispatch"):
+            out.sum().backward()
+        with self.assertRaisesRegex(RuntimeError, "dispatch backward: .* used by 1 later dispatch"):
+            expert_in.sum().backward()
+
+    def test_tensor_outputs_are_never_converted(self):
+        g, d = self.g, self.d
+        with self.assertRaisesRegex(ValueError, r"values: expected a float64 .* got float32 \[3\]"):
+            g.allreduce_sum(torch.ones(3))  # float32: would have been summed into a temporary copy
+        with self.assertRaisesRegex(ValueError, r"values: .*not contiguous"):
+            g.allreduce_sum(torch.ones(3, 2, dtype=torch.float64).t())
+        v = torch.ones(3, 2, dtype=torch.float64)
+        g.allreduce_sum(v)
+        self.assertTrue(torch.equal(v, torch.full((3, 2), float(g.size), dtype=torch.float64)))
+        plan, h = self.plan(3), d.make_handle()
+        x = rank_tokens(g, T, 53)
+        buf = torch.zeros(d.max_expert_rows, H)
+        with self.assertRaisesRegex(ValueError, r"expert_in requires grad"):
+            d.dispatch_into(x.detach(), plan, h, buf.clone().requires_grad_(True))
+        d.dispatch_into(x, plan, h, buf)  # an input that requires grad is only read: accepted
+        with self.assertRaisesRegex(ValueError, r"expert_in is not contiguous"):
+            d.dispatch_into(x.detach(), plan, h, torch.zeros(2 * d.max_expert_rows, H)[::2])
+        with self.assertRaisesRegex(ValueError, r"expert_in has dtype bfloat16"):
+            d.dispatch_into(x.detach(), plan, h, buf.bfloat16())
+        rows = d.dispatch_into(x.detach(), plan, h, buf)
+        with self.assertRaisesRegex(ValueError, r"out is not contiguous"):
+            d.combine_into(buf[:rows], h, torch.zeros(H, T).t())
+        out = torch.zeros(T, H)
+        d.combine_into(buf[:rows], h, out)
+        self.assertTrue(torch.allclose(out, x.detach(), atol=1e-6))  # weights 0.5 + 0.5, identity experts
 
 
 class RouterStatsAndAuxLosses(unittest.TestCase):

@@ -6,7 +6,10 @@
 
 namespace locmoe {
 
-Status finalize_plan(RoutingPlan& p, Bootstrap* group) {
+namespace {
+
+// Checks the plan and fills its local counts.
+Status finalize_local(RoutingPlan& p) {
   const int64_t T = p.num_tokens, k = p.k, E = p.num_experts, R = p.num_ranks, N = p.num_nodes;
   LOCMOE_CHECK_ARG(T >= 0 && k >= 0, "plan shape T={} k={} must be non-negative", T, k);
   LOCMOE_CHECK_ARG(R > 0 && N > 0 && N <= R, "plan has {} ranks on {} nodes", R, N);
@@ -57,13 +60,23 @@ Status finalize_plan(RoutingPlan& p, Bootstrap* group) {
   for (int64_t r = 0; r < R; ++r) p.rank_offset[r + 1] = p.rank_offset[r] + p.rank_count[r];
 
   p.global_expert_count.assign(p.expert_count.begin(), p.expert_count.end());
+  return ok_status();
+}
+
+}  // namespace
+
+Status finalize_plan(RoutingPlan& p, Bootstrap* group) {
+  Status local = finalize_local(p);
   if (group != nullptr && group->size() > 1) {
+    // A rank whose plan is bad joins its peers' allreduce as a rejecting rank: they fail at once
+    // naming it and its reason, instead of waiting for it until the deadline.
+    if (!local.ok()) return group->reject(local);
     LOCMOE_RETURN_IF_ERROR(group->allreduce(p.global_expert_count.data(), p.global_expert_count.data(),
                                             p.global_expert_count.size(), DataType::kInt64,
                                             ReduceOp::kSum)
                                .with_context("summing expert counts over the EP group"));
   }
-  return ok_status();
+  return local;
 }
 
 }  // namespace locmoe

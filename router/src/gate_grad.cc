@@ -36,6 +36,15 @@ Status combine_weight_backward(const RoutingPlan& plan, MatrixView z, std::span<
   LOCMOE_RETURN_IF_ERROR(check_logits(z, dz, T, E));
   LOCMOE_CHECK_ARG(static_cast<int64_t>(dw.size()) == T * k, "d_weight has {} elements, expected T x k = {}",
                    dw.size(), T * k);
+  // A router's plan says how its weights were formed (switch: raw p whatever the flag).
+  LOCMOE_CHECK_ARG(plan.weight_rule != RoutingPlan::kWeightNominated,
+                   "combine_weight_backward: weights normalized before the drop (normalize_before_drop) "
+                   "depend on dropped experts the plan does not hold; no backward for them");
+  LOCMOE_CHECK_ARG(plan.weight_rule != RoutingPlan::kWeightOther,
+                   "combine_weight_backward: the plan's weights are not softmax probabilities "
+                   "(deepseek-v3: sigmoid scores and a scaling factor); no backward for them here");
+  if (plan.weight_rule == RoutingPlan::kWeightRaw) renormalize = false;
+  if (plan.weight_rule == RoutingPlan::kWeightAccepted) renormalize = true;
   std::vector<double> p, g(static_cast<size_t>(E));
   for (int64_t t = 0; t < T; ++t) {
     softmax(z.data + t * E, E, p);

@@ -11,7 +11,9 @@
 
 #include "locmoe/core/check.h"
 #include "locmoe/core/params.h"
+#include "locmoe/core/threads.h"
 #include "locmoe/router/finalize.h"
+#include "opt_solver.h"
 
 namespace locmoe {
 
@@ -29,7 +31,7 @@ static_assert(sizeof(Candidate) == 32, "Candidate is exchanged as raw bytes");
 
 namespace {
 
-enum class Kind { kLocmoePlus, kGshard, kSwitch, kExpertChoice, kNodeLimited, kLocmoe, kHash, kDropless };
+enum class Kind { kLocmoePlus, kGshard, kSwitch, kExpertChoice, kNodeLimited, kLocmoe, kHash, kDropless, kLocmoeOpt, kDeepseek };
 
 Kind kind_of(std::string_view name) {
   for (size_t i = 0; i < std::size(kRouterNames); ++i)
@@ -38,22 +40,20 @@ Kind kind_of(std::string_view name) {
 }
 
 // Candidate orders of the global selection. Every one is total, so sorting is deterministic.
-enum class Order { kScore, kSlotThenToken, kTokenThenSlot };
+enum class Order { kScore, kSlotThenToken, kTokenThenSlot, kProb };
+
+bool is_topk_baseline(Kind k) {
+  return k == Kind::kGshard || k == Kind::kSwitch || k == Kind::kNodeLimited || k == Kind::kLocmoe || k == Kind::kHash ||
+         k == Kind::kDeepseek;
+}
 
 // Logits are computed in blocks of this many rows aligned to global token ids, each by one
 // single-threaded sgemm: OpenBLAS gives a row the same bits whatever the block's other rows, but
 // its multi-threaded path and its small-matrix paths do not.
 constexpr int64_t kBlockRows = 128;
 
-int resolve_threads(int32_t configured) {
-  int64_t n = configured;
-  if (n <= 0) {
-    auto v = params::get_int(params::Id::num_threads);
-    n = v.ok() ? *v : 0;
-  }
-  if (n <= 0) n = std::thread::hardware_concurrency();
-  return static_cast<int>(std::clamp<int64_t>(n, 1, 256));
-}
+// 0: LOCMOE_NUM_THREADS, else this rank's share of the node's cores (core/threads.h).
+int resolve_threads(int32_t configured) { return host_threads(configured); }
 
 // Row norms of `m` (double), rejecting NaN/Inf and zero rows. `what` names the matrix; row i is
 // reported as "<what> row i" plus `label` (i + label_base), e.g. its global token id.
@@ -91,7 +91,7 @@ class OpenblasSingleThread {  // OpenBLAS at one thread for a scope (see kBlockR
 };
 
 Scores compute_scores(MatrixView x, MatrixView w, const std::vector<double>& xnorm,
-                      const std::vector<double>& wnorm, int64_t gid0, int threads) {
+                      const std::vector<double>& wnorm, int64_t gid0, int threads, bool sigmoid = false) {
   const int64_t T = x.rows, H = x.cols, E = w.rows;
   Scores s;
   s.p.resize(static_cast<size_t>(T * E));
@@ -126,7 +126,8 @@ Scores compute_scores(MatrixView x, MatrixView w, const std::vector<double>& xno
           sum += pr[e];
         }
         for (int64_t e = 0; e < E; ++e) {
-          pr[e] = static_cast<float>(pr[e] / sum);
+          pr[e] = sigmoid ? static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(zr[e]))))
+                          : static_cast<float>(pr[e] / sum);
           ar[e] = static_cast<float>(zr[e] / (xnorm[static_cast<size_t>(t)] * wnorm[static_cast<size_t>(e)]));
         }
       }
@@ -185,6 +186,39 @@ void node_limit_mask(const float* score, const ExpertPlacement& pl, int M, int p
     mask[static_cast<size_t>(e)] = node_ok[static_cast<size_t>(pl.node_of_rank[static_cast<size_t>(e / pl.experts_per_rank)])];
 }
 
+// DeepSeek's group limit: groups of E / G contiguous experts, the M best by group score ("top2-sum":
+// the sum of the group's two best scores; "max": its best), ties by group id; mask of their experts.
+void group_limit_mask(const float* score, int32_t E, int32_t G, int32_t M, bool top2, std::vector<uint8_t>& mask) {
+  const int32_t per = E / G;
+  std::vector<double> gs(static_cast<size_t>(G));
+  for (int32_t g = 0; g < G; ++g) {
+    float b1 = -std::numeric_limits<float>::infinity(), b2 = b1;
+    for (int32_t e = g * per; e < (g + 1) * per; ++e) {
+      if (score[e] > b1) {
+        b2 = b1;
+        b1 = score[e];
+      } else if (score[e] > b2) {
+        b2 = score[e];
+      }
+    }
+    gs[static_cast<size_t>(g)] = top2 && per > 1 ? static_cast<double>(b1) + b2 : b1;
+  }
+  std::vector<int32_t> order(static_cast<size_t>(G));
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return gs[static_cast<size_t>(a)] > gs[static_cast<size_t>(b)]; });
+  mask.assign(static_cast<size_t>(E), 0);
+  for (int32_t i = 0; i < std::min(M, G); ++i)
+    for (int32_t e = order[static_cast<size_t>(i)] * per; e < (order[static_cast<size_t>(i)] + 1) * per; ++e)
+      mask[static_cast<size_t>(e)] = 1;
+}
+
+int32_t deepseek_groups(const RouterConfig& c, const ExpertPlacement& pl) {
+  return c.groups > 0 ? c.groups : pl.num_nodes();
+}
+int32_t deepseek_topk_groups(const RouterConfig& c) {
+  return c.topk_groups > 0 ? c.topk_groups : std::max(1, (c.k + 1) / 2);
+}
+
 uint64_t splitmix64(uint64_t x) {
   x += 0x9e3779b97f4a7c15ull;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
@@ -197,6 +231,10 @@ int64_t capacity_factor_capacity(double cf, int64_t k, int64_t T, int64_t E) {
                                         static_cast<double>(E) - 1e-9));
 }
 
+}  // namespace
+
+namespace {
+Status agree(Bootstrap* group, Status local);
 }  // namespace
 
 // Everything a rank contributes to the global selection.
@@ -235,16 +273,26 @@ struct RouterImpl {
                      c.candidates, E);
     LOCMOE_CHECK_ARG(c.max_nodes <= pl.num_nodes(), "max_nodes M = {} exceeds the {} nodes",
                      c.max_nodes, pl.num_nodes());
+    if (kind == Kind::kDeepseek) {
+      const int32_t G = c.groups > 0 ? c.groups : pl.num_nodes();
+      LOCMOE_CHECK_ARG(E % G == 0, "deepseek-v3: groups = {} must divide the E = {} experts", G, E);
+      LOCMOE_CHECK_ARG(c.topk_groups <= G, "deepseek-v3: topk_groups = {} exceeds the {} groups", c.topk_groups, G);
+      LOCMOE_CHECK_ARG(c.k <= (E / G) * std::max(1, c.topk_groups > 0 ? c.topk_groups : (c.k + 1) / 2),
+                       "deepseek-v3: k = {} exceeds the experts of the {} groups a token may use", c.k,
+                       c.topk_groups > 0 ? c.topk_groups : std::max(1, (c.k + 1) / 2));
+    }
     return ok_status();
   }
 
   static Result<LocalPhase> local_phase(const RouterConfig& c, MatrixView x, MatrixView w,
                                         const std::vector<double>& wnorm, const ExpertPlacement& pl,
-                                        int src_rank, int64_t gid0, int64_t T_global) {
+                                        int src_rank, int64_t gid0, int64_t T_global,
+                                        const std::vector<double>& bias) {
     std::vector<double> xnorm;
     LOCMOE_RETURN_IF_ERROR(row_norms(x, "features", "global token", gid0, xnorm));
-    const Scores sc = compute_scores(x, w, xnorm, wnorm, gid0, resolve_threads(c.num_threads));
     const Kind kind = kind_of(c.name);
+    const Scores sc = compute_scores(x, w, xnorm, wnorm, gid0, resolve_threads(c.num_threads),
+                                     kind == Kind::kDeepseek && c.score_function == "sigmoid");
     const int32_t E = pl.num_experts();
     const int32_t k = kind == Kind::kSwitch ? 1 : c.k;
     const int64_t T = x.rows;
@@ -361,7 +409,16 @@ struct RouterImpl {
               }
               break;
             }
+            case Kind::kDeepseek: {
+              for (int32_t e = 0; e < E; ++e)
+                s[static_cast<size_t>(e)] = p[e] + (bias.empty() ? 0.0f : static_cast<float>(bias[static_cast<size_t>(e)]));
+              score = s.data();
+              group_limit_mask(score, E, deepseek_groups(c, pl), deepseek_topk_groups(c), c.group_score == "top2-sum", mask);
+              n = top_by_score(score, E, k, &mask, scratch, best.data());
+              break;
+            }
             case Kind::kExpertChoice:
+            case Kind::kLocmoeOpt:  // routed by route_opt, never here
               break;
           }
           for (int j = 0; j < n; ++j) {
@@ -414,6 +471,8 @@ struct RouterImpl {
       order = Order::kScore;
     if (kind == Kind::kDropless || (kind == Kind::kLocmoePlus && c.ecr_order == EcrOrder::kPosition))
       order = Order::kTokenThenSlot;
+    if (is_topk_baseline(kind) && c.drop_policy == DropPolicy::kPosition) order = Order::kTokenThenSlot;
+    if (is_topk_baseline(kind) && c.drop_policy == DropPolicy::kProbs) order = Order::kProb;
     std::sort(all.begin(), all.end(), [order](const Candidate& x, const Candidate& y) {
       switch (order) {
         case Order::kScore:
@@ -424,6 +483,10 @@ struct RouterImpl {
           return x.slot != y.slot ? x.slot < y.slot : x.gid < y.gid;
         case Order::kTokenThenSlot:
           return x.gid != y.gid ? x.gid < y.gid : x.slot < y.slot;
+        case Order::kProb:  // per expert, the most probable first: each keeps its top-C by p
+          if (x.prob != y.prob) return x.prob > y.prob;
+          if (x.expert != y.expert) return x.expert < y.expert;
+          return x.gid < y.gid;
       }
       return false;
     });
@@ -458,7 +521,19 @@ struct RouterImpl {
       const int64_t smoothed = static_cast<int64_t>(std::ceil(router.smoothed_capacity_ - 1e-9));
       st.capacity = std::min(std::max(smoothed, c.capacity_floor), st.capacity_factor_capacity);
     }
+    if (st.capacity > 0) st.capacity = std::max(st.capacity, c.min_capacity);
     st.kept_mass = greedy(all, st.capacity, token_limit, E, T_global, &accepted);
+    if (kind == Kind::kDeepseek && T_global > 0) {
+      // Auxiliary-loss-free balancing: the bias follows the loads of this step's selection.
+      std::vector<int64_t> load(static_cast<size_t>(E), 0);
+      for (const Candidate& cd : all) ++load[static_cast<size_t>(cd.expert)];
+      const double mean = static_cast<double>(all.size()) / static_cast<double>(E);
+      router.bias_.resize(static_cast<size_t>(E), 0.0);
+      for (int64_t e = 0; e < E; ++e) {
+        const double l = static_cast<double>(load[static_cast<size_t>(e)]);
+        router.bias_[static_cast<size_t>(e)] += c.bias_update_rate * (l < mean ? 1.0 : l > mean ? -1.0 : 0.0);
+      }
+    }
 
     std::vector<std::vector<double>> angles(static_cast<size_t>(E));
     for (size_t i = 0; i < all.size(); ++i) {
@@ -511,10 +586,19 @@ struct RouterImpl {
     plan.slot_dropped.assign(static_cast<size_t>(T * k), 0);
     plan.capacity = st.capacity;
     plan.capacity_lower_bound = st.capacity_lower_bound;
+    plan.weight_rule = kind == Kind::kDeepseek ? RoutingPlan::kWeightOther
+                       : !c.renormalize || kind == Kind::kSwitch ? RoutingPlan::kWeightRaw
+                       : c.normalize_before_drop && kind != Kind::kExpertChoice ? RoutingPlan::kWeightNominated
+                                                                                : RoutingPlan::kWeightAccepted;
     std::vector<int32_t> filled(static_cast<size_t>(T), 0);
     std::vector<const Candidate*> slots(static_cast<size_t>(T * k), nullptr);
+    // normalize_before_drop: the sum of p over each token's first k nominations.
+    std::vector<double> nominated(static_cast<size_t>(T), 0.0);
+    const bool before_drop = c.renormalize && c.normalize_before_drop && kind != Kind::kExpertChoice;
     for (size_t i = 0; i < all.size(); ++i) {
       const Candidate& cd = all[i];
+      if (before_drop && cd.gid >= gid0 && cd.gid < gid0 + T && cd.slot < k)
+        nominated[static_cast<size_t>(cd.gid - gid0)] += cd.prob;
       if (!accepted[i] || cd.gid < gid0 || cd.gid >= gid0 + T) continue;
       const int64_t t = cd.gid - gid0;
       slots[static_cast<size_t>(t * k + filled[static_cast<size_t>(t)]++)] = &cd;
@@ -527,31 +611,176 @@ struct RouterImpl {
       });
       double sum = 0.0;
       for (int32_t j = 0; j < n; ++j) sum += first[j]->prob;
+      if (before_drop) sum = nominated[static_cast<size_t>(t)];
+      const bool raw = !c.renormalize || kind == Kind::kSwitch;
+      const double scale = kind == Kind::kDeepseek ? c.routed_scaling_factor : 1.0;
       for (int32_t j = 0; j < n; ++j) {
         plan.expert[static_cast<size_t>(t * k + j)] = first[j]->expert;
         plan.weight[static_cast<size_t>(t * k + j)] =
-            c.renormalize ? static_cast<float>(first[j]->prob / sum) : first[j]->prob;
+            raw ? static_cast<float>(first[j]->prob * scale) : static_cast<float>(first[j]->prob / sum * scale);
       }
       const int32_t want = kind == Kind::kExpertChoice ? 0 : unconstrained[static_cast<size_t>(t)];
       for (int32_t j = n; j < std::min(want, k); ++j) plan.slot_dropped[static_cast<size_t>(t * k + j)] = 1;
     }
     return plan;
   }
+
+  // locmoe-opt on the tokens of `segments` (rank, first row, end row of `x`; global ids from gid0,
+  // consecutive over the segments): one plan per segment. `group` = the EP group when this process
+  // holds one rank's tokens, nullptr when it holds every rank's (route_all_ranks).
+  struct Segment {
+    int32_t rank;
+    int64_t lo, hi;
+  };
+  static Result<std::vector<RoutingPlan>> route_opt(Router& router, MatrixView x, MatrixView w,
+                                                    const std::vector<double>& wnorm, const ExpertPlacement& pl,
+                                                    const std::vector<Segment>& segments, int64_t gid0,
+                                                    int64_t T_global, Bootstrap* group) {
+    const RouterConfig& c = router.config_;
+    const int32_t E = pl.num_experts(), k = c.k, R = pl.num_ranks();
+    const int64_t T = x.rows;
+    const int threads = resolve_threads(c.num_threads);
+    // Scores per segment, each with its own global ids (the GEMM blocks align to global ids).
+    Scores sc;
+    sc.p.reserve(static_cast<size_t>(T * E));
+    sc.a.reserve(static_cast<size_t>(T * E));
+    Status local = ok_status();
+    for (const Segment& sg : segments) {
+      const MatrixView part{x.data + sg.lo * x.cols, sg.hi - sg.lo, x.cols};
+      std::vector<double> xnorm;
+      local = row_norms(part, "features", "global token", gid0 + sg.lo, xnorm);
+      if (!local.ok()) break;
+      Scores s = compute_scores(part, w, xnorm, wnorm, gid0 + sg.lo, threads);
+      sc.p.insert(sc.p.end(), s.p.begin(), s.p.end());
+      sc.a.insert(sc.a.end(), s.a.begin(), s.a.end());
+    }
+    LOCMOE_RETURN_IF_ERROR(agree(group, local));
+    LOCMOE_CHECK_ARG(T_global < (int64_t{1} << 32), "locmoe-opt: {} tokens in the EP group; at most 2^32 - 1",
+                     T_global);
+    // Link cost of expert e from source rank r, [R, E].
+    std::vector<float> cost(static_cast<size_t>(R) * E);
+    for (int32_t r = 0; r < R; ++r)
+      for (int32_t e = 0; e < E; ++e) {
+        const int32_t d = e / pl.experts_per_rank;
+        cost[static_cast<size_t>(r) * E + e] =
+            d == r ? 0.0f
+                   : static_cast<float>(pl.node_of_rank[static_cast<size_t>(d)] == pl.node_of_rank[static_cast<size_t>(r)]
+                                            ? c.same_node_cost
+                                            : c.cross_node_cost);
+      }
+    std::vector<int32_t> cost_row(static_cast<size_t>(T));
+    for (const Segment& sg : segments)
+      std::fill(cost_row.begin() + sg.lo, cost_row.begin() + sg.hi, sg.rank);
+
+    RouteStats st;
+    st.step = router.steps_;
+    st.global_tokens = T_global;
+    st.hidden = w.cols;
+    st.num_experts = E;
+    st.max_angle.assign(static_cast<size_t>(E), std::numeric_limits<double>::quiet_NaN());
+    st.p95_angle = st.max_angle;
+    st.c_min = st.max_angle;
+    opt::Reducer reducer(group);
+    opt::Solution sol;
+    sol.expert.assign(static_cast<size_t>(T * k), -1);
+    sol.unconstrained.assign(static_cast<size_t>(T), 0);
+    if (T_global > 0) {
+      st.capacity_factor_capacity = capacity_factor_capacity(c.capacity_factor, k, T_global, E);
+      st.capacity = std::max<int64_t>({st.capacity_factor_capacity, c.min_capacity, 1});
+      opt::Problem pb;
+      pb.tokens = T;
+      pb.gid0 = gid0;
+      pb.experts = E;
+      pb.k = k;
+      pb.capacity = st.capacity;
+      pb.p = sc.p.data();
+      pb.cost = cost.data();
+      pb.cost_row = cost_row.data();
+      pb.iterations = c.opt_iterations;
+      pb.threads = threads;
+      LOCMOE_ASSIGN_OR_RETURN(sol, opt::solve(pb, reducer));
+    }
+    // Masses as fixed-point integers, so their sums do not depend on how tokens split over ranks.
+    constexpr double kFixed = 4294967296.0;  // 2^32 per unit of probability
+    std::vector<int64_t> sums(5, 0);  // top-k mass, kept mass, kept affinity, objective, kept slots
+    std::vector<float> row(static_cast<size_t>(E));
+    for (int64_t t = 0; t < T; ++t) {
+      const float* pr = sc.p.data() + t * E;
+      std::copy(pr, pr + E, row.begin());
+      std::nth_element(row.begin(), row.begin() + (k - 1), row.end(), std::greater<float>());
+      for (int32_t j = 0; j < k; ++j) sums[0] += std::llround(static_cast<double>(row[static_cast<size_t>(j)]) * kFixed);
+      for (int32_t j = 0; j < k; ++j) {
+        const int32_t e = sol.expert[static_cast<size_t>(t * k + j)];
+        if (e < 0) continue;
+        const float p = pr[e], v = p - cost[static_cast<size_t>(cost_row[static_cast<size_t>(t)]) * E + e];
+        sums[1] += std::llround(static_cast<double>(p) * kFixed);
+        sums[2] += std::llround(static_cast<double>(sc.a[static_cast<size_t>(t * E + e)]) * kFixed);
+        sums[3] += std::llround(static_cast<double>(v) * kFixed);
+        ++sums[4];
+      }
+    }
+    LOCMOE_RETURN_IF_ERROR(reducer.sum(sums));
+    st.topk_mass = static_cast<double>(sums[0]) / kFixed;
+    st.kept_mass = static_cast<double>(sums[1]) / kFixed;
+    st.kept_affinity_sum = static_cast<double>(sums[2]) / kFixed;
+    st.objective = static_cast<double>(sums[3]) / kFixed;
+    st.kept_slots = sums[4];
+    st.opt_iterations = sol.iterations;
+    st.opt_converged = sol.converged;
+    st.opt_repaired = sol.repaired;
+    st.opt_refilled = sol.refilled;
+    st.exchange_rounds = reducer.rounds();
+    st.exchange_bytes = reducer.bytes();
+
+    std::vector<RoutingPlan> plans;
+    for (const Segment& sg : segments) {
+      RoutingPlan plan;
+      plan.num_tokens = static_cast<int32_t>(sg.hi - sg.lo);
+      plan.k = k;
+      plan.num_experts = E;
+      plan.num_ranks = R;
+      plan.num_nodes = pl.num_nodes();
+      plan.experts_per_rank = pl.experts_per_rank;
+      plan.rank = sg.rank;
+      plan.global_token_offset = gid0 + sg.lo;
+      plan.node_of_rank = pl.node_of_rank;
+      plan.expert.assign(static_cast<size_t>(plan.num_tokens) * k, -1);
+      plan.weight.assign(plan.expert.size(), 0.0f);
+      plan.slot_dropped.assign(plan.expert.size(), 0);
+      plan.capacity = st.capacity;
+      plan.weight_rule = c.renormalize ? RoutingPlan::kWeightAccepted : RoutingPlan::kWeightRaw;
+      for (int64_t t = sg.lo; t < sg.hi; ++t) {
+        const float* pr = sc.p.data() + t * E;
+        int32_t chosen[64];
+        int32_t n = 0;
+        for (int32_t j = 0; j < k; ++j)
+          if (sol.expert[static_cast<size_t>(t * k + j)] >= 0) chosen[n++] = sol.expert[static_cast<size_t>(t * k + j)];
+        std::sort(chosen, chosen + n, [&](int32_t a, int32_t b) { return pr[a] != pr[b] ? pr[a] > pr[b] : a < b; });
+        double sum = 0.0;
+        for (int32_t j = 0; j < n; ++j) sum += pr[chosen[j]];
+        const size_t base = static_cast<size_t>((t - sg.lo) * k);
+        for (int32_t j = 0; j < n; ++j) {
+          plan.expert[base + j] = chosen[j];
+          plan.weight[base + j] = c.renormalize ? static_cast<float>(pr[chosen[j]] / sum) : pr[chosen[j]];
+        }
+        for (int32_t j = n; j < std::min(sol.unconstrained[static_cast<size_t>(t)], k); ++j) plan.slot_dropped[base + j] = 1;
+      }
+      plans.push_back(std::move(plan));
+    }
+    if (T_global > 0) ++router.steps_;
+    router.stats_ = st;
+    return plans;
+  }
 };
 
 namespace {
 
 // Every rank learns whether any rank's input was rejected; the rejecting rank returns its own
-// error, the others one naming it, so no rank is left waiting in a later collective.
+// error, the others one naming it and its reason, so no rank is left waiting in a later collective.
 Status agree(Bootstrap* group, Status local) {
   if (!group) return local;
-  const int32_t bad = local.ok() ? 0 : 1;
-  std::vector<int32_t> all(static_cast<size_t>(group->size()));
-  LOCMOE_RETURN_IF_ERROR(group->allgather(&bad, all.data(), sizeof(bad)).with_context("router input check"));
-  if (!local.ok()) return local;
-  for (size_t r = 0; r < all.size(); ++r)
-    LOCMOE_CHECK(!all[r], Code::kMismatch, "rank {} of the EP group rejected its routing input", r);
-  return ok_status();
+  if (!local.ok()) return group->reject(local);
+  return agree_on_input(*group, local).with_context("router input check");
 }
 
 // Concatenation in rank order of every rank's `mine` (variable lengths).
@@ -576,7 +805,8 @@ Result<std::vector<T>> gather_v(Bootstrap* group, const std::vector<T>& mine) {
 
 Status validate(const RouterConfig& c) {
   LOCMOE_CHECK_ARG(std::find(std::begin(kRouterNames), std::end(kRouterNames), c.name) != std::end(kRouterNames),
-                   "unknown router '{}' (locmoe+, gshard, switch, expert-choice, node-limited, locmoe, hash, dropless)",
+                   "unknown router '{}' (locmoe+, gshard, switch, expert-choice, node-limited, locmoe, hash, dropless, "
+                   "locmoe-opt, deepseek-v3)",
                    c.name);
   LOCMOE_CHECK_ARG(c.k >= 1, "k = {} must be at least 1", c.k);
   LOCMOE_CHECK_ARG(std::isfinite(c.capacity_factor) && c.capacity_factor > 0.0,
@@ -593,7 +823,33 @@ Status validate(const RouterConfig& c) {
                    "candidate_mass = {} must be 0 (off) or in (0, 1]", c.candidate_mass);
   LOCMOE_CHECK_ARG(c.max_nodes >= 0, "max_nodes = {} must be >= 0", c.max_nodes);
   LOCMOE_CHECK_ARG(c.num_threads >= 0, "num_threads = {} must be >= 0", c.num_threads);
+  LOCMOE_CHECK_ARG(std::isfinite(c.cross_node_cost) && c.cross_node_cost >= 0.0,
+                   "cross_node_cost = {} must be finite and >= 0", c.cross_node_cost);
+  LOCMOE_CHECK_ARG(std::isfinite(c.same_node_cost) && c.same_node_cost >= 0.0,
+                   "same_node_cost = {} must be finite and >= 0", c.same_node_cost);
+  LOCMOE_CHECK_ARG(c.opt_iterations >= 1, "opt_iterations = {} must be >= 1", c.opt_iterations);
+  LOCMOE_CHECK_ARG(static_cast<int32_t>(c.drop_policy) >= 0 && static_cast<int32_t>(c.drop_policy) <= 2,
+                   "drop_policy = {} must be slot (0), position (1) or probs (2)", static_cast<int32_t>(c.drop_policy));
+  LOCMOE_CHECK_ARG(c.score_function == "sigmoid" || c.score_function == "softmax",
+                   "score_function '{}' must be 'sigmoid' or 'softmax'", c.score_function);
+  LOCMOE_CHECK_ARG(c.group_score == "top2-sum" || c.group_score == "max", "group_score '{}' must be 'top2-sum' or 'max'",
+                   c.group_score);
+  LOCMOE_CHECK_ARG(c.groups >= 0, "groups = {} must be >= 0 (0 = one per node)", c.groups);
+  LOCMOE_CHECK_ARG(c.topk_groups >= 0, "topk_groups = {} must be >= 0", c.topk_groups);
+  LOCMOE_CHECK_ARG(std::isfinite(c.routed_scaling_factor) && c.routed_scaling_factor > 0.0,
+                   "routed_scaling_factor = {} must be finite and > 0", c.routed_scaling_factor);
+  LOCMOE_CHECK_ARG(std::isfinite(c.bias_update_rate) && c.bias_update_rate >= 0.0,
+                   "bias_update_rate = {} must be finite and >= 0", c.bias_update_rate);
+  LOCMOE_CHECK_ARG(c.min_capacity >= 0, "min_capacity = {} must be >= 0 (0 = off)", c.min_capacity);
+  LOCMOE_CHECK_ARG(kind_of(c.name) != Kind::kLocmoeOpt || c.k <= 64, "locmoe-opt: k = {} must be <= 64", c.k);
   return ok_status();
+}
+
+Result<DropPolicy> parse_drop_policy(std::string_view text) {
+  if (text == "slot") return DropPolicy::kSlot;
+  if (text == "position") return DropPolicy::kPosition;
+  if (text == "probs") return DropPolicy::kProbs;
+  return error(Code::kInvalidArgument, "drop_policy '{}' must be 'slot', 'position' or 'probs'", text);
 }
 
 Result<EcrOrder> parse_ecr_order(std::string_view text) {
@@ -651,6 +907,7 @@ Result<Router> Router::create(const RouterConfig& config) {
 void Router::reset() {
   steps_ = 0;
   smoothed_capacity_ = 0.0;
+  bias_.clear();
 }
 
 Result<RoutingPlan> Router::route(MatrixView features, MatrixView gate, const ExpertPlacement& placement,
@@ -675,7 +932,14 @@ Result<RoutingPlan> Router::route(MatrixView features, MatrixView gate, const Ex
     if (r < rank) gid0 += counts[static_cast<size_t>(r)];
     T_global += counts[static_cast<size_t>(r)];
   }
-  auto local = RouterImpl::local_phase(config_, features, gate, wnorm, placement, rank, gid0, T_global);
+  if (kind_of(config_.name) == Kind::kLocmoeOpt) {
+    LOCMOE_ASSIGN_OR_RETURN(std::vector<RoutingPlan> plans,
+                            RouterImpl::route_opt(*this, features, gate, wnorm, placement,
+                                                  {{rank, 0, features.rows}}, gid0, T_global, g));
+    LOCMOE_RETURN_IF_ERROR(finalize_plan(plans[0], g));
+    return std::move(plans[0]);
+  }
+  auto local = RouterImpl::local_phase(config_, features, gate, wnorm, placement, rank, gid0, T_global, bias_);
   LOCMOE_RETURN_IF_ERROR(agree(g, local.ok() ? ok_status() : local.status()));
   std::vector<Candidate> all;
   std::vector<double> mass;
@@ -696,13 +960,26 @@ Result<std::vector<RoutingPlan>> Router::route_all_ranks(MatrixView features, Ma
   LOCMOE_RETURN_IF_ERROR(RouterImpl::check_inputs(config_, features, gate, placement, 0, R));
   LOCMOE_RETURN_IF_ERROR(row_norms(gate, "gate", "expert", 0, wnorm));
   const int64_t T = features.rows;
+  if (kind_of(config_.name) == Kind::kLocmoeOpt) {
+    std::vector<RouterImpl::Segment> segs;
+    for (int r = 0; r < R; ++r) segs.push_back({r, T * r / R, T * (r + 1) / R});
+    LOCMOE_ASSIGN_OR_RETURN(std::vector<RoutingPlan> plans,
+                            RouterImpl::route_opt(*this, features, gate, wnorm, placement, segs, 0, T, nullptr));
+    std::vector<int64_t> global(static_cast<size_t>(gate.rows), 0);
+    for (auto& plan : plans) {
+      LOCMOE_RETURN_IF_ERROR(finalize_plan(plan, nullptr));
+      for (size_t e = 0; e < global.size(); ++e) global[e] += plan.expert_count[e];
+    }
+    for (auto& plan : plans) plan.global_expert_count = global;
+    return plans;
+  }
   std::vector<LocalPhase> locals;
   std::vector<Candidate> all;
   std::vector<double> mass;
   for (int r = 0; r < R; ++r) {
     const int64_t lo = T * r / R, hi = T * (r + 1) / R;
     const MatrixView part{features.data + lo * features.cols, hi - lo, features.cols};
-    LOCMOE_ASSIGN_OR_RETURN(LocalPhase lp, RouterImpl::local_phase(config_, part, gate, wnorm, placement, r, lo, T));
+    LOCMOE_ASSIGN_OR_RETURN(LocalPhase lp, RouterImpl::local_phase(config_, part, gate, wnorm, placement, r, lo, T, bias_));
     all.insert(all.end(), lp.cands.begin(), lp.cands.end());
     mass.insert(mass.end(), lp.topk_mass.begin(), lp.topk_mass.end());
     locals.push_back(std::move(lp));

@@ -114,7 +114,14 @@ json stats_json(const RouteStats& st) {
           {"capacity_lower_bound", st.capacity_lower_bound},
           {"capacity_smoothed", st.capacity_smoothed},
           {"tau_reached", st.tau_reached},
-          {"kept_gate_mass", st.topk_mass > 0 ? st.kept_mass / st.topk_mass : 0.0}};
+          {"kept_gate_mass", st.topk_mass > 0 ? st.kept_mass / st.topk_mass : 0.0},
+          {"objective", st.objective},
+          {"opt_iterations", st.opt_iterations},
+          {"opt_converged", st.opt_converged},
+          {"opt_repaired", st.opt_repaired},
+          {"opt_refilled", st.opt_refilled},
+          {"exchange_rounds", st.exchange_rounds},
+          {"exchange_bytes", st.exchange_bytes}};
 }
 
 json metrics_json(const RouterMetrics& m) {
@@ -204,7 +211,7 @@ int fail(const Status& st) {
 int main(int argc, char** argv) {
   CLI::App app{"locmoe-route: route token features with LocMoE+ or a baseline and print the metrics"};
   std::string features_path, gate_spec, synthetic_spec, router_name = "locmoe+", compare, out_experts,
-      out_weights, save_prefix, ecr = "affinity", topo_file;
+      out_weights, save_prefix, ecr = "affinity", topo_file, drop_policy = "slot";
   int nodes = 2, ranks_per_node = 8, experts_per_rank = 1, steps = 1, dtype_bytes = 2;
   bool as_json = false, bf16 = false, no_renorm = false;
   Synthetic syn;
@@ -225,7 +232,7 @@ int main(int argc, char** argv) {
                  "when set and --ranks-per-node is not given)")
       ->excludes(rpn_opt);
   app.add_option("--experts-per-rank", experts_per_rank, "experts per rank")->capture_default_str();
-  app.add_option("--router", router_name, "locmoe+|gshard|switch|expert-choice|node-limited|locmoe|hash|dropless")->capture_default_str();
+  app.add_option("--router", router_name, "locmoe+|gshard|switch|expert-choice|node-limited|locmoe|hash|dropless|locmoe-opt|deepseek-v3")->capture_default_str();
   app.add_option("--compare", compare, "comma-separated routers to run side by side (overrides --router)");
   app.add_option("--k", c.k, "experts per token")->capture_default_str();
   app.add_option("--capacity-factor", c.capacity_factor, "capacity factor (C_cf = ceil(cf k T / E))")->capture_default_str();
@@ -238,6 +245,19 @@ int main(int argc, char** argv) {
   app.add_option("--ecr-order", ecr, "LocMoE+: affinity|position")->capture_default_str();
   app.add_option("--max-nodes", c.max_nodes, "M: node-limited nodes per token; LocMoE+ node limit (0 = off)")->capture_default_str();
   app.add_flag("--no-renormalize", no_renorm, "combine weights are raw gate probabilities");
+  app.add_option("--cross-node-cost", c.cross_node_cost, "locmoe-opt: mu, cost of a cross-node pair (gate-probability units)")->capture_default_str();
+  app.add_option("--same-node-cost", c.same_node_cost, "locmoe-opt: cost of a pair on another rank of the node")->capture_default_str();
+  app.add_option("--opt-iterations", c.opt_iterations, "locmoe-opt: most price iterations")->capture_default_str();
+  app.add_option("--drop-policy", drop_policy, "top-k baselines: slot|position|probs")->capture_default_str();
+  app.add_flag("--normalize-before-drop", c.normalize_before_drop,
+               "weights p / sum of the token's first k choices, fixed before the drop");
+  app.add_option("--score-function", c.score_function, "deepseek-v3: sigmoid|softmax")->capture_default_str();
+  app.add_option("--groups", c.groups, "deepseek-v3: expert groups (0 = one per node)")->capture_default_str();
+  app.add_option("--topk-groups", c.topk_groups, "deepseek-v3: groups a token may use (0 = ceil(k/2))")->capture_default_str();
+  app.add_option("--group-score", c.group_score, "deepseek-v3: top2-sum|max")->capture_default_str();
+  app.add_option("--routed-scaling-factor", c.routed_scaling_factor, "deepseek-v3: weight scale")->capture_default_str();
+  app.add_option("--bias-update-rate", c.bias_update_rate, "deepseek-v3: expert bias step per batch")->capture_default_str();
+  app.add_option("--min-capacity", c.min_capacity, "every router with a capacity: C = max(C, this) (0 = off)")->capture_default_str();
   app.add_option("--steps", steps, "batches routed in sequence (smoothed capacity)")->capture_default_str();
   app.add_option("--dtype-bytes", dtype_bytes, "bytes per hidden element for predicted bytes")->capture_default_str();
   app.add_option("--out-experts", out_experts, "write int32 [T, k] experts (-1: none) of the last step");
@@ -250,6 +270,9 @@ int main(int argc, char** argv) {
   auto order = parse_ecr_order(ecr);
   if (!order.ok()) return fail(order.status());
   c.ecr_order = *order;
+  auto drop = parse_drop_policy(drop_policy);
+  if (!drop.ok()) return fail(drop.status());
+  c.drop_policy = *drop;
   if (steps < 1) return fail(error(Code::kInvalidArgument, "--steps {} must be >= 1", steps));
   if (topo_file.empty() && rpn_opt->count() == 0) {
     auto env = params::get_string(params::Id::topo_file);

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# run_failure.sh MPIEXEC EXE TRANSPORT MODE ALGO: runs test_failure.cc on 4 ranks with
+# run_failure.sh MPIEXEC EXE TRANSPORT MODE ALGO [PATH]: runs test_failure.cc on 4 ranks with
 # --enable-recovery (so a dead rank does not abort the job) and passes when the 3 survivors
 # each printed "SURVIVOR ... OK". mpirun's own exit status is ignored: a rank died on purpose.
 set -u
-mpiexec=$1 exe=$2 transport=$3 mode=$4 algo=$5
+mpiexec=$1 exe=$2 transport=$3 mode=$4 algo=$5 path=${6:-negotiated}
 out=$(LOCMOE_TIMEOUT_S=${LOCMOE_TIMEOUT_S:-3} timeout 120 "$mpiexec" --enable-recovery --oversubscribe --bind-to none \
-  -np 4 "$exe" "$transport" "$mode" "$algo" 2>&1)
+  -np 4 "$exe" "$transport" "$mode" "$algo" "$path" 2>&1)
 echo "$out"
 # A stopped victim must never outlive the test, whatever happened to rank 0.
 victim=$(sed -n 's/^VICTIM PID \([0-9]*\)$/\1/p' <<<"$out")

@@ -20,6 +20,7 @@
 #include "locmoe/comm/bootstrap.h"
 #include "locmoe/comm/communicator.h"
 #include "locmoe/core/params.h"
+#include "locmoe/topology/placement.h"
 
 namespace locmoe {
 namespace {
@@ -95,19 +96,20 @@ struct Buffers {
   uint64_t recv_bytes = 0;
 };
 
-// reversed: receive blocks placed in reverse source order with 3-byte gaps.
-Buffers make_buffers(Pattern p, uint64_t seed, int n, int me, bool reversed) {
+// reversed: receive blocks placed in reverse source order with 3-byte gaps. unit: every count
+// multiplied by it (rows of `unit` bytes).
+Buffers make_buffers(Pattern p, uint64_t seed, int n, int me, bool reversed, uint64_t unit = 1) {
   Buffers b;
   b.sc.resize(n), b.sd.resize(n), b.rc.resize(n), b.rd.resize(n);
   uint64_t off = 0;
-  for (int d = 0; d < n; ++d) b.sd[d] = off, off += b.sc[d] = count_of(p, seed, n, me, d);
+  for (int d = 0; d < n; ++d) b.sd[d] = off, off += b.sc[d] = unit * count_of(p, seed, n, me, d);
   b.send.resize(off);
   for (int d = 0; d < n; ++d)
     for (uint64_t i = 0; i < b.sc[d]; ++i) b.send[b.sd[d] + i] = byte_at(seed, me, d, i);
   off = 0;
   for (int k = 0; k < n; ++k) {
     const int s = reversed ? n - 1 - k : k;
-    b.rc[s] = count_of(p, seed, n, s, me);
+    b.rc[s] = unit * count_of(p, seed, n, s, me);
     b.rd[s] = off;
     off += b.rc[s] + (reversed ? 3 : 0);
   }
@@ -116,6 +118,16 @@ Buffers make_buffers(Pattern p, uint64_t seed, int n, int me, bool reversed) {
   for (int s = 0; s < n; ++s)
     for (uint64_t i = 0; i < b.rc[s]; ++i) b.expect[b.rd[s] + i] = byte_at(seed, s, me, i);
   return b;
+}
+
+ExchangeSpec spec_of(const Buffers& b, uint64_t capacity) {
+  ExchangeSpec spec;
+  spec.send_counts = b.sc.data();
+  spec.send_displs = b.sd.data();
+  spec.recv_counts = b.rc.data();
+  spec.recv_displs = b.rd.data();
+  spec.recv_capacity = capacity;
+  return spec;
 }
 
 // MPI_Alltoallv of the same buffers (counts fit in int here).
@@ -178,12 +190,35 @@ TEST_P(A2ATest, MatchesOracleForEveryLayoutPatternAndAlgorithm) {
             s = comm->alltoallv(b.send.data(), b.sc.data(), b.sd.data(), recv.data(), b.rc.data(), b.rd.data(),
                                    recv.size());
             ASSERT_TRUE(s.ok()) << s.to_string();
+            const std::vector<uint8_t> want = oracle(b, n);
             ASSERT_TRUE(recv == b.expect) << "data differs from (seed, src, dst, index)";
-            ASSERT_TRUE(recv == oracle(b, n)) << "data differs from MPI_Alltoallv";
+            ASSERT_TRUE(recv == want) << "data differs from MPI_Alltoallv";
             // Accounting invariants: what was received equals what the others announced.
-            const ExchangeStats& st = comm->last_stats();
+            const ExchangeStats st = comm->last_stats();
             ASSERT_EQ(st.bytes_received, std::accumulate(b.rc.begin(), b.rc.end(), uint64_t{0}) - b.rc[me]);
             ASSERT_EQ(st.bytes_sent, st.internode_bytes_sent + st.intranode_bytes_sent);
+            // The planned path: negotiated once, executed twice, the same bytes and data traffic,
+            // and no metadata.
+            ExchangePlan plan;
+            s = comm->prepare(spec_of(b, recv.size()), plan);
+            ASSERT_TRUE(s.ok()) << s.to_string();
+            ASSERT_EQ(plan.recv_counts, b.rc);
+            uint64_t extent = 0;
+            for (int r = 0; r < n; ++r)
+              if (b.rc[r] > 0) extent = std::max(extent, b.rd[r] + b.rc[r]);
+            ASSERT_EQ(plan.recv_bytes, extent);
+            for (int rep = 0; rep < 2; ++rep) {
+              std::vector<uint8_t> planned(b.recv_bytes, 0xA5);
+              s = comm->execute(plan, b.send.data(), planned.data());
+              ASSERT_TRUE(s.ok()) << s.to_string();
+              ASSERT_TRUE(planned == want) << "planned execute " << rep << " differs from MPI_Alltoallv";
+              const ExchangeStats& ps = comm->last_stats();
+              ASSERT_EQ(ps.meta_msgs_sent, 0u);
+              ASSERT_EQ(ps.bytes_received, st.bytes_received);
+              ASSERT_EQ(ps.bytes_sent, st.bytes_sent);
+              ASSERT_EQ(ps.internode_msgs_sent, st.internode_msgs_sent);
+              ASSERT_EQ(ps.chunks_sent, st.chunks_sent);
+            }
           }
         }
       }
@@ -290,6 +325,12 @@ TEST_P(A2ATest, CountMismatchIsReportedOnEveryRankNamingBothRanks) {
           << s.message();
       EXPECT_NE(s.message().find(fmt::format("expects {} bytes", sent + 1)), std::string::npos) << s.message();
       EXPECT_TRUE(std::all_of(recv.begin(), recv.end(), [](uint8_t c) { return c == 0x5A; }));
+      // prepare gives the same verdict, and leaves the plan unwritten.
+      ExchangePlan plan;
+      Status ps = comm->prepare(spec_of(b, recv.size()), plan);
+      ASSERT_EQ(ps.code(), Code::kMismatch) << ps.to_string();
+      EXPECT_EQ(ps.message(), s.message().substr(s.message().size() - ps.message().size()));
+      EXPECT_FALSE(plan.valid());
       // The communicator stays usable after a rejected exchange.
       Buffers ok = make_buffers(Pattern::kRandom, 6, n, me, false);
       std::vector<uint8_t> r2(ok.recv_bytes);
@@ -322,12 +363,19 @@ TEST_P(A2ATest, TooSmallReceiveBufferFailsEverywhereWithoutWriting) {
               std::string::npos)
         << s.message();
     EXPECT_TRUE(std::all_of(recv.begin(), recv.end(), [](uint8_t c) { return c == 0x77; }));
+    ExchangePlan plan;
+    Status ps = comm->prepare(spec_of(b, capacity), plan);
+    ASSERT_EQ(ps.code(), Code::kOutOfRange) << ps.to_string();
+    EXPECT_NE(ps.message().find(fmt::format("rank {}'s receive buffer holds {} bytes", victim, victim_needed - 1)),
+              std::string::npos)
+        << ps.message();
+    EXPECT_FALSE(plan.valid());
   }
 }
 
 // A chunk size or an algorithm that differs across ranks would make receives that never match:
 // Communicator::create refuses it on every rank, naming the range of values.
-TEST_P(A2ATest, ChunkOrAlgorithmDifferingAcrossRanksIsAnErrorOnEveryRank) {
+TEST_P(A2ATest, ChunkAlgorithmOrTimeoutDifferingAcrossRanksIsAnErrorOnEveryRank) {
   const int n = world_size(), me = world_rank();
   if (n < 2) GTEST_SKIP() << "needs 2 ranks";
   Fixture f = make_fixture(layouts(n).back().second);
@@ -342,13 +390,190 @@ TEST_P(A2ATest, ChunkOrAlgorithmDifferingAcrossRanksIsAnErrorOnEveryRank) {
   auto chunks = create(A2AAlgo::kHierarchical, me == n - 1 ? 8192 : 4096);
   ASSERT_FALSE(chunks.ok());
   EXPECT_EQ(chunks.status().code(), Code::kMismatch);
-  EXPECT_NE(chunks.status().message().find("from 4096 to 8192 bytes"), std::string::npos) << chunks.status().message();
+  EXPECT_NE(chunks.status().message().find(fmt::format("rank 0 has 4096 bytes, rank {} has 8192", n - 1)),
+            std::string::npos)
+      << chunks.status().message();
   auto algos = create(me == 0 ? A2AAlgo::kFlat : A2AAlgo::kHierarchical, 4096);
   ASSERT_FALSE(algos.ok());
   EXPECT_EQ(algos.status().code(), Code::kMismatch);
   EXPECT_NE(algos.status().message().find("algorithm"), std::string::npos) << algos.status().message();
+  // The deadline too: ranks that give up at different times blame the wrong peer.
+  CommConfig cfg;
+  cfg.transport = GetParam();
+  cfg.timeout_s = me == n - 1 ? 30 : 60;
+  auto timeouts = Communicator::create(*f.boot, f.cluster, cfg);
+  ASSERT_FALSE(timeouts.ok());
+  EXPECT_EQ(timeouts.status().code(), Code::kMismatch);
+  EXPECT_NE(timeouts.status().message().find(fmt::format("rank 0 has 60 s, rank {} has 30 s", n - 1)),
+            std::string::npos)
+      << timeouts.status().message();
+  // A negative timeout is refused naming it, never replaced by LOCMOE_TIMEOUT_S.
+  cfg.timeout_s = -1;
+  auto negative = Communicator::create(*f.boot, f.cluster, cfg);
+  ASSERT_FALSE(negative.ok());
+  EXPECT_EQ(negative.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(negative.status().message().find("timeout_s = -1"), std::string::npos) << negative.status().message();
   // Agreeing ranks still make a communicator afterwards.
   EXPECT_TRUE(create(A2AAlgo::kHierarchical, 4096).ok());
+}
+
+// The opposite direction without negotiation: transpose(plan) sends every received byte back
+// where it came from (the forward send buffer, recomputed from (seed, src, dst, index)), and is
+// MPI_Alltoallv with the roles of the arrays swapped.
+TEST_P(A2ATest, TransposedPlanSendsEveryByteBack) {
+  const int n = world_size(), me = world_rank();
+  for (const auto& [lname, node_of] : layouts(n)) {
+    Fixture f = make_fixture(node_of);
+    for (A2AAlgo algo : {A2AAlgo::kFlat, A2AAlgo::kHierarchical}) {
+      for (uint64_t chunk : {uint64_t{0}, uint64_t{1000}}) {
+        auto comm = make_comm(f, algo, chunk);
+        ASSERT_TRUE(comm);
+        SCOPED_TRACE(fmt::format("{}, algo {}, chunk {}", lname, algo == A2AAlgo::kFlat ? "flat" : "hier", chunk));
+        Buffers b = make_buffers(Pattern::kRandom, 40 + chunk, n, me, true);
+        ExchangePlan plan, back;
+        Status s = comm->prepare(spec_of(b, b.recv_bytes), plan);
+        ASSERT_TRUE(s.ok()) << s.to_string();
+        std::vector<uint8_t> recv(b.recv_bytes, 0xA5);
+        s = comm->execute(plan, b.send.data(), recv.data());
+        ASSERT_TRUE(s.ok()) << s.to_string();
+        ASSERT_TRUE(recv == b.expect);
+        s = comm->transpose(plan, back);
+        ASSERT_TRUE(s.ok()) << s.to_string();
+        ASSERT_EQ(back.send_counts, b.rc);
+        ASSERT_EQ(back.recv_counts, b.sc);
+        ASSERT_EQ(back.recv_bytes, b.send.size());
+        std::vector<uint8_t> again(b.send.size(), 0x11);
+        s = comm->execute(back, recv.data(), again.data());
+        ASSERT_TRUE(s.ok()) << s.to_string();
+        ASSERT_TRUE(again == b.send) << "transposed exchange did not return the send buffer";
+        // MPI_Alltoallv of the swapped arrays.
+        std::vector<int> sc(n), sd(n), rc(n), rd(n);
+        for (int r = 0; r < n; ++r) sc[r] = int(b.rc[r]), sd[r] = int(b.rd[r]), rc[r] = int(b.sc[r]), rd[r] = int(b.sd[r]);
+        std::vector<uint8_t> want(b.send.size(), 0x11);
+        MPI_Alltoallv(recv.data(), sc.data(), sd.data(), MPI_BYTE, want.data(), rc.data(), rd.data(), MPI_BYTE,
+                      MPI_COMM_WORLD);
+        ASSERT_TRUE(again == want);
+        EXPECT_EQ(comm->last_stats().meta_msgs_sent, 0u);
+      }
+    }
+  }
+}
+
+// Negotiated in rows, executed on rows of `unit` bytes (scale), and receive counts learned from
+// the peers (no recv_counts given): the counts are what every rank computes from the pattern.
+TEST_P(A2ATest, ScaledPlanAndLearnedCountsMatchTheOracle) {
+  const int n = world_size(), me = world_rank();
+  for (const auto& [lname, node_of] : edge_layouts(n)) {
+    Fixture f = make_fixture(node_of);
+    for (A2AAlgo algo : {A2AAlgo::kFlat, A2AAlgo::kHierarchical}) {
+      auto comm = make_comm(f, algo, 4096);
+      ASSERT_TRUE(comm);
+      SCOPED_TRACE(fmt::format("{}, algo {}", lname, algo == A2AAlgo::kFlat ? "flat" : "hier"));
+      const uint64_t unit = 24;
+      Buffers rows = make_buffers(Pattern::kRandom, 77, n, me, false);
+      Buffers bytes = make_buffers(Pattern::kRandom, 77, n, me, false, unit);
+      ExchangeSpec spec;
+      spec.send_counts = rows.sc.data();  // packed, receive counts from the peers
+      ExchangePlan plan, scaled;
+      Status s = comm->prepare(spec, plan);
+      ASSERT_TRUE(s.ok()) << s.to_string();
+      ASSERT_EQ(plan.recv_counts, rows.rc);
+      ASSERT_EQ(plan.recv_displs, rows.rd);
+      s = comm->scale(plan, unit, scaled);
+      ASSERT_TRUE(s.ok()) << s.to_string();
+      ASSERT_EQ(scaled.recv_counts, bytes.rc);
+      std::vector<uint8_t> recv(bytes.recv_bytes, 0xA5);
+      s = comm->execute(scaled, bytes.send.data(), recv.data());
+      ASSERT_TRUE(s.ok()) << s.to_string();
+      EXPECT_TRUE(recv == bytes.expect);
+      EXPECT_TRUE(recv == oracle(bytes, n));
+      EXPECT_EQ(comm->scale(plan, 0, scaled).code(), Code::kInvalidArgument);
+    }
+  }
+}
+
+// A plan belongs to the communicator that negotiated it.
+TEST_P(A2ATest, ExecuteRefusesAnotherCommunicatorsPlan) {
+  const int n = world_size(), me = world_rank();
+  Fixture f = make_fixture(layouts(n).front().second);
+  auto a = make_comm(f, A2AAlgo::kFlat);
+  auto b2 = make_comm(f, A2AAlgo::kFlat);
+  ASSERT_TRUE(a && b2);
+  Buffers b = make_buffers(Pattern::kRandom, 3, n, me, false);
+  ExchangePlan plan;
+  ASSERT_TRUE(a->prepare(spec_of(b, b.recv_bytes), plan).ok());
+  std::vector<uint8_t> recv(b.recv_bytes);
+  Status s = b2->execute(plan, b.send.data(), recv.data());
+  EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.to_string();
+  EXPECT_NE(s.message().find("not made by this communicator"), std::string::npos) << s.message();
+  // Both still work.
+  EXPECT_TRUE(a->execute(plan, b.send.data(), recv.data()).ok());
+  EXPECT_TRUE(recv == b.expect);
+}
+
+// Issue 17: 8 ranks as 2 nodes of an ND v5 (LOCMOE_TOPO_FILE), node a placed out of PCI order
+// (LOCMOE_GPU=3,1,0,2), node b in order. Local rank l of a drives GPU perm[l], local rank j of b
+// GPU j, and the file gives each GPU its own rail NIC, so a's local rank l shares a NIC with b's
+// local rank perm[l]: the hierarchical exchange must pair exactly those (not local rank l with
+// local rank l), and still give MPI_Alltoallv's bytes.
+TEST_P(A2ATest, HierarchicalPairsTheRanksOfTwoNodesByRailNic) {
+  const int n = world_size(), me = world_rank();
+  if (n != 8) GTEST_SKIP() << "needs 8 ranks";
+  const int perm[4] = {3, 1, 0, 2};
+  Fixture f;
+  {
+    auto b = make_mpi_bootstrap(MPI_COMM_WORLD);
+    ASSERT_TRUE(b.ok());
+    f.boot = std::move(b).value();
+    ASSERT_TRUE(params::set("LOCMOE_HOSTID", me < 4 ? "lanes-a" : "lanes-b").ok());
+    ASSERT_TRUE(params::set("LOCMOE_TOPO_FILE", std::string(LOCMOE_TEST_DATA) + "/topologies/azure-ndv5.nccl.xml").ok());
+    ASSERT_TRUE(params::set("LOCMOE_GPU", me < 4 ? "3,1,0,2" : "0,1,2,3").ok());
+    auto cm = topo::build_cluster_map(*f.boot);
+    params::reset();
+    ASSERT_TRUE(cm.ok()) << cm.status().to_string();
+    f.cluster = std::move(cm).value();
+  }
+  ASSERT_EQ(f.cluster.num_nodes(), 2);
+  // The expected partner from the placement alone, and the facts it rests on: distinct NICs on a
+  // node, and the partner's NIC (bus id) is this rank's.
+  auto partner = [&](int r) {
+    if (r < 4) return 4 + perm[r];
+    for (int l = 0; l < 4; ++l)
+      if (4 + perm[l] == r) return l;
+    return -1;
+  };
+  const RankDescriptor& mine = f.cluster.ranks[me].desc;
+  ASSERT_FALSE(mine.nic.empty());
+  EXPECT_EQ(f.cluster.ranks[partner(me)].desc.nic, mine.nic);
+  for (int r = 0; r < n; ++r)
+    if (r != me && f.cluster.node_of(r) == f.cluster.my_node()) {
+      EXPECT_NE(f.cluster.ranks[r].desc.nic, mine.nic);
+    }
+  auto comm = make_comm(f, A2AAlgo::kHierarchical, 4096);
+  ASSERT_TRUE(comm);
+  Buffers b = make_buffers(Pattern::kRandom, 17, n, me, true);
+  ExchangePlan plan;
+  Status s = comm->prepare(spec_of(b, b.recv_bytes), plan);
+  ASSERT_TRUE(s.ok()) << s.to_string();
+  int inter = 0;
+  for (const PlanStep& st : plan.schedule.steps) {
+    if (st.stage != PlanStage::kInterNode) continue;
+    for (uint32_t t = st.transfers_begin; t < st.transfers_end; ++t) {
+      EXPECT_EQ(plan.schedule.transfers[t].peer, partner(me)) << "rank " << me << " (NIC " << mine.nic << ")";
+      ++inter;
+    }
+  }
+  EXPECT_GT(inter, 0);
+  std::vector<uint8_t> recv(b.recv_bytes, 0xA5);
+  s = comm->execute(plan, b.send.data(), recv.data());
+  ASSERT_TRUE(s.ok()) << s.to_string();
+  EXPECT_TRUE(recv == b.expect);
+  EXPECT_TRUE(recv == oracle(b, n));
+  std::vector<uint8_t> again(b.recv_bytes, 0xA5);
+  s = comm->alltoallv(b.send.data(), b.sc.data(), b.sd.data(), again.data(), b.rc.data(), b.rd.data(), again.size());
+  ASSERT_TRUE(s.ok()) << s.to_string();
+  EXPECT_TRUE(again == recv);
+  EXPECT_LE(comm->last_stats().internode_msgs_sent, 1u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, A2ATest, ::testing::Values("mpi", "ucx"),

@@ -1,6 +1,6 @@
 // Failure handling, run by run_failure.sh under `mpirun --enable-recovery -np 4` (2 emulated
 // nodes): rank 2 kills itself (SIGKILL) or stops itself (SIGSTOP) 300 ms into a loop of
-// exchanges; every other rank must return an error from alltoallv within LOCMOE_TIMEOUT_S plus
+// exchanges (alltoallv, or with "planned" executes of one prepared plan); every other rank must return an error from alltoallv within LOCMOE_TIMEOUT_S plus
 // the notice grace (1.25 x) plus slack, with a timeout or peer-failure code, naming rank 2 and
 // the operation. Survivors print "SURVIVOR rank R OK|FAIL: ..." (the script counts them) and
 // leave with _exit (MPI_Finalize would wait for the dead rank). Rank 0 SIGKILLs a stopped
@@ -19,6 +19,7 @@
 #include "locmoe/comm/bootstrap.h"
 #include "locmoe/comm/communicator.h"
 #include "locmoe/core/params.h"
+#include "locmoe/topology/cluster.h"
 
 using namespace locmoe;
 
@@ -27,6 +28,9 @@ int main(int argc, char** argv) {
   const std::string transport = argc > 1 ? argv[1] : "mpi";
   const std::string mode = argc > 2 ? argv[2] : "kill";
   const std::string algo = argc > 3 ? argv[3] : "hier";
+  // "planned": the exchange is negotiated once (prepare) and the loop only executes the plan, so
+  // the fault always hits the data path; "negotiated": alltoallv (a metadata round per call).
+  const bool planned = argc > 4 && std::string(argv[4]) == "planned";
   int rank = 0, size = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
@@ -71,11 +75,20 @@ int main(int argc, char** argv) {
   std::vector<uint64_t> counts(size, per_pair), displs(size);
   for (int r = 0; r < size; ++r) displs[r] = r * per_pair;
   std::vector<char> send(per_pair * size, char(rank)), recv(per_pair * size);
+  ExchangePlan plan;
+  if (planned) {
+    ExchangeSpec spec;
+    spec.send_counts = counts.data();
+    spec.recv_counts = counts.data();
+    spec.recv_capacity = recv.size();
+    if (Status s = (*comm)->prepare(spec, plan); !s.ok()) fail(s.to_string());
+  }
   const auto t0 = std::chrono::steady_clock::now();
   for (int iter = 0;; ++iter) {
     const auto start = std::chrono::steady_clock::now();
-    Status s = (*comm)->alltoallv(send.data(), counts.data(), displs.data(), recv.data(), counts.data(),
-                                  displs.data(), recv.size());
+    Status s = planned ? (*comm)->execute(plan, send.data(), recv.data())
+                       : (*comm)->alltoallv(send.data(), counts.data(), displs.data(), recv.data(), counts.data(),
+                                            displs.data(), recv.size());
     if (s.ok()) {
       if (std::chrono::steady_clock::now() - t0 > std::chrono::seconds(60)) fail("no error 60 s after the victim's signal");
       continue;
@@ -86,7 +99,7 @@ int main(int argc, char** argv) {
     std::string problem;
     if (s.code() != Code::kTimeout && s.code() != Code::kPeerFailure) problem += "wrong code; ";
     if (m.find("rank " + std::to_string(victim) + " (host failB)") == std::string::npos) problem += "victim not named; ";
-    if (m.find("alltoallv") == std::string::npos) problem += "operation not named; ";
+    if (m.find(planned ? "execute" : "alltoallv") == std::string::npos) problem += "operation not named; ";
     if (elapsed > limit) problem += fmt::format("took {:.1f} s > {:.1f} s; ", elapsed, limit);
     std::printf("SURVIVOR rank %d %s: after %d exchanges, %.2f s: %s%s\n", rank, problem.empty() ? "OK" : "FAIL", iter,
                 elapsed, problem.c_str(), s.to_string().c_str());

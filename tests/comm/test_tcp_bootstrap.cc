@@ -9,7 +9,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
+#include <thread>
 #include <cstdlib>
 #include <functional>
 
@@ -184,11 +186,93 @@ TEST(TcpBootstrap, DifferentCollectiveSizesAreAMismatch) {
     if (!b.ok()) return code_of(b.status());
     std::vector<uint8_t> in(r == 0 ? 4 : 8), out(2 * in.size());
     Status s = (*b)->allgather(in.data(), out.data(), in.size());
-    if (r == 0 && !s.ok()) CHILD_CHECK(s.message().find("rank 1 called allgather of 8 bytes") != std::string::npos);
+    if (!s.ok()) CHILD_CHECK(s.message().find("rank 1 called allgather of 8 bytes") != std::string::npos);
     return code_of(s);
   });
-  EXPECT_EQ(codes[0], int(Code::kMismatch));
-  EXPECT_NE(codes[1], 0);
+  // Both ranks, not only rank 0 (which reads the headers): the verdict reaches every rank.
+  EXPECT_EQ(codes, (std::vector<int>{int(Code::kMismatch), int(Code::kMismatch)}));
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// A rank in another collective (here the barrier of a communicator's teardown while the others
+// sum): every rank fails at once, naming it and both operations, whichever rank is the odd one.
+TEST(TcpBootstrap, RankInAnotherCollectiveIsNamedOnEveryRank) {
+  for (int odd : {2, 0}) {
+    auto codes = launch(4, {0, 1, 2, 3}, 20, [odd](int r) -> int {
+      auto b = make_bootstrap_from_env();
+      if (!b.ok()) return code_of(b.status());
+      const auto t0 = std::chrono::steady_clock::now();
+      int64_t x = 1;
+      Status s = r == odd ? (*b)->barrier() : (*b)->allreduce(&x, &x, 1, DataType::kInt64, ReduceOp::kSum);
+      CHILD_CHECK(seconds_since(t0) < 5);
+      CHILD_CHECK(!s.ok());
+      const std::string& m = s.message();
+      CHILD_CHECK(m.find("barrier") != std::string::npos && m.find("allreduce (sum) of 1 int64") != std::string::npos);
+      CHILD_CHECK(m.find(fmt::format("rank {} called", odd == 0 ? 1 : odd)) != std::string::npos);
+      // Out of step: the bootstrap refuses further calls at once.
+      CHILD_CHECK(!(*b)->barrier().ok());
+      return code_of(s);
+    });
+    EXPECT_EQ(codes, std::vector<int>(4, int(Code::kMismatch))) << "odd rank " << odd;
+  }
+}
+
+// A rank that rejects its own input takes its turn: the others learn its reason at once, and the
+// bootstrap stays usable (the next collective gives the right sum on every rank).
+TEST(TcpBootstrap, RejectedInputReachesEveryRankAndTheBootstrapStaysUsable) {
+  for (int bad : {3, 0}) {
+    auto codes = launch(4, {0, 1, 2, 3}, 20, [bad](int r) -> int {
+      auto b = make_bootstrap_from_env();
+      if (!b.ok()) return code_of(b.status());
+      const auto t0 = std::chrono::steady_clock::now();
+      std::vector<uint32_t> mine(2, r), all(8);
+      Status s = r == bad ? (*b)->reject(error(Code::kOutOfRange, "token 1 slot 0: expert id 13 out of range [0, 8)"))
+                          : (*b)->allgather(mine.data(), all.data(), 8);
+      CHILD_CHECK(seconds_since(t0) < 5);
+      CHILD_CHECK(s.message().find("expert id 13 out of range") != std::string::npos);
+      if (r != bad) {
+        CHILD_CHECK(s.code() == Code::kMismatch);
+        CHILD_CHECK(s.message().find(fmt::format("rank {} rejected its input", bad)) != std::string::npos);
+        CHILD_CHECK(s.message().find("allgather of 8 bytes") != std::string::npos);
+      } else {
+        CHILD_CHECK(s.code() == Code::kOutOfRange);
+      }
+      int64_t x = r + 1;
+      if (Status t = (*b)->allreduce(&x, &x, 1, DataType::kInt64, ReduceOp::kSum); !t.ok()) return code_of(t);
+      CHILD_CHECK(x == 10);
+      return 0;
+    });
+    EXPECT_EQ(codes, std::vector<int>(4, 0)) << "rejecting rank " << bad;
+  }
+}
+
+// abort(): peers waiting in a collective fail at once with the aborting rank's message.
+TEST(TcpBootstrap, AbortReachesEveryRankAtOnce) {
+  for (int quitter : {2, 0}) {
+    auto codes = launch(4, {0, 1, 2, 3}, 20, [quitter](int r) -> int {
+      auto b = make_bootstrap_from_env();
+      if (!b.ok()) return code_of(b.status());
+      if (r == quitter) {
+        (*b)->abort("RuntimeError: loss is NaN");
+        CHILD_CHECK((*b)->barrier().code() == Code::kPeerFailure);  // its own calls fail at once
+        std::this_thread::sleep_for(std::chrono::milliseconds(500));  // still alive: a notice, not a death
+        return 0;
+      }
+      const auto t0 = std::chrono::steady_clock::now();
+      uint64_t x = 1;
+      Status s = (*b)->allreduce(&x, &x, 1, DataType::kUint64, ReduceOp::kSum);
+      CHILD_CHECK(seconds_since(t0) < 5);
+      CHILD_CHECK(s.message().find(fmt::format("rank {} aborted the group: RuntimeError: loss is NaN", quitter)) !=
+                  std::string::npos);
+      return code_of(s);
+    });
+    std::vector<int> want(4, int(Code::kPeerFailure));
+    want[quitter] = 0;
+    EXPECT_EQ(codes, want) << "aborting rank " << quitter;
+  }
 }
 
 TEST(TcpBootstrap, EnvironmentErrorsNameTheVariable) {

@@ -16,6 +16,7 @@
 
 #include "locmoe/comm/bootstrap.h"
 #include "locmoe/comm/communicator.h"
+#include "locmoe/core/check.h"
 #include "locmoe/router/finalize.h"
 #include "locmoe/topology/cluster.h"
 
@@ -61,9 +62,36 @@ class MpiOracleComm final : public Communicator {
       return error(Code::kSystemError, "MPI_Alltoallv failed");
     return ok_status();
   }
+  // Plans as the comm layer builds them (build_plan over MPI_Allgather'ed rows, flat); execute
+  // is MPI_Alltoallv of the plan's counts.
+  Status prepare(const ExchangeSpec& spec, ExchangePlan& plan) override {
+    const int R = size();
+    std::vector<uint64_t> row(plan_row_len(R)), rows(row.size() * R);
+    LOCMOE_RETURN_IF_ERROR(plan_row(spec, R, row));
+    if (MPI_Allgather(row.data(), static_cast<int>(row.size()), MPI_UINT64_T, rows.data(),
+                      static_cast<int>(row.size()), MPI_UINT64_T, comm_) != MPI_SUCCESS)
+      return error(Code::kSystemError, "MPI_Allgather failed");
+    LOCMOE_RETURN_IF_ERROR(check_rows(rows, R));
+    LOCMOE_RETURN_IF_ERROR(build_plan(cluster_, A2AAlgo::kFlat, 1u << 30, spec, rows, plan));
+    plan.comm_id = kId;
+    return ok_status();
+  }
+  Status execute(const ExchangePlan& plan, const void* send, void* recv, void*) override {
+    if (plan.comm_id != kId) return error(Code::kInvalidArgument, "oracle execute: plan of another communicator");
+    if (plan.mem != MemoryKind::kHost) return error(Code::kUnsupported, "oracle communicator is host only");
+    return alltoallv(send, plan.send_counts.data(), plan.send_displs.data(), recv, plan.recv_counts.data(),
+                     plan.recv_displs.data(), plan.recv_bytes, MemoryKind::kHost, nullptr);
+  }
+  Status transpose(const ExchangePlan& plan, ExchangePlan& out) const override {
+    return transpose_plan(cluster_, plan, out);
+  }
+  Status scale(const ExchangePlan& plan, uint64_t factor, ExchangePlan& out) const override {
+    return scale_plan(cluster_, plan, factor, out);
+  }
   const ExchangeStats& last_stats() const override { return stats_; }
 
  private:
+  static constexpr uint64_t kId = 0x6f7261636c65;
   MPI_Comm comm_;
   ClusterMap cluster_;
   ExchangeStats stats_;

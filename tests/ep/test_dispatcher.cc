@@ -404,6 +404,35 @@ TEST_F(DispatcherTest, BadPlanIsAnErrorNotACrash) {
   EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.to_string();
 }
 
+// The dispatcher takes a plan's counts from finalize_plan: a plan never finalized, or whose slots
+// were edited afterwards, is refused before anything moves (every rank edits its own, so every
+// rank fails before the first exchange).
+TEST_F(DispatcherTest, PlanNotFinalizedOrEditedAfterwardsIsRefused) {
+  DispatcherConfig cfg;
+  cfg.experts_per_rank = 2;
+  cfg.hidden = 4;
+  cfg.max_tokens = 6;
+  cfg.top_k = 2;
+  auto d = Dispatcher::create(*g_.bootstrap, *g_.comm, cfg);
+  ASSERT_TRUE(d.ok()) << d.status().to_string();
+  auto h = (*d)->make_handle();
+  ASSERT_TRUE(h.ok());
+  std::vector<float> x(6 * 4), ein((*d)->max_expert_rows() * 4);
+  RoutingPlan p = test::random_plan(g_.rank, g_.comm->cluster(), 2, 6, 2, 0.0, 5);
+  Status s = (*d)->dispatch(x.data(), p, **h, ein.data(), (*d)->max_expert_rows());
+  EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.to_string();
+  EXPECT_NE(s.message().find("not finalized"), std::string::npos) << s.to_string();
+  ASSERT_TRUE(finalize_plan(p, g_.bootstrap.get()).ok());
+  // Token 0 loses its first slot's expert: one copy fewer than the plan counts when its other
+  // slot goes to another rank, else the same copies carrying one slot fewer. Both are refused.
+  p.expert[0] = -1;
+  p.weight[0] = 0.0f;
+  s = (*d)->dispatch(x.data(), p, **h, ein.data(), (*d)->max_expert_rows());
+  EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.to_string();
+  EXPECT_NE(s.message().find("edited after finalize_plan"), std::string::npos) << s.to_string();
+  EXPECT_FALSE((*h)->valid());
+}
+
 // Finite differences of loss = sum_t <G[t], out[t]> with respect to x and the combine weights.
 TEST_F(DispatcherTest, BackwardMatchesFiniteDifferences) {
   Case c;

@@ -166,6 +166,43 @@ TEST_P(KernelsCpu, PackAndExpertLayoutMatchNaive) {
   }
 }
 
+// Strided rows (the Dispatcher packs rows with their slot metadata behind them): pack into a
+// strided send buffer and unpack from it give the dense results, and the bytes between rows are
+// left as they were. Other operations refuse a stride.
+TEST_P(KernelsCpu, StridedPackAndUnpackMatchDense) {
+  const Case c = GetParam();
+  Flow f(c);
+  for (int32_t s = 0; s < c.ranks; ++s) {
+    const int64_t rb = f.x[s].row_bytes(), stride = rb + 24;
+    const int32_t C = f.dl[s]->copies();
+    std::vector<unsigned char> buf(static_cast<size_t>(std::max(C, 1) * stride), 0x5A);
+    const Status st = dispatch_pack(kCpu, f.dl[s]->l, f.x[s].cview(), Rows{buf.data(), C, c.hidden, c.dtype, stride});
+    ASSERT_TRUE(st.ok()) << st.to_string();
+    for (int32_t i = 0; i < C; ++i) {
+      EXPECT_EQ(0, std::memcmp(buf.data() + i * stride, f.send[s].row(i), rb)) << "rank " << s << " copy " << i;
+      for (int64_t b = rb; b < stride; ++b) ASSERT_EQ(buf[i * stride + b], 0x5A) << "gap byte of copy " << i;
+    }
+    // Unpack rank s's received rows from a strided copy of them.
+    const HostRows& rx = f.rv[s].x;
+    const int32_t N = rx.rows;
+    std::vector<unsigned char> rbuf(static_cast<size_t>(std::max(N, 1) * stride), 0x77);
+    for (int32_t i = 0; i < N; ++i) std::memcpy(rbuf.data() + i * stride, rx.row(i), rb);
+    HostRows ein(f.el[s]->rows(), c.hidden, c.dtype);
+    const Status su = expert_unpack(kCpu, f.el[s]->l, ConstRows{rbuf.data(), N, c.hidden, c.dtype, stride}, nullptr,
+                                    ein.view());
+    ASSERT_TRUE(su.ok()) << su.to_string();
+    EXPECT_EQ(0, std::memcmp(ein.bytes.data(), f.expert_in[s].bytes.data(), ein.bytes.size())) << "rank " << s;
+    // A weighted unpack (a reduction) takes dense rows only.
+    std::vector<float> w(static_cast<size_t>(std::max(N, 1)) * c.k, 1.0f);
+    const Status sw = expert_unpack(kCpu, f.el[s]->l, ConstRows{rbuf.data(), N, c.hidden, c.dtype, stride}, w.data(),
+                                    ein.view());
+    EXPECT_EQ(sw.code(), Code::kInvalidArgument) << sw.to_string();
+    // A stride shorter than a row is refused.
+    const Status ss = dispatch_pack(kCpu, f.dl[s]->l, f.x[s].cview(), Rows{buf.data(), C, c.hidden, c.dtype, rb - 1});
+    EXPECT_EQ(ss.code(), Code::kInvalidArgument) << ss.to_string();
+  }
+}
+
 // Every accepted (token, slot) lands exactly once on its expert's rank; dropped slots and tokens
 // with no accepted slot are accounted for.
 TEST_P(KernelsCpu, TokenConservation) {

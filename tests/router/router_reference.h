@@ -56,6 +56,14 @@ struct Params {
   bool renormalize = true;
   double mass = 0;            // candidate_mass q (0: off)
   bool position_order = false;  // ecr_order = position
+  std::string drop = "slot";    // top-k baselines: slot | position | probs
+  bool before_drop = false;     // weights p / (sum of the token's top-k p), fixed before the drop
+  long min_capacity = 0;        // C = max(C, min_capacity) for every capped router
+  // deepseek-v3
+  bool sigmoid = true;
+  int groups = 0, topk_groups = 0;  // 0: one group per node; max(1, ceil(k/2))
+  bool top2_sum = true;
+  double scaling = 1.0, bias_rate = 0.001;
 };
 
 struct Slot {
@@ -66,18 +74,20 @@ struct Slot {
 struct Result {
   std::vector<std::vector<Slot>> kept;  // per token, descending score (ties: lower expert)
   std::vector<int> dropped;             // per token
+  std::vector<double> denom;            // per token: weight = p / denom (1: raw p)
   long capacity = 0, c_lb = 0;
   double kept_mass = 0, topk_mass = 0;
 };
 
 struct Scores {
-  std::vector<double> p, a;  // [T,E]
+  std::vector<double> p, a, z;  // [T,E]
 };
 
 inline Scores scores(const Problem& pr) {
   Scores s;
   s.p.assign(static_cast<size_t>(pr.T * pr.E), 0);
   s.a = s.p;
+  s.z = s.p;
   std::vector<double> wn(static_cast<size_t>(pr.E), 0);
   for (int e = 0; e < pr.E; ++e) {
     for (int h = 0; h < pr.H; ++h) wn[e] += double(pr.w[e * pr.H + h]) * pr.w[e * pr.H + h];
@@ -96,6 +106,7 @@ inline Scores scores(const Problem& pr) {
     double sum = 0;
     for (int e = 0; e < pr.E; ++e) sum += std::exp(z[e] - mx);
     for (int e = 0; e < pr.E; ++e) {
+      s.z[t * pr.E + e] = z[e];
       s.p[t * pr.E + e] = std::exp(z[e] - mx) / sum;
       s.a[t * pr.E + e] = z[e] / (xn * wn[e]);
     }
@@ -164,6 +175,7 @@ inline uint64_t splitmix64(uint64_t x) {  // the published SplitMix64 finalizer
 struct PlusState {
   int steps = 0;
   double smoothed = 0;
+  std::vector<double> bias;  // deepseek-v3's expert bias
 };
 
 inline Result route(const Problem& pr, const Params& q, PlusState* state = nullptr) {
@@ -209,6 +221,30 @@ inline Result route(const Problem& pr, const Params& q, PlusState* state = nullp
       std::vector<int> es;
       std::vector<double> score = p;
       if (q.name == "locmoe") score = s_row(t);
+      if (q.name == "deepseek-v3") {
+        // DeepSeek-V3: s = sigmoid(z) (or softmax), selection by s + b inside the best groups.
+        if (state && state->bias.empty()) state->bias.assign(E, 0.0);
+        std::vector<double> sc2(E), sel(E);
+        for (int e = 0; e < E; ++e) {
+          sc2[e] = q.sigmoid ? 1.0 / (1.0 + std::exp(-sc.z[t * E + e])) : p[e];
+          sel[e] = sc2[e] + (state ? state->bias[e] : 0.0);
+        }
+        int N = 0;
+        for (int n : pr.node_of_rank) N = std::max(N, n + 1);
+        const int G = q.groups > 0 ? q.groups : N, per = E / G;
+        const int M = q.topk_groups > 0 ? q.topk_groups : std::max(1, (k + 1) / 2);
+        std::vector<double> gscore(G);
+        for (int g = 0; g < G; ++g) {
+          std::vector<double> mine(sel.begin() + g * per, sel.begin() + (g + 1) * per);
+          std::sort(mine.rbegin(), mine.rend());
+          gscore[g] = q.top2_sum && per > 1 ? mine[0] + mine[1] : mine[0];
+        }
+        std::vector<int> gs = best(gscore, M, std::vector<bool>(G, true));
+        std::vector<bool> allowed(E, false);
+        for (int e = 0; e < E; ++e) allowed[e] = std::find(gs.begin(), gs.end(), e / per) != gs.end();
+        for (int e : best(sel, k, allowed)) lists[t].push_back({e, sel[e], sc2[e]});
+        continue;
+      }
       if (q.name == "hash") {
         const int h = static_cast<int>(splitmix64(static_cast<uint64_t>(t)) % static_cast<uint64_t>(E));
         for (int j = 0; j < k; ++j) es.push_back((h + j) % E);
@@ -222,21 +258,57 @@ inline Result route(const Problem& pr, const Params& q, PlusState* state = nullp
       for (int e : es) lists[t].push_back({e, q.name == "hash" ? p[e] : score[e], p[e]});
     }
     const bool capped = q.name != "dropless";
-    res.capacity = capped ? cf_capacity(q.cf, k, T, E) : 0;
+    res.capacity = capped ? std::max(cf_capacity(q.cf, k, T, E), q.min_capacity) : 0;
     std::vector<long> count(E, 0);
-    for (int j = 0; j < k; ++j)
-      for (int t = 0; t < T; ++t) {
-        if (j >= static_cast<int>(lists[t].size())) continue;
-        const Slot sl = lists[t][j];
-        if (capped && count[sl.expert] >= res.capacity) {
-          ++res.dropped[t];
-          continue;
-        }
-        ++count[sl.expert];
-        res.kept[t].push_back(sl);
-        res.kept_mass += sl.p;
+    auto offer = [&](int t, int j) {
+      const Slot sl = lists[t][j];
+      if (capped && count[sl.expert] >= res.capacity) {
+        ++res.dropped[t];
+        return;
       }
+      ++count[sl.expert];
+      res.kept[t].push_back(sl);
+      res.kept_mass += sl.p;
+    };
+    if (q.drop == "probs" && capped) {
+      // Megatron-core: every expert keeps the C tokens of largest p among those that chose it.
+      for (int e = 0; e < E; ++e) {
+        std::vector<std::pair<int, int>> choosers;  // (token, slot)
+        for (int t = 0; t < T; ++t)
+          for (int j = 0; j < static_cast<int>(lists[t].size()); ++j)
+            if (lists[t][j].expert == e) choosers.push_back({t, j});
+        std::stable_sort(choosers.begin(), choosers.end(), [&](const auto& a, const auto& b) {
+          return lists[a.first][a.second].p > lists[b.first][b.second].p;
+        });
+        for (const auto& [t, j] : choosers) offer(t, j);
+      }
+    } else if (q.drop == "position") {
+      for (int t = 0; t < T; ++t)
+        for (int j = 0; j < static_cast<int>(lists[t].size()); ++j) offer(t, j);
+    } else {
+      for (int j = 0; j < k; ++j)
+        for (int t = 0; t < T; ++t)
+          if (j < static_cast<int>(lists[t].size())) offer(t, j);
+    }
     sort_kept(res);
+    res.denom.assign(T, 1.0);
+    for (int t = 0; t < T; ++t) {
+      double kept = 0, all = 0;
+      for (const Slot& sl : res.kept[t]) kept += sl.p;
+      for (const Slot& sl : lists[t]) all += sl.p;
+      if (q.renormalize && q.name != "switch") res.denom[t] = q.before_drop ? all : kept;
+      if (q.name == "deepseek-v3") res.denom[t] /= q.scaling;
+    }
+    if (q.name == "deepseek-v3" && state) {  // the bias follows this step's selection loads
+      std::vector<double> load(E, 0);
+      double total = 0;
+      for (int t = 0; t < T; ++t)
+        for (const Slot& sl : lists[t]) load[sl.expert] += 1, total += 1;
+      for (int e = 0; e < E; ++e) {
+        const double mean = total / E;
+        state->bias[e] += q.bias_rate * (load[e] < mean ? 1 : load[e] > mean ? -1 : 0);
+      }
+    }
     return res;
   }
 

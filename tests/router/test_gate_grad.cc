@@ -69,6 +69,7 @@ TEST(GateGrad, CombineWeightBackward) {
   const int T = c.plan.num_tokens, E = c.pr.E, k = c.plan.k;
   std::vector<float> dw(static_cast<size_t>(T * k));
   for (size_t i = 0; i < dw.size(); ++i) dw[i] = static_cast<float>(std::sin(0.7 * i + 1.0));
+  c.plan.weight_rule = RoutingPlan::kWeightUnknown;  // as a plan from caller arrays: the flag decides
   for (const bool renorm : {true, false}) {
     std::vector<float> dz(static_cast<size_t>(T * E));
     ASSERT_TRUE(combine_weight_backward(c.plan, {c.z.data(), T, E}, dw, renorm, dz).ok());
@@ -87,7 +88,19 @@ TEST(GateGrad, CombineWeightBackward) {
       return L;
     };
     expect_gradient(f, c.z, dz, 1e-5, renorm ? "renormalized weights" : "raw weights");
+    // A router's plan carries its rule, which wins over the flag (switch: raw p).
+    RoutingPlan ruled = c.plan;
+    ruled.weight_rule = renorm ? RoutingPlan::kWeightAccepted : RoutingPlan::kWeightRaw;
+    std::vector<float> dz2(dz.size());
+    ASSERT_TRUE(combine_weight_backward(ruled, {c.z.data(), T, E}, dw, !renorm, dz2).ok());
+    EXPECT_EQ(dz2, dz);
   }
+  RoutingPlan nominated = c.plan;
+  nominated.weight_rule = RoutingPlan::kWeightNominated;
+  std::vector<float> dz(static_cast<size_t>(T * E));
+  const Status st = combine_weight_backward(nominated, {c.z.data(), T, E}, dw, true, dz);
+  ASSERT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("normalize_before_drop"), std::string::npos) << st.to_string();
 }
 
 TEST(GateGrad, AuxiliaryLosses) {

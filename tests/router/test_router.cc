@@ -43,6 +43,9 @@ RouterConfig config_of(const refr::Params& q) {
   c.renormalize = q.renormalize;
   c.candidate_mass = q.mass;
   c.ecr_order = q.position_order ? EcrOrder::kPosition : EcrOrder::kAffinity;
+  c.drop_policy = *parse_drop_policy(q.drop);
+  c.normalize_before_drop = q.before_drop;
+  c.min_capacity = q.min_capacity;
   return c;
 }
 
@@ -61,7 +64,8 @@ void expect_matches(const std::vector<RoutingPlan>& plans, const refr::Result& r
         const size_t s = static_cast<size_t>(i * p.k + j);
         if (j < static_cast<int>(kept.size())) {
           ASSERT_EQ(p.expert[s], kept[j].expert) << what << " token " << t << " slot " << j;
-          const double want = q.renormalize ? kept[j].p / sum : kept[j].p;
+          const double denom = ref.denom.empty() ? (q.renormalize ? sum : 1.0) : ref.denom[t];
+          const double want = kept[j].p / denom;
           EXPECT_NEAR(p.weight[s], want, 2e-5) << what << " token " << t << " slot " << j;
           EXPECT_EQ(p.slot_dropped[s], 0) << what << " token " << t << " slot " << j;
         } else {
@@ -110,6 +114,120 @@ INSTANTIATE_TEST_SUITE_P(All, RouterVsReference,
                              if (c == '+') c = 'P'; else if (c == '-') c = '_';
                            return n;
                          });
+
+// The trainers' conventions (docs/ROUTING.md "## Conventions"): drop policies, weights normalized
+// before the drop, min_capacity, for every top-k baseline, against the reference's own loops.
+TEST(Conventions, DropPoliciesNormalizationAndMinCapacityMatchReference) {
+  Input s = make_input(203, 24, 2, 2, 4, 17);
+  for (const char* name : {"gshard", "switch", "node-limited", "locmoe", "hash"}) {
+    for (const char* drop : {"slot", "position", "probs"}) {
+      for (const bool before : {false, true}) {
+        for (const long min_cap : {0L, 40L}) {
+          refr::Params q;
+          q.name = name;
+          q.k = 2;
+          q.cf = 0.5;  // C = 26: drops in every policy
+          q.drop = drop;
+          q.before_drop = before;
+          q.min_capacity = min_cap;
+          auto router = Router::create(config_of(q));
+          ASSERT_TRUE(router.ok()) << router.status().to_string();
+          auto plans = router->route_all_ranks(s.x, s.w, s.pl);
+          ASSERT_TRUE(plans.ok()) << plans.status().to_string();
+          const refr::Result ref = refr::route(s.pr, q);
+          const std::string what = std::string(name) + " drop=" + drop + (before ? " before-drop" : "") +
+                                   " min_capacity=" + std::to_string(min_cap);
+          expect_matches(*plans, ref, q, what);
+          EXPECT_NEAR(router->last_stats().kept_mass, ref.kept_mass, 1e-4) << what;
+        }
+      }
+    }
+  }
+}
+
+TEST(Conventions, SwitchCombinesWithTheRawProbability) {
+  Input s = make_input(100, 16, 1, 2, 4, 3);
+  RouterConfig c;
+  c.name = "switch";
+  auto router = Router::create(c);
+  auto plans = router->route_all_ranks(s.x, s.w, s.pl);
+  ASSERT_TRUE(plans.ok());
+  const refr::Scores sc = refr::scores(s.pr);
+  int t = 0;
+  for (const auto& p : *plans)
+    for (int i = 0; i < p.num_tokens; ++i, ++t) {
+      if (p.expert[i] < 0) continue;
+      EXPECT_NEAR(p.weight[i], sc.p[t * s.pr.E + p.expert[i]], 1e-5) << "token " << t;
+      EXPECT_LT(p.weight[i], 0.999f) << "a weight of 1 gives the gate no gradient through the combine";
+    }
+  EXPECT_FALSE(parse_drop_policy("random").ok());
+  EXPECT_NE(parse_drop_policy("random").status().message().find("'random'"), std::string::npos);
+}
+
+// DeepSeek-V3 routing against the reference's loops over 3 steps (the bias carries over):
+// sigmoid or softmax scores, group scores top2-sum (V3) or max (V2's device-limited rule, groups =
+// ranks), the scaling factor; a large update rate so the bias changes selections.
+TEST(Conventions, DeepseekV3MatchesReference) {
+  struct Variant {
+    bool sigmoid, top2;
+    int groups, topk_groups;
+    double scaling;
+    const char* drop;
+  };
+  for (const Variant v : {Variant{true, true, 0, 1, 2.5, "slot"}, Variant{true, true, 4, 2, 1.0, "probs"},
+                          Variant{false, false, 4, 2, 1.0, "position"}, Variant{true, false, 2, 2, 1.5, "slot"}}) {
+    refr::Params q;
+    q.name = "deepseek-v3";
+    q.k = 2;
+    q.cf = 0.8;
+    q.sigmoid = v.sigmoid;
+    q.top2_sum = v.top2;
+    q.groups = v.groups;
+    q.topk_groups = v.topk_groups;
+    q.scaling = v.scaling;
+    q.bias_rate = 0.02;
+    q.drop = v.drop;
+    RouterConfig c = config_of(q);
+    c.score_function = v.sigmoid ? "sigmoid" : "softmax";
+    c.group_score = v.top2 ? "top2-sum" : "max";
+    c.groups = v.groups;
+    c.topk_groups = v.topk_groups;
+    c.routed_scaling_factor = v.scaling;
+    c.bias_update_rate = q.bias_rate;
+    auto router = Router::create(c);
+    ASSERT_TRUE(router.ok()) << router.status().to_string();
+    refr::PlusState state;
+    for (unsigned step = 0; step < 3; ++step) {
+      Input b = make_input(203, 24, 2, 2, 4, 60 + step);
+      auto plans = router->route_all_ranks(b.x, b.w, b.pl);
+      ASSERT_TRUE(plans.ok()) << plans.status().to_string();
+      const refr::Result ref = refr::route(b.pr, q, &state);
+      const std::string what = std::string("deepseek-v3 ") + (v.sigmoid ? "sigmoid" : "softmax") +
+                               (v.top2 ? " top2-sum" : " max") + " groups " + std::to_string(v.groups) + " step " +
+                               std::to_string(step);
+      expect_matches(*plans, ref, q, what);
+      EXPECT_NEAR(router->last_stats().kept_mass, ref.kept_mass, 1e-4) << what;
+      ASSERT_EQ(router->expert_bias().size(), state.bias.size());
+      for (size_t e = 0; e < state.bias.size(); ++e) EXPECT_NEAR(router->expert_bias()[e], state.bias[e], 1e-12) << what;
+      EXPECT_EQ((*plans)[0].weight_rule, RoutingPlan::kWeightOther);
+    }
+    double spread = 0;
+    for (const double bv : router->expert_bias()) spread = std::max(spread, std::abs(bv));
+    EXPECT_GT(spread, 0.0) << "the bias moved";
+  }
+  RouterConfig bad;
+  bad.name = "deepseek-v3";
+  bad.score_function = "tanh";
+  EXPECT_NE(Router::create(bad).status().message().find("score_function 'tanh'"), std::string::npos);
+  bad = RouterConfig{};
+  bad.name = "deepseek-v3";
+  bad.groups = 3;
+  Input s = make_input(20, 8, 2, 2, 4, 1);
+  auto r = Router::create(bad);
+  ASSERT_TRUE(r.ok());
+  EXPECT_NE(r->route_all_ranks(s.x, s.w, s.pl).status().message().find("groups = 3 must divide the E = 16"),
+            std::string::npos);
+}
 
 TEST(LocmoePlus, ParametersAndSmoothingMatchReference) {
   Input s = make_input(160, 16, 2, 2, 4, 11);
@@ -198,7 +316,7 @@ TEST(Router, InvariantsOnLargerInput) {
         }
         accepted += n;
         no_expert += n == 0;
-        if (n > 0) {
+        if (n > 0 && std::string(name) != "switch") {  // switch: raw p (Conventions test)
           EXPECT_NEAR(sum, 1.0, 1e-5) << name << " token " << i;
         }
       }

@@ -40,12 +40,6 @@ std::string unpack_field(const std::array<char, N>& src) {
 
 }  // namespace
 
-bool ClusterMap::uniform() const {
-  for (const auto& n : nodes)
-    if (n.size() != nodes.front().size()) return false;
-  return true;
-}
-
 Result<std::string> local_host_id() {
   LOCMOE_ASSIGN_OR_RETURN(std::string id, params::get_string(params::Id::hostid));
   if (!id.empty()) return id;

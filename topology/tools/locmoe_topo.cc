@@ -179,13 +179,17 @@ int run_cluster(const Options& o, int argc, char** argv) {
     fail(map.status(), rank);
     std::fflush(stderr);
     // A rank told that a peer failed leaves quietly so that peer prints its own error (it ends
-    // the job); any other failure may leave peers waiting in an exchange: end the whole job.
+    // the job); any other failure may leave peers waiting in an exchange: end the whole job by
+    // leaving without MPI_Finalize, which mpirun answers by stopping every rank. Not MPI_Abort:
+    // when several ranks fail at once (an override wrong on a whole node), concurrent MPI_Abort
+    // calls crash mpirun (Open MPI 4.1: a segfault in PMIx_server_finalize) or hang it.
     if (map.status().code() == locmoe::Code::kPeerFailure) {
       boot = Status();
       MPI_Finalize();
       return 2;
     }
-    MPI_Abort(MPI_COMM_WORLD, 2);
+    std::fflush(stdout);
+    std::_Exit(2);
   }
   if (rank == 0) print_cluster(*map, o.json);
   std::fflush(stdout);

@@ -15,6 +15,11 @@
 namespace locmoe {
 namespace {
 
+// The MPI_Request lives in Request::handle itself (Open MPI: a pointer; MPICH: an int), so a
+// message costs no allocation of ours.
+static_assert(sizeof(MPI_Request) <= sizeof(void*), "MPI_Request must fit in Request::handle");
+MPI_Request* mpi_request(Request& req) { return reinterpret_cast<MPI_Request*>(&req.handle); }
+
 class MpiTransport final : public Transport {
  public:
   MpiTransport(MPI_Comm comm, int rank, int size, std::vector<int> world_of)
@@ -29,28 +34,28 @@ class MpiTransport final : public Transport {
 
   Status post_send(Request& req, int peer, uint64_t tag, const void* buf, uint64_t bytes, void*) override {
     LOCMOE_RETURN_IF_ERROR(check(peer, tag, bytes));
-    auto* r = new MPI_Request;
-    int rc = MPI_Isend(buf, static_cast<int>(bytes), MPI_BYTE, world_of_[peer], static_cast<int>(tag), comm_, r);
+    req = Request{this, peer, true, tag, bytes, 0, nullptr, false};
+    int rc = MPI_Isend(buf, static_cast<int>(bytes), MPI_BYTE, world_of_[peer], static_cast<int>(tag), comm_,
+                       mpi_request(req));
     if (rc != MPI_SUCCESS) {
-      delete r;
+      req = Request{};
       return error(Code::kPeerFailure, "MPI_Isend of {} bytes to rank {} failed: {}", bytes, peer, mpi_error_text(rc));
     }
-    req = Request{this, peer, true, tag, bytes, 0, r, false};
     return ok_status();
   }
   Status post_recv(Request& req, int peer, uint64_t tag, void* buf, uint64_t bytes, void*) override {
     LOCMOE_RETURN_IF_ERROR(check(peer, tag, bytes));
-    auto* r = new MPI_Request;
-    int rc = MPI_Irecv(buf, static_cast<int>(bytes), MPI_BYTE, world_of_[peer], static_cast<int>(tag), comm_, r);
+    req = Request{this, peer, false, tag, bytes, 0, nullptr, false};
+    int rc = MPI_Irecv(buf, static_cast<int>(bytes), MPI_BYTE, world_of_[peer], static_cast<int>(tag), comm_,
+                       mpi_request(req));
     if (rc != MPI_SUCCESS) {
-      delete r;
+      req = Request{};
       return error(Code::kPeerFailure, "MPI_Irecv of {} bytes from rank {} failed: {}", bytes, peer, mpi_error_text(rc));
     }
-    req = Request{this, peer, false, tag, bytes, 0, r, false};
     return ok_status();
   }
   Status test(Request& req) override {
-    auto* r = static_cast<MPI_Request*>(req.handle);
+    MPI_Request* r = mpi_request(req);
     int flag = 0;
     MPI_Status st;
     // Single-completion calls report errors in their return code (MPI_ERROR of the status is
@@ -83,8 +88,8 @@ class MpiTransport final : public Transport {
     MPI_Iprobe(MPI_ANY_SOURCE, MPI_ANY_TAG, comm_, &flag, MPI_STATUS_IGNORE);
   }
   void cancel(Request& req) override {
-    auto* r = static_cast<MPI_Request*>(req.handle);
-    if (!r) return;
+    MPI_Request* r = mpi_request(req);
+    if (req.handle == nullptr || *r == MPI_REQUEST_NULL) return;  // never posted, or released
     // Receives can be cancelled; sends to a dead peer cannot (MPI_Cancel of a send is deprecated
     // and unreliable), so the request is dropped: MPI may keep its internal state until exit.
     if (!req.is_send) {
@@ -93,8 +98,7 @@ class MpiTransport final : public Transport {
     } else {
       MPI_Request_free(r);
     }
-    delete r;
-    req.handle = nullptr;
+    release(req);
   }
   void mark_failed() override { failed_ = true; }
   Status finalize() override {
@@ -116,10 +120,8 @@ class MpiTransport final : public Transport {
                        "MPI message of {} bytes exceeds INT_MAX; chunk it (LOCMOE_CHUNK_BYTES)", bytes);
     return ok_status();
   }
-  static void release(Request& req) {
-    delete static_cast<MPI_Request*>(req.handle);
-    req.handle = nullptr;
-  }
+  // After MPI_Test completed or freed the request: nothing of ours to free.
+  static void release(Request& req) { req.handle = nullptr; }
 
   MPI_Comm comm_;
   int rank_, size_;

@@ -1,13 +1,15 @@
 // NCCL transport (device memory): a communicator from a unique id that rank 0 creates and
 // broadcasts through the bootstrap, created non-blocking so its setup has our deadline too.
 // post_send/post_recv only queue; the first test() after a batch of posts issues the whole batch
-// as one ncclGroupStart/ncclSend/ncclRecv/ncclGroupEnd on the stream of the first post and
-// records an event; the batch's requests are done when that event is. NCCL carries no tags or
+// as one ncclGroupStart/ncclSend/ncclRecv/ncclGroupEnd on the stream of the first post (each
+// call's result checked) and records an event; the batch's requests are done when that event is. NCCL carries no tags or
 // lengths: messages between a pair are matched in posting order, and the communicator's count
-// metadata (checked before any data moves) is what guarantees the lengths agree.
+// metadata (checked before any data moves) is what guarantees the lengths agree. NCCL itself is
+// loaded at run time (nccl_api.h): every NCCL call goes through the table nccl_.
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include <cstdint>
 #include <memory>
 #include <vector>
 
@@ -15,13 +17,17 @@
 #include "locmoe/comm/transport.h"
 #include "locmoe/core/check.h"
 #include "locmoe/core/params.h"
+#include "nccl_api.h"
 
 namespace locmoe {
 namespace {
 
+// A batch of posts issued as one ncclGroup, done when its event is. Batches and request slots
+// live in grow-only pools (an event is created once per batch slot and reused), so a steady
+// stream of exchanges allocates nothing.
 struct Batch {
   cudaEvent_t event = nullptr;
-  int refs = 0;
+  int refs = 0;  // requests of the batch not yet released
 };
 
 struct PendingOp {
@@ -30,7 +36,7 @@ struct PendingOp {
   void* buf;
   uint64_t bytes;
   cudaStream_t stream;
-  std::shared_ptr<Batch>* slot;
+  uint32_t slot;
 };
 
 class NcclTransport final : public Transport {
@@ -43,17 +49,19 @@ class NcclTransport final : public Transport {
     cudaError_t ce = cudaGetDeviceCount(&devices);
     LOCMOE_CHECK(ce == cudaSuccess && devices > 0, Code::kUnsupported, "the NCCL transport needs a GPU: {}",
                  ce == cudaSuccess ? "no device" : cudaGetErrorString(ce));
+    // NCCL is loaded here, on first use, never at load time (nccl_api.h says why).
+    LOCMOE_ASSIGN_OR_RETURN(nccl_, nccl::api());
     ncclUniqueId id{};
     if (bootstrap.rank() == 0) {
-      ncclResult_t r = ncclGetUniqueId(&id);
-      LOCMOE_CHECK(r == ncclSuccess, Code::kSystemError, "ncclGetUniqueId: {}", ncclGetErrorString(r));
+      ncclResult_t r = nccl_->GetUniqueId(&id);
+      LOCMOE_CHECK(r == ncclSuccess, Code::kSystemError, "ncclGetUniqueId: {}", nccl_->GetErrorString(r));
     }
     LOCMOE_RETURN_IF_ERROR(bootstrap.broadcast(&id, sizeof id, 0));
     ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
     config.blocking = 0;
-    ncclResult_t r = ncclCommInitRankConfig(&comm_, size_, id, rank_, &config);
+    ncclResult_t r = nccl_->CommInitRankConfig(&comm_, size_, id, rank_, &config);
     LOCMOE_CHECK(r == ncclSuccess || r == ncclInProgress, Code::kSystemError, "ncclCommInitRankConfig: {}",
-                 ncclGetErrorString(r));
+                 nccl_->GetErrorString(r));
     return wait_async("ncclCommInitRank");
   }
 
@@ -71,15 +79,15 @@ class NcclTransport final : public Transport {
   }
   Status test(Request& req) override {
     LOCMOE_RETURN_IF_ERROR(launch());
-    auto* slot = static_cast<std::shared_ptr<Batch>*>(req.handle);
-    cudaError_t ce = cudaEventQuery((*slot)->event);
+    const int batch = slot_batch_[slot_of(req)];
+    cudaError_t ce = cudaEventQuery(batches_[batch].event);
     if (ce == cudaErrorNotReady) {
       ncclResult_t async = ncclSuccess;
-      ncclCommGetAsyncError(comm_, &async);
+      nccl_->CommGetAsyncError(comm_, &async);
       if (async == ncclSuccess || async == ncclInProgress) return ok_status();
       release(req);
       return error(Code::kPeerFailure, "NCCL {} rank {} failed: {}", req.is_send ? "send to" : "receive from",
-                   req.peer, ncclGetErrorString(async));
+                   req.peer, nccl_->GetErrorString(async));
     }
     release(req);
     LOCMOE_CHECK(ce == cudaSuccess, Code::kSystemError, "CUDA error in NCCL exchange with rank {}: {}", req.peer,
@@ -94,10 +102,12 @@ class NcclTransport final : public Transport {
   }
   void mark_failed() override { failed_ = true; }
   Status finalize() override {
+    for (Batch& b : batches_)
+      if (b.event) cudaEventDestroy(b.event), b.event = nullptr;
     if (!comm_) return ok_status();
     // A communicator with a dead peer cannot be destroyed collectively: abort it instead.
-    if (failed_) ncclCommAbort(comm_);
-    else ncclCommDestroy(comm_);
+    if (failed_) nccl_->CommAbort(comm_);
+    else nccl_->CommDestroy(comm_);
     comm_ = nullptr;
     return ok_status();
   }
@@ -105,36 +115,79 @@ class NcclTransport final : public Transport {
  private:
   Status post(Request& req, bool is_send, int peer, uint64_t tag, void* buf, uint64_t bytes, void* stream) {
     LOCMOE_CHECK_RANGE(peer >= 0 && peer < size_, "peer rank {} out of range [0, {})", peer, size_);
-    auto* slot = new std::shared_ptr<Batch>();
+    uint32_t slot;
+    if (!free_slots_.empty()) {
+      slot = free_slots_.back();
+      free_slots_.pop_back();
+    } else {
+      slot = static_cast<uint32_t>(slot_batch_.size());
+      slot_batch_.push_back(-1);
+    }
+    slot_batch_[slot] = -1;  // set by launch()
     pending_.push_back(PendingOp{is_send, peer, buf, bytes, static_cast<cudaStream_t>(stream), slot});
-    req = Request{this, peer, is_send, tag, bytes, 0, slot, false};
+    req = Request{this, peer, is_send, tag, bytes, 0, reinterpret_cast<void*>(uintptr_t{slot} + 1), false};
     return ok_status();
+  }
+  static uint32_t slot_of(const Request& req) {
+    return static_cast<uint32_t>(reinterpret_cast<uintptr_t>(req.handle) - 1);
   }
   Status launch() {
     if (pending_.empty()) return ok_status();
-    auto batch = std::make_shared<Batch>();
-    cudaError_t ce = cudaEventCreateWithFlags(&batch->event, cudaEventDisableTiming);
-    LOCMOE_CHECK(ce == cudaSuccess, Code::kSystemError, "cudaEventCreate: {}", cudaGetErrorString(ce));
-    cudaStream_t stream = pending_.front().stream;
-    ncclGroupStart();
-    for (const PendingOp& op : pending_) {
-      if (op.is_send) ncclSend(op.buf, op.bytes, ncclUint8, op.peer, comm_, stream);
-      else ncclRecv(op.buf, op.bytes, ncclUint8, op.peer, comm_, stream);
-      *op.slot = batch;
+    int batch;
+    if (!free_batches_.empty()) {
+      batch = free_batches_.back();
+      free_batches_.pop_back();
+    } else {
+      batch = static_cast<int>(batches_.size());
+      batches_.push_back(Batch{});
+      cudaError_t ce = cudaEventCreateWithFlags(&batches_.back().event, cudaEventDisableTiming);
+      if (ce != cudaSuccess) {
+        batches_.pop_back();
+        pending_.clear();
+        return error(Code::kSystemError, "cudaEventCreate: {}", cudaGetErrorString(ce));
+      }
     }
-    ncclResult_t r = ncclGroupEnd();
+    Batch& b = batches_[batch];
+    b.refs = static_cast<int>(pending_.size());
+    for (const PendingOp& op : pending_) slot_batch_[op.slot] = batch;
+    cudaStream_t stream = pending_.front().stream;
+    ncclResult_t r = nccl_->GroupStart();
+    // Every call is checked: a failed ncclSend/ncclRecv inside the group fails the whole batch.
+    ncclResult_t first_bad = r;
+    int bad_peer = -1;
+    bool bad_send = false;
+    for (const PendingOp& op : pending_) {
+      if (first_bad != ncclSuccess) break;
+      r = op.is_send ? nccl_->Send(op.buf, op.bytes, ncclUint8, op.peer, comm_, stream)
+                     : nccl_->Recv(op.buf, op.bytes, ncclUint8, op.peer, comm_, stream);
+      if (r != ncclSuccess && r != ncclInProgress) first_bad = r, bad_peer = op.peer, bad_send = op.is_send;
+    }
+    const ncclResult_t end = nccl_->GroupEnd();
     pending_.clear();
-    LOCMOE_CHECK(r == ncclSuccess || r == ncclInProgress, Code::kSystemError, "ncclGroupEnd: {}",
-                 ncclGetErrorString(r));
+    LOCMOE_CHECK(first_bad == ncclSuccess || first_bad == ncclInProgress, Code::kSystemError,
+                 "NCCL {} rank {} could not be issued: {}", bad_send ? "send to" : "receive from", bad_peer,
+                 nccl_->GetErrorString(first_bad));
+    LOCMOE_CHECK(end == ncclSuccess || end == ncclInProgress, Code::kSystemError, "ncclGroupEnd: {}",
+                 nccl_->GetErrorString(end));
     LOCMOE_RETURN_IF_ERROR(wait_async("ncclGroupEnd"));
-    ce = cudaEventRecord(batch->event, stream);
+    cudaError_t ce = cudaEventRecord(b.event, stream);
     LOCMOE_CHECK(ce == cudaSuccess, Code::kSystemError, "cudaEventRecord: {}", cudaGetErrorString(ce));
     return ok_status();
   }
-  static void release(Request& req) {
-    auto* slot = static_cast<std::shared_ptr<Batch>*>(req.handle);
-    if (*slot && slot->use_count() == 1 && (*slot)->event) cudaEventDestroy((*slot)->event);
-    delete slot;
+  // Frees the request's slot; the batch goes back to the pool (its event kept) with its last one.
+  void release(Request& req) {
+    const uint32_t slot = slot_of(req);
+    const int batch = slot_batch_[slot];
+    if (batch >= 0 && --batches_[batch].refs == 0) free_batches_.push_back(batch);
+    if (batch < 0) {  // never launched: drop it from the pending batch
+      for (size_t i = 0; i < pending_.size(); ++i)
+        if (pending_[i].slot == slot) {
+          pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(i));
+          break;
+        }
+    }
+    slot_batch_[slot] = -1;
+    free_slots_.push_back(slot);
     req.handle = nullptr;
   }
   // Non-blocking NCCL calls return ncclInProgress; poll against our deadline, abort past it.
@@ -142,21 +195,26 @@ class NcclTransport final : public Transport {
     const auto deadline = Clock::now() + std::chrono::duration<double>(timeout_s_);
     ncclResult_t state = ncclInProgress;
     while (true) {
-      ncclCommGetAsyncError(comm_, &state);
+      nccl_->CommGetAsyncError(comm_, &state);
       if (state != ncclInProgress) break;
       if (Clock::now() > deadline) {
         failed_ = true;
         return error(Code::kTimeout, "{} on rank {} did not finish within {} s", what, rank_, timeout_s_);
       }
     }
-    LOCMOE_CHECK(state == ncclSuccess, Code::kSystemError, "{}: {}", what, ncclGetErrorString(state));
+    LOCMOE_CHECK(state == ncclSuccess, Code::kSystemError, "{}: {}", what, nccl_->GetErrorString(state));
     return ok_status();
   }
 
   int rank_, size_;
   double timeout_s_;
+  const nccl::Api* nccl_ = nullptr;
   ncclComm_t comm_ = nullptr;
   std::vector<PendingOp> pending_;
+  std::vector<Batch> batches_;
+  std::vector<int> free_batches_;
+  std::vector<int> slot_batch_;  // request slot -> its batch, -1 before launch
+  std::vector<uint32_t> free_slots_;
   bool failed_ = false;
 };
 

@@ -15,7 +15,8 @@ namespace locmoe {
 // MPI must be initialized by the caller and stay so while the bootstrap lives. Collectives are
 // non-blocking MPI calls polled against LOCMOE_TIMEOUT_S: a rank that never arrives gives
 // Code::kTimeout instead of a hang (Open MPI has no ULFM; see docs/ARCHITECTURE.md).
-Result<std::unique_ptr<Bootstrap>> make_mpi_bootstrap(MPI_Comm comm);
+// `timeout_s`: the deadline of every collective (0 = LOCMOE_TIMEOUT_S; negative refused).
+Result<std::unique_ptr<Bootstrap>> make_mpi_bootstrap(MPI_Comm comm, double timeout_s = 0);
 
 // TCP rendezvous, for jobs started without MPI (torchrun and the like). Rank 0 listens on
 // `addr`:`port` (a host name or IPv4 address of rank 0's machine; rank 0 binds all interfaces)
@@ -23,8 +24,10 @@ Result<std::unique_ptr<Bootstrap>> make_mpi_bootstrap(MPI_Comm comm);
 // rank 0 (a star: fine for the small messages a bootstrap carries). Every connect, accept and
 // receive has the LOCMOE_TIMEOUT_S deadline; a peer that closes its socket gives
 // Code::kPeerFailure naming it, one that stays silent Code::kTimeout naming it, and a peer that
-// calls a different collective or size Code::kMismatch. `rank` in [0, size).
-Result<std::unique_ptr<Bootstrap>> make_tcp_bootstrap(const std::string& addr, int port, int rank, int size);
+// calls a different collective or size Code::kMismatch on every rank. `rank` in [0, size).
+// `timeout_s` as for make_mpi_bootstrap.
+Result<std::unique_ptr<Bootstrap>> make_tcp_bootstrap(const std::string& addr, int port, int rank, int size,
+                                                      double timeout_s = 0);
 
 // The bootstrap the environment asks for, by LOCMOE_BOOTSTRAP:
 //   mpi  - MPI_COMM_WORLD (MPI_Init is called if the caller has not; the caller finalizes);
@@ -34,6 +37,6 @@ Result<std::unique_ptr<Bootstrap>> make_tcp_bootstrap(const std::string& addr, i
 //   auto - mpi when OMPI_COMM_WORLD_SIZE is set (started by Open MPI's mpirun), else tcp when
 //          RANK and WORLD_SIZE are set, else self.
 // A missing or malformed variable is an error naming it.
-Result<std::unique_ptr<Bootstrap>> make_bootstrap_from_env();
+Result<std::unique_ptr<Bootstrap>> make_bootstrap_from_env(double timeout_s = 0);
 
 }  // namespace locmoe

@@ -3,7 +3,8 @@
 // Built from a bootstrap and a cluster map; owns the transports (MPI, UCX, NCCL behind
 // comm/transport.h) and picks the algorithm: flat (every rank to every rank) or hierarchical
 // (gather per remote node onto the rail rank, one inter-node message per remote node between
-// peers of equal local rank, scatter inside the destination node). Both give byte-identical
+// the ranks of the two nodes on the same rail lane, ClusterMap::lanes: paired by NIC, scatter
+// inside the destination node). Both give byte-identical
 // results. Every wait has the deadline LOCMOE_TIMEOUT_S (or CommConfig::timeout_s); a peer that
 // dies or stops answering gives Code::kTimeout / kPeerFailure naming the peer rank, its host and
 // the operation.
@@ -12,15 +13,15 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "locmoe/core/bootstrap.h"
+#include "locmoe/comm/plan.h"
 #include "locmoe/comm/transport.h"  // MemoryKind
 #include "locmoe/core/status.h"
-#include "locmoe/topology/cluster.h"
+#include "locmoe/topology/cluster_map.h"
 
 namespace locmoe {
-
-enum class A2AAlgo : int32_t { kAuto = 0, kFlat = 1, kHierarchical = 2 };
 
 struct CommConfig {
   std::string transport;        // "mpi" | "ucx" | "nccl"; empty = LOCMOE_TRANSPORT
@@ -28,23 +29,6 @@ struct CommConfig {
   A2AAlgo algo = A2AAlgo::kAuto;  // kAuto = LOCMOE_A2A_ALGO, then flat on one node, hier across
   uint64_t chunk_bytes = 0;       // 0 = LOCMOE_CHUNK_BYTES
   double timeout_s = 0;           // 0 = LOCMOE_TIMEOUT_S
-};
-
-// What the last exchange moved, from this rank's point of view (payload bytes only; a message
-// is one logical transfer to one peer, however many LOCMOE_CHUNK_BYTES chunks carry it; empty
-// transfers are not sent and not counted; the copy to itself is not a message).
-struct ExchangeStats {
-  uint64_t bytes_sent = 0;            // bytes this rank put on any transport (forwarding included)
-  uint64_t bytes_received = 0;        // payload bytes that landed in `recv` from other ranks
-  uint64_t internode_bytes_sent = 0;  // bytes this rank put on inter-node links
-  uint64_t internode_msgs_sent = 0;   // messages this rank sent to another node
-  uint64_t intranode_bytes_sent = 0;  // bytes to other ranks of its node (forwarding included)
-  uint64_t msgs_sent = 0;             // all data messages this rank sent
-  // Added: the count metadata every alltoallv exchanges first (2 x ranks + 2 uint64 per rank),
-  // along the same paths as the data (direct for flat; rail-aggregated for hierarchical).
-  uint64_t meta_msgs_sent = 0;
-  uint64_t meta_internode_msgs_sent = 0;
-  uint64_t chunks_sent = 0;           // transport sends of data (>= msgs_sent when chunked)
 };
 
 class Communicator {
@@ -72,6 +56,7 @@ class Communicator {
   // (exchange_counts gives them); recv_capacity is the size of `recv`: any placement past it is
   // an error before anything is written. `mem` says where both buffers live; kDevice needs the
   // NCCL transport and runs on `stream` (a cudaStream_t; nullptr = default stream).
+  // Equivalent to prepare (with these arrays) followed by execute: one metadata round per call.
   // Collective; all four arrays have size() entries, host memory, caller-owned; the self block
   // (send_counts[rank()]) is copied locally. Errors, the same on every rank because every rank
   // checks the exchanged count matrix before any data moves: kMismatch (rank a sends n bytes to
@@ -84,7 +69,53 @@ class Communicator {
                            uint64_t recv_capacity, MemoryKind mem = MemoryKind::kHost,
                            void* stream = nullptr) = 0;
 
-  // Statistics of the last exchange_counts / alltoallv on this rank.
+  // Collective, in place of the exchange_counts / alltoallv this rank cannot take part in because
+  // its own input is bad (a caller that skipped it would leave its peers waiting until the
+  // deadline): the peers' pending exchange fails at once with kMismatch naming this rank and
+  // `why`'s message, and this call returns `why`. The exchange completes on every rank, so the
+  // communicator stays usable.
+  virtual Status reject(const Status& why) { return why; }
+  // Exchanges this rank has entered (exchange_counts, alltoallv, reject): a caller learns whether a
+  // failed call of its own got as far as its first exchange.
+  virtual uint64_t exchanges() const { return 0; }
+
+  // Not collective, never waits: tells every peer that this rank gives up (locmoe_group_abort).
+  // A peer's pending or next exchange fails at once with kPeerFailure naming this rank and
+  // `message`; afterwards the communicator refuses further calls on this rank and on every rank
+  // that learned of it.
+  virtual void abort(std::string_view message) { (void)message; }
+
+  // ---- plans: negotiate once, move bytes many times (locmoe/comm/plan.h) ----------------------
+  // Negotiates an exchange: one metadata round (the same as alltoallv's, along the algorithm's
+  // paths) moves every rank's counts, then every rank checks the whole matrix and builds its plan
+  // (comm/plan.h: build_plan). Collective over all ranks; synchronizes them (nobody returns
+  // before every rank's counts arrived). Errors, the same on every rank and before any data
+  // moves: kMismatch (rank a sends n bytes to rank b, which expects m; both named), kOutOfRange
+  // (a rank's recv_capacity is below its placement), kTimeout / kPeerFailure as alltoallv. `plan`
+  // is caller-owned and written only on success; its storage is reused (prepare into the same
+  // plan allocates nothing once it held a plan of that shape). The plan stays valid for the
+  // communicator's lifetime and is bound to it (comm_id).
+  virtual Status prepare(const ExchangeSpec& spec, ExchangePlan& plan) = 0;
+  // Moves the data of `plan`: send_counts[r] bytes at send + send_displs[r] to rank r, landing at
+  // recv + its recv_displs[this rank]; no metadata round (the counts were checked by prepare).
+  // Collective: every rank executes the same plan (or its transpose/scale, executed by all in
+  // the same order); returns when this rank's part is done (its receive buffer is complete and
+  // its send buffer is free again), which does not wait for ranks it exchanges nothing with.
+  // `send` must hold plan.send_bytes bytes and `recv` plan.recv_bytes, both of plan.mem memory;
+  // kDevice runs on `stream` (cudaStream_t, nullptr = default stream) and returns after the
+  // stream completed the exchange. Buffers are caller-owned and used only during the call.
+  // Errors: kInvalidArgument for a plan of another communicator or a null buffer with bytes to
+  // move; kTimeout / kPeerFailure name the peer, its host and the stage, after which the
+  // communicator refuses further calls. Allocates nothing from the second execute of a plan
+  // shape on (the staging area and request slots are kept).
+  virtual Status execute(const ExchangePlan& plan, const void* send, void* recv, void* stream = nullptr) = 0;
+  // The opposite direction of `plan` (comm/plan.h: transpose_plan), e.g. combine after dispatch.
+  // Local: no communication; every rank transposes its own plan.
+  virtual Status transpose(const ExchangePlan& plan, ExchangePlan& out) const = 0;
+  // `plan` in units of `factor` bytes (comm/plan.h: scale_plan). Local: no communication.
+  virtual Status scale(const ExchangePlan& plan, uint64_t factor, ExchangePlan& out) const = 0;
+
+  // Statistics of the last exchange_counts / alltoallv / prepare / execute on this rank.
   virtual const ExchangeStats& last_stats() const = 0;
 };
 

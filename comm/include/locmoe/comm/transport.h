@@ -19,7 +19,7 @@
 
 #include "locmoe/core/bootstrap.h"
 #include "locmoe/core/status.h"
-#include "locmoe/topology/cluster.h"
+#include "locmoe/topology/cluster_map.h"
 
 namespace locmoe {
 

@@ -3,7 +3,10 @@
 // small all-reduces (per-expert histograms). Implementations: SelfBootstrap (one process, here),
 // MPI and TCP rendezvous (comm/). Every call is collective: all ranks call it in the same order
 // with the same sizes; an implementation fails with Code::kTimeout naming the missing peer(s)
-// when a peer does not arrive within LOCMOE_TIMEOUT_S, rather than hanging.
+// when a peer does not arrive within LOCMOE_TIMEOUT_S, rather than hanging. The MPI and TCP
+// bootstraps tag every collective with its operation and sequence number and check them on
+// arrival: a peer in another collective (or at another step) is Code::kMismatch on every rank,
+// naming that rank and both operations.
 #pragma once
 
 #include <cstddef>
@@ -33,6 +36,18 @@ class Bootstrap {
                            ReduceOp op) = 0;
   virtual Status broadcast(void* buf, size_t bytes, int root) = 0;
   virtual Status barrier() = 0;
+
+  // Collective, in place of the collective this rank cannot join because its own input is bad
+  // (a caller that skipped the collective would leave its peers waiting until the deadline).
+  // Pairs with whatever collective the peers are in: theirs fails at once with Code::kMismatch
+  // "rank R rejected its input to the collective this rank called (...): <why's message>", and
+  // this call returns `why`. Every rank stays in step: the bootstrap remains usable.
+  virtual Status reject(const Status& why) { return why; }
+  // Not collective, never waits: tells every peer that this rank gives up (an exception ends its
+  // script; locmoe_group_abort). A peer's pending or later collective on this bootstrap fails at
+  // once with Code::kPeerFailure naming this rank and `message`. Afterwards the bootstrap is
+  // unusable on every rank that learned of it (this one's calls fail at once). Idempotent.
+  virtual void abort(std::string_view message) { (void)message; }
 };
 
 // The group of one process.
@@ -51,5 +66,15 @@ class SelfBootstrap final : public Bootstrap {
 // the first rank that differs from rank 0 and both values, so mismatched shapes across ranks fail
 // cleanly instead of corrupting a later exchange.
 Status check_same_on_all_ranks(Bootstrap& bootstrap, uint64_t value, std::string_view what);
+
+// The deadline of every wait on a peer: `requested` seconds when > 0, LOCMOE_TIMEOUT_S when 0;
+// a negative, NaN or infinite value is refused naming it (never a silent fallback).
+Result<double> resolve_timeout(double requested);
+
+// Collective: the end of a collective call's local input checks, for callers whose next step is
+// not itself a bootstrap collective. `local` is this rank's verdict; a rank with an error joins as
+// a rejecting rank (Bootstrap::reject) and gets it back, every other rank gets Code::kMismatch
+// naming the first rejecting rank and its reason. One barrier when every rank's input is fine.
+Status agree_on_input(Bootstrap& bootstrap, const Status& local);
 
 }  // namespace locmoe

@@ -16,6 +16,20 @@
 // Every call is collective over the communicator's ranks (all ranks call dispatch/combine/... in
 // the same order), a rank with no tokens included. Sums have a fixed order (slot order on the
 // receiver, rank order on the source), so results are deterministic run to run.
+//
+// Synchronization. kHost: every call is synchronous (outputs are written when it returns).
+// kDevice: every call enqueues its kernels and copies on `stream` and returns once its exchanges
+// have completed (the NCCL transport polls a CUDA event recorded after each exchange, which runs
+// after the work enqueued before it on `stream`); the kernels after the last exchange (unpack,
+// token sums, weight-gradient scatter) are only enqueued, so read the outputs in `stream` order.
+// dispatch() additionally synchronizes `stream` exactly once (cudaStreamSynchronize), after its
+// last exchange, to copy the per-expert counts to the host (the handle's expert_count(),
+// expert_rows() are host values the caller's expert GEMMs need). The per-rank row counts come
+// from the plan (host), the plan's expert ids and weights go to the device from pinned staging
+// (no synchronization), and nothing else is copied back; combine(), dispatch_backward() and
+// combine_backward() copy nothing between host and device and never call
+// cudaStreamSynchronize. (Debug builds also copy slot arrays back for the token-conservation
+// check, which host dispatches always run on host data.)
 #pragma once
 
 #include <cstdint>
@@ -128,7 +142,11 @@ class Dispatcher {
 
   // x: [plan.num_tokens, H] rows of `dtype` in `memory` (read only). plan: this rank's finalized
   // plan (finalize_plan), with num_ranks / experts_per_rank / rank matching the communicator and
-  // this dispatcher, num_tokens <= max_tokens, k <= top_k. expert_in: caller-owned buffer of
+  // this dispatcher, num_tokens <= max_tokens, k <= top_k. Its counts (rank_count, expert_count,
+  // drop counters) are used as finalize_plan derived them, and its expert ids as finalize_plan
+  // validated them: a plan not finalized is kInvalidArgument; slots edited after finalize_plan are
+  // kInvalidArgument on the host path (the layout's counts differ from the plan's) and, on the
+  // device path, caught by debug builds only. expert_in: caller-owned buffer of
   // `expert_in_rows` rows (>= handle.expert_rows() after the call; max_expert_rows() always
   // suffices), written in expert-major order, padding rows zeroed. Fills `handle`.
   // stream: cudaStream_t for kDevice (nullptr = default stream), ignored for kHost.

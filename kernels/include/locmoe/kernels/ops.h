@@ -30,8 +30,10 @@ namespace locmoe::kernels {
 
 // Step 1. Lays out the copies of `plan` (T = plan.num_tokens <= layout.max_tokens; k, R and
 // experts_per_rank must equal the layout's). Writes every output array of `layout` and
-// layout.num_tokens. Plan arrays: expert[T*k], node_of_rank[R] (weight[T*k] read, slot_dropped
-// unused). Dropped and unused slots make no copy; a token with no accepted slot has no copy.
+// layout.num_tokens. Plan arrays read: expert[T*k] and weight[T*k] only (node_of_rank and
+// slot_dropped are not read and may be null). Dropped and unused slots make no copy; a token
+// with no accepted slot has no copy. Expert ids outside [-1, E): kOutOfRange on the CPU; on the
+// device (unchecked, see above) such a slot makes no copy.
 Status dispatch_layout(const Exec& exec, const PlanView& plan, DispatchLayout& layout);
 
 // Step 2. send[c] = x[copy_token[c]] for every copy c < C. x: [T, H] with T = layout.num_tokens;

@@ -28,21 +28,31 @@ struct Exec {
   void* stream = nullptr;
 };
 
-// A read-only block of rows.
+// A read-only block of rows. Row r starts at data + r * stride bytes; stride 0 means dense
+// (hidden * dtype size). A larger stride leaves bytes between rows untouched, so rows can share
+// a buffer with other per-row data (the Dispatcher's rows carry their slot metadata behind them).
+// Only the pure copies take strided rows: dispatch_pack's send and expert_unpack's recv without
+// slot weights; every other operation refuses a stride other than 0 or the dense one.
 struct ConstRows {
   const void* data = nullptr;
   int32_t rows = 0;
   int32_t hidden = 0;
   DType dtype = DType::kF32;
+  int64_t stride = 0;
 };
-// A writable block of rows.
+// A writable block of rows (stride as in ConstRows).
 struct Rows {
   void* data = nullptr;
   int32_t rows = 0;
   int32_t hidden = 0;
   DType dtype = DType::kF32;
-  operator ConstRows() const { return ConstRows{data, rows, hidden, dtype}; }  // NOLINT
+  int64_t stride = 0;
+  operator ConstRows() const { return ConstRows{data, rows, hidden, dtype, stride}; }  // NOLINT
 };
+// Bytes from one row to the next.
+LOCMOE_HD int64_t row_stride(const ConstRows& r) {
+  return r.stride != 0 ? r.stride : static_cast<int64_t>(r.hidden) * dtype_size(r.dtype);
+}
 
 // Quantized rows: fp8 e4m3 codes (dtype.h) with one fp32 scale per row; element h of row r is
 // fp8e4m3_to_float(data[r*hidden + h]) * scale[r].

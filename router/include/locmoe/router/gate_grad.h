@@ -18,7 +18,9 @@
 namespace locmoe {
 
 // d loss / d z from d loss / d weight ([T * k], one per plan slot; -1 slots ignored).
-// renormalize must be the router's RouterConfig::renormalize: with it, a token's weights are the
+// A plan from a router carries its weight rule (RoutingPlan::weight_rule), which takes precedence
+// over `renormalize` (switch's raw p; normalize_before_drop plans are refused); for a plan built
+// from caller arrays, renormalize must be the router's RouterConfig::renormalize: with it, a token's weights are the
 // softmax restricted to its accepted experts, w_i = exp(z_i) / sum_S exp(z_j), so
 // dz_i = w_i (dw_i - sum_S dw_j w_j) on accepted experts and 0 elsewhere; without it, w_i = p_i
 // and dz = p (g - <g, p>) with g = dw on accepted experts. d_logits: [T, E].

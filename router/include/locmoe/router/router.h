@@ -37,12 +37,21 @@ enum class EcrOrder : int32_t {
   kPosition = 1,  // global token order, each token's candidates in its own score order (paper eq. 6)
 };
 
+// Which slots the top-k baselines (gshard, switch, node-limited, locmoe, hash) drop when an expert
+// is over capacity.
+enum class DropPolicy : int32_t {
+  kSlot = 0,      // GShard/DeepSpeed: slot 1 of every token (global order) before any slot 2 (default)
+  kPosition = 1,  // token-major: tokens in global order, each token's slots in order
+  kProbs = 2,     // Megatron-core "probs": each expert keeps its C most probable tokens (ties: lower id)
+};
+
 // Router names accepted by RouterConfig::name.
 inline constexpr std::string_view kRouterNames[] = {
-    "locmoe+", "gshard", "switch", "expert-choice", "node-limited", "locmoe", "hash", "dropless"};
+    "locmoe+", "gshard", "switch", "expert-choice", "node-limited", "locmoe", "hash", "dropless", "locmoe-opt", "deepseek-v3"};
 
 struct RouterConfig {
-  // locmoe+ | gshard | switch | expert-choice | node-limited | locmoe | hash | dropless.
+  // locmoe+ | gshard | switch | expert-choice | node-limited | locmoe | hash | dropless | locmoe-opt |
+  // deepseek-v3.
   std::string name = "locmoe+";
   // Maximum experts per token (switch always uses 1; expert-choice's plans have E slots per token
   // because an expert may pick any token, k only sets the capacity).
@@ -67,19 +76,53 @@ struct RouterConfig {
   double candidate_mass = 0.0;
   EcrOrder ecr_order = EcrOrder::kAffinity;
   // Combine weight = p[t,e] divided by the sum of p over the token's accepted slots (true), or the
-  // raw p (false). Applies to every router.
+  // raw p (false). Applies to every router but switch, which combines with the raw p (Switch
+  // Transformer: y = p_i(x) E_i(x), so the gate gets a gradient through the combine).
   bool renormalize = true;
+  // With renormalize: divide by the sum of p over the experts the token chose before capacity
+  // dropped any (its first k nominations), as Megatron-core and Mesh-TF's GShard do, instead of
+  // over the accepted ones. A dropped slot then loses its share of the weight.
+  bool normalize_before_drop = false;
+  // The top-k baselines' drop order (DropPolicy).
+  DropPolicy drop_policy = DropPolicy::kSlot;
   // M: nodes a token may use. node-limited: 0 = max(1, ceil(k / 2)) (DeepSeek-V3's ratio of
   // 8 experts on 4 nodes); locmoe+: 0 = off, else candidates come from at most M nodes.
   int32_t max_nodes = 0;
-  // Host threads for the logits (0 = LOCMOE_NUM_THREADS, whose 0 means hardware concurrency).
-  // Results do not depend on it.
+  // locmoe-opt (docs/ROUTING.md "## locmoe-opt"): it maximizes the kept gate mass minus these costs,
+  // in gate-probability units, per (token, expert) pair whose expert is on another node
+  // (cross_node_cost, mu) or on another rank of the token's node (same_node_cost); both >= 0.
+  double cross_node_cost = 0.05;
+  double same_node_cost = 0.0;
+  // locmoe-opt: at most this many price iterations (each one allreduce of E int64 loads); fewer
+  // when the prices meet the optimality conditions first. >= 1.
+  int32_t opt_iterations = 40;
+  // deepseek-v3 (DeepSeek-V3's gate; docs/ROUTING.md "## DeepSeek routing"): scores s = sigmoid(z)
+  // ("sigmoid") or softmax(z) ("softmax", DeepSeek-V2). Experts form `groups` groups of E / groups
+  // contiguous experts (0 = one group per node; E / R per group = DeepSeek-V2's device limit); a
+  // token picks its `topk_groups` best groups (0 = max(1, ceil(k / 2))) by group score: "top2-sum"
+  // (V3: the sum of the group's two best s + b) or "max" (V2: its best expert's s + b), then its k
+  // best experts by s + b inside them. b is the expert bias of auxiliary-loss-free balancing, used
+  // for selection only: after each step b_e += bias_update_rate * sign(mean load - load_e), loads of
+  // the selection over the group. Combine weight = s (over the sum of the kept s with renormalize)
+  // times routed_scaling_factor.
+  std::string score_function = "sigmoid";
+  int32_t groups = 0;
+  int32_t topk_groups = 0;
+  std::string group_score = "top2-sum";
+  double routed_scaling_factor = 1.0;
+  double bias_update_rate = 0.001;
+  // Every router with a capacity: C = max(C, min_capacity) (DeepSpeed's min_capacity, whose default
+  // there is 8); 0 = off. >= 0.
+  int64_t min_capacity = 0;
+  // Host threads for the logits (0 = LOCMOE_NUM_THREADS, whose 0 means this rank's share of the
+  // node's cores, locmoe/core/threads.h). Results do not depend on it.
   int32_t num_threads = 0;
 };
 
 // Checks every field (ranges above, a known name). Errors name the field and its value.
 Status validate(const RouterConfig& config);
 Result<EcrOrder> parse_ecr_order(std::string_view text);  // "affinity" | "position"
+Result<DropPolicy> parse_drop_policy(std::string_view text);  // "slot" | "position" | "probs"
 
 // Where the experts live: expert e on rank e / experts_per_rank, rank r on node node_of_rank[r].
 struct ExpertPlacement {
@@ -128,6 +171,18 @@ struct RouteStats {
   std::vector<double> max_angle;  // [E]
   std::vector<double> p95_angle;  // [E]
   std::vector<double> c_min;      // [E]
+  // locmoe-opt: price iterations run; whether the prices met the optimality conditions (the
+  // selection before repair is then the LP optimum); pairs the repair removed and the refill added;
+  // sum over kept pairs of p - link cost (the objective).
+  int64_t opt_iterations = 0;
+  bool opt_converged = false;
+  int64_t opt_repaired = 0;
+  int64_t opt_refilled = 0;
+  double objective = 0.0;
+  // locmoe-opt: the step's selection collectives (after the input checks and token counts): how
+  // many, and the payload each rank contributes to them in bytes (allreduces of int64 counts).
+  int64_t exchange_rounds = 0;
+  int64_t exchange_bytes = 0;
 };
 
 // A router instance. LocMoE+ keeps its smoothed capacity across route() calls (one instance per MoE
@@ -155,14 +210,17 @@ class Router {
 
   // Diagnostics of the last successful call.
   const RouteStats& last_stats() const { return stats_; }
-  // Forgets the smoothed capacity (the next call is a first step again).
+  // Forgets the smoothed capacity and deepseek-v3's expert bias (the next call is a first step again).
   void reset();
+  // deepseek-v3: the expert bias the next route() selects with ([E]; empty before the first call).
+  const std::vector<double>& expert_bias() const { return bias_; }
 
  private:
   explicit Router(const RouterConfig& config) : config_(config) {}
   RouterConfig config_;
   int64_t steps_ = 0;
   double smoothed_capacity_ = 0.0;
+  std::vector<double> bias_;
   RouteStats stats_;
 
   friend struct RouterImpl;

@@ -101,6 +101,15 @@ struct RoutingPlan {
   int64_t capacity = 0;
   int64_t capacity_lower_bound = 0;
 
+  // How the router formed the weights (gate_grad's combine_weight_backward follows it): unknown
+  // (a plan built from caller arrays), raw p, p renormalized over the accepted experts, or p over
+  // the sum of the token's first k nominations before the drop (RouterConfig::normalize_before_drop).
+  // kWeightOther: not a function of softmax(z) (deepseek-v3: sigmoid scores, scaling factor).
+  enum WeightRule : int32_t {
+    kWeightUnknown = 0, kWeightRaw = 1, kWeightAccepted = 2, kWeightNominated = 3, kWeightOther = 4
+  };
+  int32_t weight_rule = kWeightUnknown;
+
   PlanView view() const {
     return PlanView{num_tokens, k, num_experts, num_ranks, num_nodes, experts_per_rank, rank,
                     node_of_rank.data(), expert.data(), weight.data(), slot_dropped.data()};

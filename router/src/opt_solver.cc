@@ -1,0 +1,360 @@
+#include "opt_solver.h"
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <numeric>
+#include <thread>
+
+#include "locmoe/core/check.h"
+
+namespace locmoe::opt {
+
+Status Reducer::sum(std::span<int64_t> values) {
+  ++rounds_;
+  bytes_ += static_cast<int64_t>(values.size() * sizeof(int64_t));
+  if (group_ == nullptr || group_->size() <= 1 || values.empty()) return ok_status();
+  return group_->allreduce(values.data(), values.data(), values.size(), DataType::kInt64, ReduceOp::kSum)
+      .with_context("locmoe-opt: summing per-expert counts over the EP group");
+}
+
+namespace {
+
+// Sorted prefix of a token's experts by v (the rest have v <= the prefix's last value), so a
+// token's choice at prices >= 0 usually stops after a few entries.
+constexpr int32_t kPrefix = 16;
+
+// Rprop steps for the prices (gate-probability units).
+constexpr double kFirstStep = 0.02, kGrow = 1.5, kShrink = 0.5, kMaxStep = 1.0;
+
+// Larger key = better: the float's order as an unsigned integer, then the lower global id.
+uint64_t pair_key(float value, int64_t gid) {
+  uint32_t b = std::bit_cast<uint32_t>(value);
+  b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+  return (static_cast<uint64_t>(b) << 32) | (0xFFFFFFFFull - static_cast<uint64_t>(gid));
+}
+
+template <typename Body>
+void parallel_chunks(int64_t n, int threads, Body&& body) {
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(n, 4 * static_cast<int64_t>(threads)));
+  auto worker = [&](int64_t first) {
+    for (int64_t c = first; c < chunks; c += threads) body(n * c / chunks, n * (c + 1) / chunks, c);
+  };
+  if (threads <= 1 || chunks <= 1) {
+    for (int64_t c = 0; c < chunks; ++c) body(n * c / chunks, n * (c + 1) / chunks, c);
+    return;
+  }
+  std::vector<std::thread> pool;
+  for (int i = 0; i < std::min<int64_t>(threads, chunks); ++i) pool.emplace_back(worker, i);
+  for (auto& th : pool) th.join();
+}
+
+// A token's best experts by (reduced value desc, expert asc), at most k, values > 0.
+struct TopK {
+  int32_t n = 0;
+  double r[64];
+  int32_t e[64];
+  void clear() { n = 0; }
+  // True when (rv, ev) would enter the list.
+  bool admits(double rv, int32_t ev, int32_t k) const {
+    return n < k || rv > r[n - 1] || (rv == r[n - 1] && ev < e[n - 1]);
+  }
+  void insert(double rv, int32_t ev, int32_t k) {
+    int32_t i = n < k ? n++ : n - 1;
+    while (i > 0 && (rv > r[i - 1] || (rv == r[i - 1] && ev < e[i - 1]))) {
+      r[i] = r[i - 1];
+      e[i] = e[i - 1];
+      --i;
+    }
+    r[i] = rv;
+    e[i] = ev;
+  }
+};
+
+class Solver {
+ public:
+  Solver(const Problem& pb, Reducer& red) : pb_(pb), red_(red), E_(pb.experts), k_(pb.k) {
+    L_ = std::min(E_, kPrefix);
+  }
+
+  float value(int64_t t, int32_t e) const {
+    return pb_.p[t * E_ + e] - pb_.cost[static_cast<int64_t>(pb_.cost_row[t]) * E_ + e];
+  }
+
+  void build_prefix() {
+    const int64_t T = pb_.tokens;
+    order_.resize(static_cast<size_t>(T * L_));
+    sorted_.resize(static_cast<size_t>(T * L_));
+    parallel_chunks(T, pb_.threads, [&](int64_t t0, int64_t t1, int64_t) {
+      std::vector<int32_t> idx(static_cast<size_t>(E_));
+      std::vector<float> v(static_cast<size_t>(E_));
+      for (int64_t t = t0; t < t1; ++t) {
+        for (int32_t e = 0; e < E_; ++e) v[static_cast<size_t>(e)] = value(t, e);
+        std::iota(idx.begin(), idx.end(), 0);
+        auto before = [&](int32_t a, int32_t b) {
+          return v[static_cast<size_t>(a)] != v[static_cast<size_t>(b)] ? v[static_cast<size_t>(a)] > v[static_cast<size_t>(b)]
+                                                                          : a < b;
+        };
+        if (L_ < E_) std::nth_element(idx.begin(), idx.begin() + (L_ - 1), idx.end(), before);
+        std::sort(idx.begin(), idx.begin() + L_, before);
+        for (int32_t i = 0; i < L_; ++i) {
+          order_[static_cast<size_t>(t * L_ + i)] = idx[static_cast<size_t>(i)];
+          sorted_[static_cast<size_t>(t * L_ + i)] = v[static_cast<size_t>(idx[static_cast<size_t>(i)])];
+        }
+      }
+    });
+  }
+
+  // Token t's k best experts at prices `lam` (reduced value v - lam > 0).
+  void choose(int64_t t, const std::vector<double>& lam, TopK& top) const {
+    top.clear();
+    const int32_t* ord = order_.data() + t * L_;
+    const float* vs = sorted_.data() + t * L_;
+    bool stopped = false;
+    for (int32_t i = 0; i < L_; ++i) {
+      const float vv = vs[i];
+      // Every later expert has v <= vv and, prices being >= 0, a reduced value <= vv.
+      if (vv <= 0.0f || (top.n == k_ && static_cast<double>(vv) < top.r[k_ - 1])) {
+        stopped = true;
+        break;
+      }
+      const int32_t e = ord[i];
+      const double r = static_cast<double>(vv) - lam[static_cast<size_t>(e)];
+      if (r > 0.0 && top.admits(r, e, k_)) top.insert(r, e, k_);
+    }
+    if (stopped || L_ == E_) return;
+    top.clear();  // the prefix did not settle the choice: every expert
+    for (int32_t e = 0; e < E_; ++e) {
+      const double r = static_cast<double>(value(t, e)) - lam[static_cast<size_t>(e)];
+      if (r > 0.0 && top.admits(r, e, k_)) top.insert(r, e, k_);
+    }
+  }
+
+  // Every token's choice at `lam` into expert_ (and its count into unconstrained when asked);
+  // returns the local per-expert loads.
+  std::vector<int64_t> choose_all(const std::vector<double>& lam, std::vector<int32_t>* counts) {
+    const int64_t T = pb_.tokens;
+    const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(T, 4 * static_cast<int64_t>(pb_.threads)));
+    std::vector<std::vector<int64_t>> part(static_cast<size_t>(chunks), std::vector<int64_t>(static_cast<size_t>(E_), 0));
+    parallel_chunks(T, pb_.threads, [&](int64_t t0, int64_t t1, int64_t c) {
+      TopK top;
+      auto& load = part[static_cast<size_t>(c)];
+      for (int64_t t = t0; t < t1; ++t) {
+        choose(t, lam, top);
+        int32_t* out = expert_.data() + t * k_;
+        for (int32_t j = 0; j < k_; ++j) out[j] = j < top.n ? top.e[j] : -1;
+        for (int32_t j = 0; j < top.n; ++j) ++load[static_cast<size_t>(top.e[j])];
+        if (counts) (*counts)[static_cast<size_t>(t)] = top.n;
+      }
+    });
+    std::vector<int64_t> load(static_cast<size_t>(E_), 0);
+    for (const auto& l : part)
+      for (int32_t e = 0; e < E_; ++e) load[static_cast<size_t>(e)] += l[static_cast<size_t>(e)];
+    return load;
+  }
+
+  // Distributed selection: items (group g[i], key[i]) spread over the ranks; global_count[g] of
+  // them exist over the group; keeps, per group, the quota[g] items with the largest keys (all of
+  // them when there are no more). Radix rounds, 8 bits of the key each: one allreduce of 256
+  // counts per unresolved group; keys are unique (they end with the global token id).
+  Result<std::vector<uint8_t>> select_top(const std::vector<int32_t>& g, const std::vector<uint64_t>& key,
+                                          const std::vector<int64_t>& global_count,
+                                          const std::vector<int64_t>& quota) {
+    enum : uint8_t { kUndecided = 0, kAccept = 1, kReject = 2 };
+    std::vector<uint8_t> state(g.size(), kUndecided);
+    std::vector<int64_t> need(quota);
+    std::vector<int32_t> open;  // unresolved groups, the same list on every rank
+    for (int32_t e = 0; e < E_; ++e)
+      if (global_count[static_cast<size_t>(e)] > quota[static_cast<size_t>(e)]) open.push_back(e);
+    for (size_t i = 0; i < g.size(); ++i)
+      if (global_count[static_cast<size_t>(g[i])] <= quota[static_cast<size_t>(g[i])]) state[i] = kAccept;
+    std::vector<int32_t> slot(static_cast<size_t>(E_), -1);
+    std::vector<uint8_t> action;
+    for (int shift = 56; shift >= 0 && !open.empty(); shift -= 8) {
+      std::fill(slot.begin(), slot.end(), -1);
+      for (size_t j = 0; j < open.size(); ++j) slot[static_cast<size_t>(open[j])] = static_cast<int32_t>(j);
+      std::vector<int64_t> hist(open.size() * 256, 0);
+      for (size_t i = 0; i < g.size(); ++i) {
+        if (state[i] != kUndecided) continue;
+        const int32_t s = slot[static_cast<size_t>(g[i])];
+        if (s >= 0) ++hist[static_cast<size_t>(s) * 256 + ((key[i] >> shift) & 255)];
+      }
+      LOCMOE_RETURN_IF_ERROR(red_.sum(hist));
+      action.assign(open.size() * 256, kReject);
+      std::vector<int32_t> still;
+      for (size_t j = 0; j < open.size(); ++j) {
+        int64_t& n = need[static_cast<size_t>(open[j])];
+        bool undecided = false;
+        for (int b = 255; b >= 0 && n > 0; --b) {
+          const int64_t c = hist[j * 256 + static_cast<size_t>(b)];
+          if (c == 0) continue;
+          if (c <= n) {
+            action[j * 256 + static_cast<size_t>(b)] = kAccept;
+            n -= c;
+          } else {
+            action[j * 256 + static_cast<size_t>(b)] = kUndecided;
+            undecided = true;
+            break;
+          }
+        }
+        if (undecided) still.push_back(open[j]);
+      }
+      for (size_t i = 0; i < g.size(); ++i) {
+        if (state[i] != kUndecided) continue;
+        const int32_t s = slot[static_cast<size_t>(g[i])];
+        if (s >= 0) state[i] = action[static_cast<size_t>(s) * 256 + ((key[i] >> shift) & 255)];
+      }
+      open = std::move(still);
+    }
+    LOCMOE_CHECK(open.empty(), Code::kInternal, "locmoe-opt: selection left {} experts unresolved (duplicate keys)",
+                 open.size());
+    std::vector<uint8_t> keep(g.size());
+    for (size_t i = 0; i < g.size(); ++i) keep[i] = state[i] == kAccept;
+    return keep;
+  }
+
+  Result<Solution> run() {
+    const int64_t T = pb_.tokens, C = pb_.capacity;
+    Solution sol;
+    expert_.assign(static_cast<size_t>(T * k_), -1);
+    sol.unconstrained.assign(static_cast<size_t>(T), 0);
+    build_prefix();
+    std::vector<double> lam(static_cast<size_t>(E_), 0.0), step(static_cast<size_t>(E_), kFirstStep);
+    std::vector<int32_t> last(static_cast<size_t>(E_), 0);
+    std::vector<int64_t> load;
+    const int32_t iters = std::max(1, pb_.iterations);
+    for (int32_t it = 0; it < iters; ++it) {
+      load = choose_all(lam, it == 0 ? &sol.unconstrained : nullptr);
+      LOCMOE_RETURN_IF_ERROR(red_.sum(load));
+      sol.iterations = it + 1;
+      bool optimal = true;
+      for (int32_t e = 0; e < E_; ++e) {
+        const int64_t l = load[static_cast<size_t>(e)];
+        if (l > C || (lam[static_cast<size_t>(e)] > 0.0 && l != C)) optimal = false;
+      }
+      if (optimal) {
+        sol.converged = true;
+        break;
+      }
+      if (it + 1 == iters) break;
+      for (int32_t e = 0; e < E_; ++e) {
+        const size_t i = static_cast<size_t>(e);
+        const int64_t ex = load[i] - C;
+        const int32_t s = ex > 0 ? 1 : (ex < 0 && lam[i] > 0.0 ? -1 : 0);
+        if (s != 0) {
+          if (s == last[i]) step[i] = std::min(step[i] * kGrow, kMaxStep);
+          else if (s == -last[i]) step[i] *= kShrink;
+          lam[i] = std::max(0.0, lam[i] + s * step[i]);
+        }
+        last[i] = s;
+      }
+    }
+
+    // Repair: experts above C keep their C holders of largest reduced value.
+    {
+      std::vector<int32_t> g;
+      std::vector<uint64_t> key;
+      std::vector<int64_t> where;  // slot index of each item
+      for (int64_t t = 0; t < T; ++t)
+        for (int32_t j = 0; j < k_; ++j) {
+          const int32_t e = expert_[static_cast<size_t>(t * k_ + j)];
+          if (e < 0 || load[static_cast<size_t>(e)] <= C) continue;
+          g.push_back(e);
+          key.push_back(pair_key(static_cast<float>(static_cast<double>(value(t, e)) - lam[static_cast<size_t>(e)]),
+                                 pb_.gid0 + t));
+          where.push_back(t * k_ + j);
+        }
+      bool over = false;
+      for (int32_t e = 0; e < E_; ++e) over = over || load[static_cast<size_t>(e)] > C;
+      if (over) {
+        LOCMOE_ASSIGN_OR_RETURN(std::vector<uint8_t> keep,
+                                select_top(g, key, load, std::vector<int64_t>(static_cast<size_t>(E_), C)));
+        for (size_t i = 0; i < g.size(); ++i)
+          if (!keep[i]) expert_[static_cast<size_t>(where[i])] = -1;
+        for (int32_t e = 0; e < E_; ++e) {
+          if (load[static_cast<size_t>(e)] > C) sol.repaired += load[static_cast<size_t>(e)] - C;
+          load[static_cast<size_t>(e)] = std::min(load[static_cast<size_t>(e)], C);
+        }
+        compact_slots();
+      }
+    }
+
+    // Refill: free slots take the best positive-value expert with spare capacity.
+    for (int32_t round = 0; round <= k_; ++round) {
+      std::vector<int32_t> g;
+      std::vector<uint64_t> key;
+      std::vector<int64_t> who;
+      std::vector<int64_t> offers(static_cast<size_t>(E_), 0);
+      for (int64_t t = 0; t < T; ++t) {
+        const int32_t* s = expert_.data() + t * k_;
+        int32_t n = 0;
+        while (n < k_ && s[n] >= 0) ++n;
+        if (n == k_) continue;
+        int32_t best = -1;
+        float bv = 0.0f;
+        for (int32_t e = 0; e < E_; ++e) {
+          if (load[static_cast<size_t>(e)] >= C || std::find(s, s + n, e) != s + n) continue;
+          const float v = value(t, e);
+          if (v > bv) {  // strictly: ties keep the lower expert id
+            bv = v;
+            best = e;
+          }
+        }
+        if (best < 0) continue;
+        g.push_back(best);
+        key.push_back(pair_key(bv, pb_.gid0 + t));
+        who.push_back(t);
+        ++offers[static_cast<size_t>(best)];
+      }
+      LOCMOE_RETURN_IF_ERROR(red_.sum(offers));
+      int64_t total = 0;
+      for (const int64_t o : offers) total += o;
+      if (total == 0) break;
+      std::vector<int64_t> spare(static_cast<size_t>(E_));
+      for (int32_t e = 0; e < E_; ++e) spare[static_cast<size_t>(e)] = C - load[static_cast<size_t>(e)];
+      LOCMOE_ASSIGN_OR_RETURN(std::vector<uint8_t> keep, select_top(g, key, offers, spare));
+      for (size_t i = 0; i < g.size(); ++i) {
+        if (!keep[i]) continue;
+        int32_t* s = expert_.data() + who[i] * k_;
+        int32_t n = 0;
+        while (s[n] >= 0) ++n;
+        s[n] = g[i];
+      }
+      for (int32_t e = 0; e < E_; ++e) {
+        const int64_t add = std::min(offers[static_cast<size_t>(e)], spare[static_cast<size_t>(e)]);
+        load[static_cast<size_t>(e)] += add;
+        sol.refilled += add;
+      }
+    }
+    sol.expert = std::move(expert_);
+    sol.price = std::move(lam);
+    return sol;
+  }
+
+ private:
+  void compact_slots() {  // accepted experts first in each token's slots
+    for (int64_t t = 0; t < pb_.tokens; ++t) {
+      int32_t* s = expert_.data() + t * k_;
+      std::stable_partition(s, s + k_, [](int32_t e) { return e >= 0; });
+    }
+  }
+
+  const Problem& pb_;
+  Reducer& red_;
+  int32_t E_, k_, L_;
+  std::vector<int32_t> order_;
+  std::vector<float> sorted_;
+  std::vector<int32_t> expert_;
+};
+
+}  // namespace
+
+Result<Solution> solve(const Problem& problem, Reducer& reducer) {
+  LOCMOE_CHECK_ARG(problem.k >= 1 && problem.k <= 64 && problem.k <= problem.experts,
+                   "locmoe-opt: k = {} must be in [1, min(64, E = {})]", problem.k, problem.experts);
+  LOCMOE_CHECK_ARG(problem.capacity >= 1, "locmoe-opt: capacity {} must be >= 1", problem.capacity);
+  Solver s(problem, reducer);
+  return s.run();
+}
+
+}  // namespace locmoe::opt
