@@ -92,6 +92,7 @@ class CommunicatorImpl final : public Communicator {
   const ExchangeStats& last_stats() const override { return stats_; }
 
   uint64_t exchanges() const override { return seq_; }
+  Counters counters() const override { return counters_; }
   Status reject(const Status& why) override {
     stats_ = {};
     if (failed_ || n_ == 1) {
@@ -174,6 +175,7 @@ class CommunicatorImpl final : public Communicator {
   Status exchange_rows(std::string_view op) {
     LOCMOE_CHECK(!failed_, Code::kPeerFailure, "communicator unusable after an earlier peer failure or timeout");
     ++seq_;
+    ++counters_.metadata_rounds;
     const size_t len = plan_row_len(n_);
     if (!inter_->supports(MemoryKind::kHost) || (intra_ && !intra_->supports(MemoryKind::kHost))) {
       // Device-only transports (NCCL) cannot carry host metadata: the bootstrap does.
@@ -212,6 +214,7 @@ class CommunicatorImpl final : public Communicator {
     LOCMOE_CHECK(!failed_, Code::kPeerFailure, "communicator unusable after an earlier peer failure or timeout");
     stats_ = plan.stats;
     ++seq_;
+    ++counters_.data_exchanges;
     staging_.reserve(plan.schedule.staging_bytes);
     ProgressEngine::Buffers b{static_cast<const char*>(send), static_cast<char*>(recv), staging_.data()};
     const char* what = plan.algo == A2AAlgo::kHierarchical ? "hierarchical" : "flat";
@@ -257,6 +260,7 @@ class CommunicatorImpl final : public Communicator {
   double timeout_s_;
   int n_, me_;
   uint64_t seq_ = 0;
+  Counters counters_;
   ExchangeStats stats_;
   bool failed_ = false;
   uint64_t id_ = next_comm_id();

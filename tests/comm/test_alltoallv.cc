@@ -431,8 +431,11 @@ TEST_P(A2ATest, TransposedPlanSendsEveryByteBack) {
         SCOPED_TRACE(fmt::format("{}, algo {}, chunk {}", lname, algo == A2AAlgo::kFlat ? "flat" : "hier", chunk));
         Buffers b = make_buffers(Pattern::kRandom, 40 + chunk, n, me, true);
         ExchangePlan plan, back;
+        const Communicator::Counters c0 = comm->counters();
         Status s = comm->prepare(spec_of(b, b.recv_bytes), plan);
         ASSERT_TRUE(s.ok()) << s.to_string();
+        EXPECT_EQ(comm->counters().metadata_rounds, c0.metadata_rounds + 1);
+        EXPECT_EQ(comm->counters().data_exchanges, c0.data_exchanges);
         std::vector<uint8_t> recv(b.recv_bytes, 0xA5);
         s = comm->execute(plan, b.send.data(), recv.data());
         ASSERT_TRUE(s.ok()) << s.to_string();
@@ -454,6 +457,18 @@ TEST_P(A2ATest, TransposedPlanSendsEveryByteBack) {
                       MPI_COMM_WORLD);
         ASSERT_TRUE(again == want);
         EXPECT_EQ(comm->last_stats().meta_msgs_sent, 0u);
+        // One negotiation, two data exchanges (transpose is local).
+        EXPECT_EQ(comm->counters().metadata_rounds, c0.metadata_rounds + 1);
+        EXPECT_EQ(comm->counters().data_exchanges, c0.data_exchanges + 2);
+        // alltoallv negotiates and moves; exchange_counts only negotiates.
+        std::vector<uint64_t> learned(n);
+        ASSERT_TRUE(comm->exchange_counts(b.sc.data(), learned.data()).ok());
+        EXPECT_EQ(learned, b.rc);
+        ASSERT_TRUE(comm->alltoallv(b.send.data(), b.sc.data(), b.sd.data(), recv.data(), b.rc.data(), b.rd.data(),
+                                    recv.size())
+                        .ok());
+        EXPECT_EQ(comm->counters().metadata_rounds, c0.metadata_rounds + 3);
+        EXPECT_EQ(comm->counters().data_exchanges, c0.data_exchanges + 3);
       }
     }
   }

@@ -78,6 +78,15 @@ class Communicator {
   // Exchanges this rank has entered (exchange_counts, alltoallv, reject): a caller learns whether a
   // failed call of its own got as far as its first exchange.
   virtual uint64_t exchanges() const { return 0; }
+  // Since the communicator was made, on this rank: metadata rounds (each exchange_counts,
+  // prepare, reject and the negotiation inside alltoallv: one every-rank count exchange) and data
+  // exchanges (each execute and the data phase of alltoallv). What `locmoe-perf ep` reports per
+  // training step; a caller takes differences around the calls it measures.
+  struct Counters {
+    uint64_t metadata_rounds = 0;
+    uint64_t data_exchanges = 0;
+  };
+  virtual Counters counters() const { return {}; }
 
   // Not collective, never waits: tells every peer that this rank gives up (locmoe_group_abort).
   // A peer's pending or next exchange fails at once with kPeerFailure naming this rank and
