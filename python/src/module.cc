@@ -151,27 +151,34 @@ struct Want {
   bool (*dtype_ok)(DType) = f32;
   locmoe_memory_t mem = LOCMOE_MEMORY_HOST;
   bool of_dispatcher = false;  // mem is the dispatcher's (said in the message)
+  bool check_shape = true;     // false: rows and cols are only said in the message
 };
 
+// Why `a` is not what `w` wants ("" when it is): the argument, what it got and what was expected.
 template <class A>
-void check_array(const A& a, const char* name, const Want& w) {
+std::string array_problem(const A& a, const char* name, const Want& w) {
   auto fail = [&](const std::string& why) {
     std::string shape = std::string("[") + (w.at_least ? ">= " : "") +
                         (w.rows < 0 ? std::string("any") : std::to_string(w.rows)) + ", " +
                         (w.cols < 0 ? std::string("any") : std::to_string(w.cols)) + "]";
-    bad(std::string(name) + " " + why + ": expected " + w.dtype + " " + shape + " contiguous (row-major) in " +
-        wanted_memory(w.mem, w.of_dispatcher) + ", got " + describe(a));
+    return std::string(name) + " " + why + ": expected " + w.dtype + " " + shape + " contiguous (row-major) in " +
+           wanted_memory(w.mem, w.of_dispatcher) + ", got " + describe(a);
   };
-  if (a.ndim() != 2) fail("is " + std::to_string(a.ndim()) + "-D");
-  if (!w.dtype_ok(a.dtype())) fail("has dtype " + dtype_name(a.dtype()));
+  if (a.ndim() != 2) return fail("is " + std::to_string(a.ndim()) + "-D");
+  if (!w.dtype_ok(a.dtype())) return fail("has dtype " + dtype_name(a.dtype()));
   const int64_t rows = static_cast<int64_t>(a.shape(0)), cols = static_cast<int64_t>(a.shape(1));
-  if (w.rows >= 0 && (w.at_least ? rows < w.rows : rows != w.rows))
-    fail("has " + std::to_string(rows) + " rows");
-  if (w.cols >= 0 && cols != w.cols) fail("has " + std::to_string(cols) + " columns");
-  if (!c_contiguous(a)) fail("is not contiguous");
+  if (w.check_shape && w.rows >= 0 && (w.at_least ? rows < w.rows : rows != w.rows))
+    return fail("has " + std::to_string(rows) + " rows");
+  if (w.check_shape && w.cols >= 0 && cols != w.cols) return fail("has " + std::to_string(cols) + " columns");
+  if (!c_contiguous(a)) return fail("is not contiguous");
   const int dev = a.device_type();
   const bool mem_ok = w.mem == LOCMOE_MEMORY_DEVICE ? (dev == kDlCuda || dev == kDlCudaManaged) : dev == kDlCpu;
-  if (!mem_ok) fail("is in " + memory_name(dev));
+  if (!mem_ok) return fail("is in " + memory_name(dev));
+  return {};
+}
+template <class A>
+void check_array(const A& a, const char* name, const Want& w) {
+  if (std::string why = array_problem(a, name, w); !why.empty()) bad(why);
 }
 
 // Outputs must not share memory with any other argument of the call (the library reads its inputs
@@ -350,17 +357,38 @@ class Router {
   Router(const Router&) = delete;
   Router& operator=(const Router&) = delete;
   Plan* route(Group& g, nb::object features_obj, nb::object gate_obj, int experts_per_rank) {
+    // What only this rank can see (not an array, rank, dtype, layout, memory, more rows than int32)
+    // is refused here, before the collective. The shapes the C API is told (experts_per_rank, the
+    // gate's rows against E and its hidden size against the features') go to locmoe_route_ex even
+    // when wrong: it refuses them in this rank's turn of the routing collective, so the peers fail
+    // at once naming this rank and the reason instead of waiting for it until the timeout.
     const InArray features = input_array(features_obj, "features");
     check_array(features, "features", Want{});
     const int64_t T = static_cast<int64_t>(features.shape(0)), H = static_cast<int64_t>(features.shape(1));
     if (T > std::numeric_limits<int32_t>::max()) bad("features has " + std::to_string(T) + " rows: at most 2^31 - 1");
-    if (experts_per_rank <= 0) bad("experts_per_rank must be > 0, got " + std::to_string(experts_per_rank));
-    // The library reads E x H floats of the gate: its rows are checked against E before any read.
     const InArray gate = input_array(gate_obj, "gate");
-    check_array(gate, "gate", Want{static_cast<int64_t>(experts_per_rank) * g.size(), H});
+    const int64_t E = static_cast<int64_t>(experts_per_rank) * g.size();
+    Want want_gate{experts_per_rank > 0 ? E : -1, H};
+    want_gate.check_shape = false;
+    check_array(gate, "gate", want_gate);
+    // This rank's own refusal of a shape, in the words of every other array refusal of the module;
+    // raised (ValueError) once the C API has told the peers.
+    std::string shape_problem;
+    if (experts_per_rank <= 0) {
+      shape_problem = "experts_per_rank must be > 0, got " + std::to_string(experts_per_rank);
+    } else {
+      shape_problem = array_problem(gate, "gate", Want{E, H});
+    }
     locmoe_plan_t p = nullptr;
-    check(locmoe_route(r_, g.get(), static_cast<const float*>(features.data()), static_cast<int32_t>(T), H,
-                       static_cast<const float*>(gate.data()), experts_per_rank, &p));
+    const locmoe_status_t s =
+        locmoe_route_ex(r_, g.get(), static_cast<const float*>(features.data()), static_cast<int32_t>(T), H,
+                        static_cast<const float*>(gate.data()), static_cast<int64_t>(gate.shape(0)),
+                        static_cast<int64_t>(gate.shape(1)), experts_per_rank, &p);
+    if (!shape_problem.empty()) {
+      locmoe_plan_destroy(p);  // NULL unless the C API accepted what this module refuses
+      bad(shape_problem);
+    }
+    check(s);
     return new Plan(p);
   }
 
@@ -631,7 +659,11 @@ NB_MODULE(_locmoe, m) {
       .def("route", &Router::route, nb::arg("group"), nb::arg("features"), nb::arg("gate"),
            nb::arg("experts_per_rank"), nb::rv_policy::take_ownership, nb::keep_alive<0, 2>(),
            "Collective. features float32 [T, H] (this rank's tokens), gate float32 [E, H] (same on "
-           "every rank) -> this rank's Plan.");
+           "every rank) -> this rank's Plan. A wrong shape (gate rows != E = experts_per_rank x group "
+           "size, gate columns != H, experts_per_rank <= 0) raises ValueError here and locmoe.Error at "
+           "once on every other rank, naming this rank and the reason; the group stays usable. A wrong "
+           "dtype, layout or memory raises ValueError before the collective: the peers learn of it "
+           "when the exception ends the script (the exit hook), else at the timeout.");
 
   nb::class_<Handle>(m, "Handle", "Layouts of one dispatch, reused by combine and the backwards.")
       .def_prop_ro("generation", &Handle::generation,
