@@ -10,6 +10,8 @@ namespace {
 
 const locmoe::perf::Subcommand kSubcommands[] = {
     {"a2a", "all-to-all-v: flat vs hierarchical vs MPI_Alltoallv (run under mpirun)", locmoe::perf::run_a2a},
+    {"ep", "the Dispatcher's dispatch, combine and both backwards vs MPI_Alltoallv (run under mpirun)",
+     locmoe::perf::run_ep},
 };
 
 void usage(FILE* out) {

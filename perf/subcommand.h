@@ -11,5 +11,6 @@ struct Subcommand {
 };
 
 int run_a2a(int argc, char** argv);
+int run_ep(int argc, char** argv);
 
 }  // namespace locmoe::perf
