@@ -25,6 +25,10 @@ struct DispatchHandle::Impl {
   std::vector<int32_t> send_rank_count, send_rank_offset;  // [R], [R+1]
   std::vector<int32_t> recv_rank_count, recv_rank_offset;  // [R], [R+1]
   int32_t C = 0, N = 0;
+  // The dispatch's one negotiation (counts in rows, Communicator::prepare) and the plans derived
+  // from it locally; prepared into the same plans every step, so their storage is reused.
+  ExchangePlan rows;      // copies to each rank, in rows
+  ExchangePlan fwd_meta;  // rows with their slot metadata behind them (row bytes + 8k each)
 };
 
 DispatchHandle::~DispatchHandle() = default;
@@ -33,7 +37,9 @@ DispatchHandle::~DispatchHandle() = default;
 struct Dispatcher::Work {
   int32_t max_copies = 0;  // max_tokens * min(k, R)
   int32_t max_recv = 0;    // max_recv_rows
-  Buffer rows_a, rows_b;   // max(max_copies, max_recv) rows each
+  // max(max_copies, max_recv) rows each, of row bytes + 8k: dispatch's rows carry their slots'
+  // local experts (k int32) and weights (k fp32) behind them; the other calls use dense rows.
+  Buffer rows_a, rows_b;
   Buffer dw_recv, dw_back; // float [max_recv*k], [max_copies*k]
   // Device path only: the plan arrays the kernels read (expert, weight; node_of_rank and
   // slot_dropped are read by no kernel and stay on the host), and pinned host staging for them
@@ -137,7 +143,7 @@ Result<DispatcherSizes> Dispatcher::query_sizes(const DispatcherConfig& c, int n
   const size_t max_rows = static_cast<size_t>(std::max(l.max_copies, l.max_recv));
   DispatcherSizes s;
   s.max_expert_rows = kernels::max_expert_rows(l.max_recv, c.top_k, c.experts_per_rank, c.align);
-  s.workspace_bytes = 2 * max_rows * rb + 4 * k * static_cast<size_t>(l.max_recv + l.max_copies);
+  s.workspace_bytes = 2 * max_rows * (rb + 8 * k) + 4 * k * static_cast<size_t>(l.max_recv + l.max_copies);
   if (c.memory == MemoryKind::kDevice)
     s.workspace_bytes += static_cast<size_t>(c.max_tokens) * k * 8 + staging_bytes(c.max_tokens, c.top_k, c.experts_per_rank);
   LOCMOE_ASSIGN_OR_RETURN(const int64_t sbytes,
@@ -176,8 +182,10 @@ Result<std::unique_ptr<Dispatcher>> Dispatcher::create(Bootstrap& bootstrap, Com
   w->max_recv = static_cast<int32_t>(max_recv);
   const size_t rb = d->row_bytes();
   const size_t max_rows = static_cast<size_t>(std::max(max_copies, max_recv));
-  LOCMOE_ASSIGN_OR_RETURN(w->rows_a, Buffer::make(max_rows * rb, mem));
-  LOCMOE_ASSIGN_OR_RETURN(w->rows_b, Buffer::make(max_rows * rb, mem));
+  // Rows of the dispatch's exchange carry their slot metadata behind them (8k bytes).
+  const size_t stride = rb + 8 * static_cast<size_t>(k);
+  LOCMOE_ASSIGN_OR_RETURN(w->rows_a, Buffer::make(max_rows * stride, mem));
+  LOCMOE_ASSIGN_OR_RETURN(w->rows_b, Buffer::make(max_rows * stride, mem));
   LOCMOE_ASSIGN_OR_RETURN(w->dw_recv, Buffer::make(static_cast<size_t>(max_recv * k) * 4, mem));
   LOCMOE_ASSIGN_OR_RETURN(w->dw_back, Buffer::make(static_cast<size_t>(max_copies * k) * 4, mem));
   if (mem == MemoryKind::kDevice) {
@@ -258,134 +266,166 @@ Status Dispatcher::exchange_rows(const void* send_rows, void* recv_rows, const D
   return ok_status();
 }
 
+namespace {
+// Rows this rank can take in one dispatch without overflowing expert_in, whatever their slots:
+// N received rows fill at most N * k data rows plus L * (align - 1) padding rows. Known before
+// the exchange, so prepare's capacity check turns a too-small expert_in into an error on every
+// rank, instead of one that only this rank would find after the rows arrived.
+int64_t recv_rows_for(int64_t expert_in_rows, int64_t k, int64_t L, int64_t align) {
+  const int64_t data_rows = expert_in_rows - L * (align - 1);
+  return data_rows <= 0 ? 0 : data_rows / k;
+}
+}  // namespace
+
 Status Dispatcher::dispatch(const void* x, const RoutingPlan& plan, DispatchHandle& h, void* expert_in,
                             int64_t expert_in_rows, void* stream) {
   const int R = comm_->size();
   const int32_t L = config_.experts_per_rank, k = config_.top_k, H = static_cast<int32_t>(config_.hidden);
-  LOCMOE_CHECK_ARG(h.impl_ && h.impl_->recv_rank_count.size() == static_cast<size_t>(R) &&
-                       h.impl_->send.max_copies == work_->max_copies && h.impl_->recv.max_recv == work_->max_recv,
-                   "dispatch: the handle was made by another dispatcher");
-  LOCMOE_CHECK_ARG(plan.num_ranks == R && plan.rank == comm_->rank(),
-                   "dispatch: plan is for rank {} of {}, this is rank {} of {}", plan.rank, plan.num_ranks,
-                   comm_->rank(), R);
-  LOCMOE_CHECK_ARG(plan.experts_per_rank == L && plan.num_experts == R * L,
-                   "dispatch: plan has {} experts ({} per rank), the dispatcher {} x {} ranks",
-                   plan.num_experts, plan.experts_per_rank, L, R);
-  LOCMOE_CHECK_ARG(plan.k == k, "dispatch: plan has k = {} slots per token, dispatcher top_k = {}", plan.k, k);
-  LOCMOE_CHECK_RANGE(plan.num_tokens >= 0 && plan.num_tokens <= config_.max_tokens,
-                     "dispatch: plan has {} tokens, dispatcher max_tokens = {}", plan.num_tokens,
-                     config_.max_tokens);
-  const size_t slots = static_cast<size_t>(plan.num_tokens) * k;
-  LOCMOE_CHECK_ARG(plan.expert.size() == slots && plan.weight.size() == slots &&
-                       plan.slot_dropped.size() == slots && plan.node_of_rank.size() == static_cast<size_t>(R),
-                   "dispatch: plan arrays do not match T={} k={} R={} (finalize_plan validates them)",
-                   plan.num_tokens, k, R);
-  LOCMOE_CHECK_ARG(plan.num_tokens == 0 || x != nullptr, "dispatch: x is null with {} tokens", plan.num_tokens);
-  h.valid_ = false;
-  auto& im = *h.impl_;
   Work& w = *work_;
   const MemoryKind mem = config_.memory;
   const kernels::Exec ex = exec_for(config_, stream);
   const kernels::DType dt = config_.dtype;
-
-  // Counts and counters come from the plan, derived once by finalize_plan (which also validated
-  // its expert ids): nothing is recounted here, and on the device nothing is copied back to learn
-  // them. A plan whose slots changed after finalize_plan fails the conservation check below.
+  const size_t slots = static_cast<size_t>(std::max(plan.num_tokens, 0)) * static_cast<size_t>(std::max(k, 0));
   const size_t E = static_cast<size_t>(R) * L;
-  LOCMOE_CHECK_ARG(plan.rank_count.size() == static_cast<size_t>(R) &&
-                       plan.rank_offset.size() == static_cast<size_t>(R) + 1 && plan.expert_count.size() == E &&
-                       plan.expert_offset.size() == E + 1,
-                   "dispatch: the plan is not finalized (rank_count has {} entries, expected {}; finalize_plan "
-                   "derives the counts)", plan.rank_count.size(), R);
-  const int64_t C = plan.rank_offset[R];
-  LOCMOE_CHECK_RANGE(C >= 0 && C <= w.max_copies,
-                     "dispatch: the plan makes {} copies, at most {} possible (finalize_plan again after editing it)",
-                     C, w.max_copies);
-  const int64_t accepted = plan.expert_offset[E];
 
-  // 1. Send layout (on the device from a device copy of the plan's expert ids and weights).
-  PlanView view = plan.view();
-  if (mem == MemoryKind::kDevice) {
-    // Staged through pinned memory: an async copy from pageable memory would wait for the stream.
-    // The previous dispatch synchronized the stream after its staging copies, so reuse is safe.
-    if (w.staging_busy)  // a failed dispatch left its staging copies unawaited
-      LOCMOE_RETURN_IF_ERROR(ep_detail::sync_stream(w.staging_stream));
-    auto* st_expert = w.staging.as<int32_t>();
-    auto* st_weight = reinterpret_cast<float*>(st_expert + slots);
-    std::memcpy(st_expert, plan.expert.data(), slots * 4);
-    std::memcpy(st_weight, plan.weight.data(), slots * 4);
-    LOCMOE_RETURN_IF_ERROR(ep_detail::copy_from_host(w.plan_expert.data(), st_expert, slots * 4, mem, stream));
-    LOCMOE_RETURN_IF_ERROR(ep_detail::copy_from_host(w.plan_weight.data(), st_weight, slots * 4, mem, stream));
-    w.staging_busy = true;
-    w.staging_stream = stream;
-    view.expert = w.plan_expert.as<const int32_t>();
-    view.weight = w.plan_weight.as<const float>();
-    view.node_of_rank = nullptr;  // read by no kernel (ops.h)
-    view.slot_dropped = nullptr;
-  }
-  LOCMOE_RETURN_IF_ERROR(kernels::dispatch_layout(ex, view, im.send).with_context("dispatch"));
-  for (int r = 0; r < R; ++r) {
-    im.send_rank_count[r] = plan.rank_count[r];
-    im.send_rank_offset[r] = static_cast<int32_t>(plan.rank_offset[r]);
-  }
-  im.send_rank_offset[R] = static_cast<int32_t>(C);
-  im.C = static_cast<int32_t>(C);
-  // Token conservation, sending side: the layout makes the plan's copies, per rank, and carries
-  // every accepted slot exactly once.
-  if (mem == MemoryKind::kHost || kCheckDeviceConservation) {
-    std::vector<int32_t> dev_counts;  // debug builds only on the device
-    const int32_t* lc = im.send.send_rank_count;
+  // 1. Everything this rank can check by itself: arguments, the send layout (on the device from
+  // a device copy of the plan's expert ids and weights) and its token conservation. A failure
+  // takes this rank's turn in the dispatch's one metadata round as a rejection
+  // (Communicator::reject), so its peers fail at once naming it instead of waiting for it.
+  auto local = [&]() -> Status {
+    LOCMOE_CHECK_ARG(h.impl_ && h.impl_->recv_rank_count.size() == static_cast<size_t>(R) &&
+                         h.impl_->send.max_copies == w.max_copies && h.impl_->recv.max_recv == w.max_recv,
+                     "dispatch: the handle was made by another dispatcher");
+    h.valid_ = false;
+    LOCMOE_CHECK_ARG(plan.num_ranks == R && plan.rank == comm_->rank(),
+                     "dispatch: plan is for rank {} of {}, this is rank {} of {}", plan.rank, plan.num_ranks,
+                     comm_->rank(), R);
+    LOCMOE_CHECK_ARG(plan.experts_per_rank == L && plan.num_experts == R * L,
+                     "dispatch: plan has {} experts ({} per rank), the dispatcher {} x {} ranks",
+                     plan.num_experts, plan.experts_per_rank, L, R);
+    LOCMOE_CHECK_ARG(plan.k == k, "dispatch: plan has k = {} slots per token, dispatcher top_k = {}", plan.k, k);
+    LOCMOE_CHECK_RANGE(plan.num_tokens >= 0 && plan.num_tokens <= config_.max_tokens,
+                       "dispatch: plan has {} tokens, dispatcher max_tokens = {}", plan.num_tokens,
+                       config_.max_tokens);
+    LOCMOE_CHECK_ARG(plan.expert.size() == slots && plan.weight.size() == slots &&
+                         plan.slot_dropped.size() == slots && plan.node_of_rank.size() == static_cast<size_t>(R),
+                     "dispatch: plan arrays do not match T={} k={} R={} (finalize_plan validates them)",
+                     plan.num_tokens, k, R);
+    LOCMOE_CHECK_ARG(plan.num_tokens == 0 || x != nullptr, "dispatch: x is null with {} tokens", plan.num_tokens);
+    LOCMOE_CHECK_RANGE(expert_in_rows >= 0, "dispatch: expert_in_rows {} must be non-negative", expert_in_rows);
+    LOCMOE_CHECK_ARG(expert_in_rows == 0 || expert_in != nullptr, "dispatch: expert_in is null with {} rows",
+                     expert_in_rows);
+    // Counts and counters come from the plan, derived once by finalize_plan (which also validated
+    // its expert ids): nothing is recounted here, and on the device nothing is copied back to
+    // learn them. A plan whose slots changed after finalize_plan fails the conservation check.
+    LOCMOE_CHECK_ARG(plan.rank_count.size() == static_cast<size_t>(R) &&
+                         plan.rank_offset.size() == static_cast<size_t>(R) + 1 && plan.expert_count.size() == E &&
+                         plan.expert_offset.size() == E + 1,
+                     "dispatch: the plan is not finalized (rank_count has {} entries, expected {}; finalize_plan "
+                     "derives the counts)", plan.rank_count.size(), R);
+    const int64_t C = plan.rank_offset[R];
+    LOCMOE_CHECK_RANGE(C >= 0 && C <= w.max_copies,
+                       "dispatch: the plan makes {} copies, at most {} possible (finalize_plan again after editing "
+                       "it)", C, w.max_copies);
+    auto& im = *h.impl_;
+    PlanView view = plan.view();
     if (mem == MemoryKind::kDevice) {
-      dev_counts.resize(static_cast<size_t>(R));
-      LOCMOE_RETURN_IF_ERROR(ep_detail::copy_to_host(dev_counts.data(), lc, static_cast<size_t>(R) * 4, mem, stream));
-      lc = dev_counts.data();
+      // Staged through pinned memory: an async copy from pageable memory would wait for the stream.
+      // The previous dispatch synchronized the stream after its staging copies, so reuse is safe.
+      if (w.staging_busy)  // a failed dispatch left its staging copies unawaited
+        LOCMOE_RETURN_IF_ERROR(ep_detail::sync_stream(w.staging_stream));
+      auto* st_expert = w.staging.as<int32_t>();
+      auto* st_weight = reinterpret_cast<float*>(st_expert + slots);
+      std::memcpy(st_expert, plan.expert.data(), slots * 4);
+      std::memcpy(st_weight, plan.weight.data(), slots * 4);
+      LOCMOE_RETURN_IF_ERROR(ep_detail::copy_from_host(w.plan_expert.data(), st_expert, slots * 4, mem, stream));
+      LOCMOE_RETURN_IF_ERROR(ep_detail::copy_from_host(w.plan_weight.data(), st_weight, slots * 4, mem, stream));
+      w.staging_busy = true;
+      w.staging_stream = stream;
+      view.expert = w.plan_expert.as<const int32_t>();
+      view.weight = w.plan_weight.as<const float>();
+      view.node_of_rank = nullptr;  // read by no kernel (ops.h)
+      view.slot_dropped = nullptr;
     }
-    for (int r = 0; r < R; ++r)
-      LOCMOE_CHECK(lc[r] == plan.rank_count[r], Code::kInvalidArgument,
-                   "dispatch: the plan counts {} copies to rank {} but its slots make {} (was it edited after "
-                   "finalize_plan?)", plan.rank_count[r], r, lc[r]);
-    LOCMOE_ASSIGN_OR_RETURN(const int64_t sent_slots, count_set_slots(im.send.copy_slot_expert, C * k, mem, stream));
-    LOCMOE_CHECK(sent_slots == accepted, Code::kInvalidArgument,
-                 "token conservation: the plan accepts {} slots but its send layout carries {} (was it edited "
-                 "after finalize_plan?)", accepted, sent_slots);
-  }
+    LOCMOE_RETURN_IF_ERROR(kernels::dispatch_layout(ex, view, im.send).with_context("dispatch"));
+    for (int r = 0; r < R; ++r) {
+      im.send_rank_count[r] = plan.rank_count[r];
+      im.send_rank_offset[r] = static_cast<int32_t>(plan.rank_offset[r]);
+    }
+    im.send_rank_offset[R] = static_cast<int32_t>(C);
+    im.C = static_cast<int32_t>(C);
+    // Token conservation, sending side: the layout makes the plan's copies, per rank, and carries
+    // every accepted slot exactly once.
+    if (mem == MemoryKind::kHost || kCheckDeviceConservation) {
+      std::vector<int32_t> dev_counts;  // debug builds only on the device
+      const int32_t* lc = im.send.send_rank_count;
+      if (mem == MemoryKind::kDevice) {
+        dev_counts.resize(static_cast<size_t>(R));
+        LOCMOE_RETURN_IF_ERROR(
+            ep_detail::copy_to_host(dev_counts.data(), lc, static_cast<size_t>(R) * 4, mem, stream));
+        lc = dev_counts.data();
+      }
+      for (int r = 0; r < R; ++r)
+        LOCMOE_CHECK(lc[r] == plan.rank_count[r], Code::kInvalidArgument,
+                     "dispatch: the plan counts {} copies to rank {} but its slots make {} (was it edited after "
+                     "finalize_plan?)", plan.rank_count[r], r, lc[r]);
+      LOCMOE_ASSIGN_OR_RETURN(const int64_t sent_slots,
+                              count_set_slots(im.send.copy_slot_expert, C * k, mem, stream));
+      LOCMOE_CHECK(sent_slots == plan.expert_offset[E], Code::kInvalidArgument,
+                   "token conservation: the plan accepts {} slots but its send layout carries {} (was it edited "
+                   "after finalize_plan?)", plan.expert_offset[E], sent_slots);
+    }
+    return ok_status();
+  };
+  if (Status s = local(); !s.ok()) return comm_->reject(s);
+  auto& im = *h.impl_;
 
-  // 2-3. Counts (announced in row bytes), then the slot metadata and the rows.
-  const size_t rb = row_bytes();
-  for (int r = 0; r < R; ++r) w.send_counts[r] = static_cast<uint64_t>(im.send_rank_count[r]) * rb;
-  LOCMOE_RETURN_IF_ERROR(comm_->exchange_counts(w.send_counts.data(), w.recv_counts.data())
-                             .with_context("dispatch: exchanging row counts"));
+  // 2. The one metadata round: counts in rows. Each rank's receive capacity in rows is the least
+  // of max_recv_rows and what its expert_in holds (recv_rows_for), checked by prepare on every
+  // rank before any row moves.
+  for (int r = 0; r < R; ++r) w.send_counts[r] = static_cast<uint64_t>(im.send_rank_count[r]);
+  ExchangeSpec spec;
+  spec.send_counts = w.send_counts.data();
+  spec.recv_capacity = static_cast<uint64_t>(
+      std::min<int64_t>(w.max_recv, recv_rows_for(expert_in_rows, k, L, config_.align)));
+  spec.mem = mem;
+  LOCMOE_RETURN_IF_ERROR(comm_->prepare(spec, im.rows).with_context(
+      "dispatch: negotiating row counts (a rank may receive at most max_recv_rows rows, and at most "
+      "(expert_in_rows - L * (align - 1)) / top_k)"));
   int64_t N = 0;
-  for (int r = 0; r < R; ++r) {
-    LOCMOE_CHECK(w.recv_counts[r] % rb == 0, Code::kMismatch,
-                 "dispatch: rank {} announced {} bytes, not a multiple of the row size {}", r,
-                 w.recv_counts[r], rb);
-    N += static_cast<int64_t>(w.recv_counts[r] / rb);
-  }
-  // Checked before any row moves: a rank over its limit fails here and its peers time out in the
-  // next exchange naming it, instead of anything writing past a buffer.
-  LOCMOE_CHECK_RANGE(N <= w.max_recv,
-                     "dispatch: rank {} receives {} rows, more than max_recv_rows {} (raise "
-                     "DispatcherConfig::max_recv_rows)", comm_->rank(), N, w.max_recv);
   im.recv_rank_offset[0] = 0;
   for (int r = 0; r < R; ++r) {
-    im.recv_rank_count[r] = static_cast<int32_t>(w.recv_counts[r] / rb);
+    im.recv_rank_count[r] = static_cast<int32_t>(im.rows.recv_counts[r]);
     im.recv_rank_offset[r + 1] = im.recv_rank_offset[r] + im.recv_rank_count[r];
+    N += im.recv_rank_count[r];
   }
   im.N = static_cast<int32_t>(N);
-  DispatchStats st;
-  const size_t meta_row = static_cast<size_t>(k) * 4;  // k int32 experts, or k fp32 weights
-  LOCMOE_RETURN_IF_ERROR(exchange_rows(im.send.copy_slot_expert, im.recv_slot_expert.data(), h, true, meta_row,
-                                       mem, stream, nullptr)
-                             .with_context("dispatch: exchanging slot experts"));
-  LOCMOE_RETURN_IF_ERROR(exchange_rows(im.send.copy_slot_weight, im.recv_slot_weight.data(), h, true, meta_row,
-                                       mem, stream, nullptr)
-                             .with_context("dispatch: exchanging slot weights"));
+  // The plans of every later exchange of this handle, derived locally (no communication): the
+  // dispatch's rows with their slot metadata behind them, and rows alone both ways.
+  const size_t rb = row_bytes(), meta = static_cast<size_t>(k) * 4, stride = rb + 2 * meta;
+  LOCMOE_RETURN_IF_ERROR(comm_->scale(im.rows, stride, im.fwd_meta).with_context("dispatch"));
+
+  // 3. Rows with their slots' local experts and weights behind them, in one exchange.
+  const int32_t C = im.C;
+  unsigned char* send = w.rows_a.data();
   LOCMOE_RETURN_IF_ERROR(kernels::dispatch_pack(ex, im.send, kernels::ConstRows{x, plan.num_tokens, H, dt},
-                                                kernels::Rows{w.rows_a.data(), im.C, H, dt})
+                                                kernels::Rows{send, C, H, dt, static_cast<int64_t>(stride)})
                              .with_context("dispatch"));
-  LOCMOE_RETURN_IF_ERROR(exchange_rows(w.rows_a.data(), w.rows_b.data(), h, true, rb, mem, stream, &st)
+  LOCMOE_RETURN_IF_ERROR(
+      ep_detail::copy_2d(send + rb, stride, im.send.copy_slot_expert, meta, meta, static_cast<size_t>(C), mem, stream));
+  LOCMOE_RETURN_IF_ERROR(ep_detail::copy_2d(send + rb + meta, stride, im.send.copy_slot_weight, meta, meta,
+                                            static_cast<size_t>(C), mem, stream));
+  LOCMOE_RETURN_IF_ERROR(comm_->execute(im.fwd_meta, send, w.rows_b.data(), stream)
                              .with_context("dispatch: exchanging token rows"));
+  const unsigned char* recv = w.rows_b.data();
+  LOCMOE_RETURN_IF_ERROR(ep_detail::copy_2d(im.recv_slot_expert.data(), meta, recv + rb, stride, meta,
+                                            static_cast<size_t>(N), mem, stream));
+  LOCMOE_RETURN_IF_ERROR(ep_detail::copy_2d(im.recv_slot_weight.data(), meta, recv + rb + meta, stride, meta,
+                                            static_cast<size_t>(N), mem, stream));
+  DispatchStats st;
+  // Payload bytes of the rows alone (every count of the plan is a multiple of the stride).
+  st.bytes_sent = im.fwd_meta.stats.bytes_sent / stride * rb;
+  st.internode_bytes_sent = im.fwd_meta.stats.internode_bytes_sent / stride * rb;
 
   // 4-5. Expert-major layout and unpack. The host needs the per-expert counts (expert_in's rows,
   // the caller's expert GEMMs): on the device one copy back into pinned memory and the
@@ -408,12 +448,14 @@ Status Dispatcher::dispatch(const void* x, const RoutingPlan& plan, DispatchHand
   for (int32_t l = 0; l < L; ++l) placed += h.expert_count_[l] = ecount[l];
   for (int32_t l = 0; l <= L; ++l) h.expert_offset_[l] = eoffset[l];
   const int64_t M = h.expert_offset_[L];
-  LOCMOE_CHECK_RANGE(M <= expert_in_rows,
-                     "dispatch: expert_in has {} rows, this dispatch needs {} (max_expert_rows() = {})",
-                     expert_in_rows, M, max_expert_rows());
-  LOCMOE_CHECK_ARG(M == 0 || expert_in != nullptr, "dispatch: expert_in is null");
-  LOCMOE_RETURN_IF_ERROR(kernels::expert_unpack(ex, im.recv, kernels::ConstRows{w.rows_b.data(), im.N, H, dt},
-                                                nullptr, kernels::Rows{expert_in, static_cast<int32_t>(M), H, dt})
+  // Guaranteed by the receive capacity prepare checked (recv_rows_for).
+  LOCMOE_CHECK(M <= expert_in_rows, Code::kInternal,
+               "dispatch: expert_in has {} rows, this dispatch needs {} although it received only {} rows", expert_in_rows,
+               M, N);
+  LOCMOE_RETURN_IF_ERROR(kernels::expert_unpack(
+                             ex, im.recv,
+                             kernels::ConstRows{recv, im.N, H, dt, static_cast<int64_t>(stride)}, nullptr,
+                             kernels::Rows{expert_in, static_cast<int32_t>(M), H, dt})
                              .with_context("dispatch"));
 
   // Token conservation, receiving side: every slot received fills exactly one expert row.
@@ -425,7 +467,7 @@ Status Dispatcher::dispatch(const void* x, const RoutingPlan& plan, DispatchHand
   }
 
   st.tokens = plan.num_tokens;
-  st.accepted_slots = accepted;
+  st.accepted_slots = plan.expert_offset[E];
   st.dropped_slots = plan.dropped_slots;
   st.dropped_tokens = plan.dropped_tokens;
   st.copies_sent = im.C;

@@ -156,4 +156,23 @@ Status copy_from_host(void* dst, const void* src, size_t bytes, MemoryKind dst_k
 #endif
 }
 
+Status copy_2d(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t rows, MemoryKind kind,
+               void* stream) {
+  if (width == 0 || rows == 0) return ok_status();
+  if (kind == MemoryKind::kHost) {
+    auto* d = static_cast<unsigned char*>(dst);
+    const auto* s = static_cast<const unsigned char*>(src);
+    for (size_t i = 0; i < rows; ++i) std::memcpy(d + i * dpitch, s + i * spitch, width);
+    return ok_status();
+  }
+#if LOCMOE_HAVE_CUDA
+  return cuda_status(cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, rows, cudaMemcpyDeviceToDevice,
+                                       static_cast<cudaStream_t>(stream)),
+                     "cudaMemcpy2DAsync D2D");
+#else
+  (void)stream;
+  return no_cuda("copy_2d");
+#endif
+}
+
 }  // namespace locmoe::ep_detail

@@ -50,6 +50,12 @@ Status sync_stream(void* stream);
 // not synchronize when `src` is pinned (Buffer::make_pinned); the source must then stay
 // unchanged until the stream has passed the copy.
 Status copy_from_host(void* dst, const void* src, size_t bytes, MemoryKind dst_kind, void* stream);
+// Copies `rows` blocks of `width` bytes, block i from src + i * spitch to dst + i * dpitch, both
+// in `kind` memory (a loop of memcpy on the host; cudaMemcpy2DAsync on `stream`, no
+// synchronization, on the device). How the Dispatcher moves slot metadata into and out of the
+// tails of its strided rows.
+Status copy_2d(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t rows, MemoryKind kind,
+               void* stream);
 // kUnsupported unless this build has CUDA and the process sees a device.
 // PCI bus id of the CUDA device current on this thread ("0000:07:00.0"); "" in a build without
 // CUDA or when no device is usable. Queries device attributes only (creates no context).
