@@ -265,17 +265,20 @@ Status check_pair(locmoe_dispatcher_t d, locmoe_handle_t h) {
   return locmoe::ok_status();
 }
 
-// A dispatcher call that this rank refused before its first exchange (its own arguments: plan,
-// handle, buffers) takes its turn in the exchange its peers wait in, as a rejecting rank: they
-// fail at once naming it and its reason, and the group stays usable.
+// A dispatch that this rank refused before its first exchange (its own arguments: plan, handle,
+// buffers) takes its turn in the metadata round its peers wait in, as a rejecting rank: they fail
+// at once naming it and its reason, and the group stays usable. combine and both backwards have
+// no metadata round (they execute the dispatch's plans): the Dispatcher itself takes part in
+// their exchanges with a bad argument and refuses the next dispatch instead; only a handle that
+// is NULL or another dispatcher's (nothing to exchange with) leaves their peers to the deadline.
 template <typename F>
-Status dispatcher_call(locmoe_dispatcher_t d, locmoe_handle_t h, F&& f) {
+Status dispatcher_call(locmoe_dispatcher_t d, locmoe_handle_t h, bool negotiates, F&& f) {
   LOCMOE_RETURN_IF_ERROR(check_dispatcher(d));
   locmoe::Communicator& comm = *d->group->comm;
   const uint64_t before = comm.exchanges();
   Status s = check_pair(d, h);
   if (s.ok()) s = f();
-  if (s.ok() || comm.exchanges() != before) return s;
+  if (s.ok() || !negotiates || comm.exchanges() != before) return s;
   return comm.reject(s);
 }
 
@@ -634,7 +637,7 @@ locmoe_status_t locmoe_handle_expert_counts(locmoe_handle_t h, int64_t* counts, 
 locmoe_status_t locmoe_dispatch(locmoe_dispatcher_t d, const void* x, locmoe_plan_t plan, locmoe_handle_t h,
                                 void* expert_in, int64_t expert_in_rows, void* stream) {
   return guarded("locmoe_dispatch", [&] {
-    return dispatcher_call(d, h, [&]() -> Status {
+    return dispatcher_call(d, h, true, [&]() -> Status {
       LOCMOE_CHECK_ARG(plan != nullptr, "plan is NULL");
       return d->d->dispatch(x, plan->plan, *h->h, expert_in, expert_in_rows, stream);
     });
@@ -643,20 +646,20 @@ locmoe_status_t locmoe_dispatch(locmoe_dispatcher_t d, const void* x, locmoe_pla
 locmoe_status_t locmoe_combine(locmoe_dispatcher_t d, const void* expert_out, locmoe_handle_t h, void* out,
                                void* stream) {
   return guarded("locmoe_combine", [&] {
-    return dispatcher_call(d, h, [&] { return d->d->combine(expert_out, *h->h, out, stream); });
+    return dispatcher_call(d, h, false, [&] { return d->d->combine(expert_out, *h->h, out, stream); });
   });
 }
 locmoe_status_t locmoe_dispatch_backward(locmoe_dispatcher_t d, const void* grad_expert_in, locmoe_handle_t h,
                                          void* grad_x, void* stream) {
   return guarded("locmoe_dispatch_backward", [&] {
-    return dispatcher_call(d, h, [&] { return d->d->dispatch_backward(grad_expert_in, *h->h, grad_x, stream); });
+    return dispatcher_call(d, h, false, [&] { return d->d->dispatch_backward(grad_expert_in, *h->h, grad_x, stream); });
   });
 }
 locmoe_status_t locmoe_combine_backward(locmoe_dispatcher_t d, const void* grad_out, locmoe_handle_t h,
                                         const void* expert_out, void* grad_expert_out, float* grad_weights,
                                         void* stream) {
   return guarded("locmoe_combine_backward", [&] {
-    return dispatcher_call(d, h, [&] {
+    return dispatcher_call(d, h, false, [&] {
       return d->d->combine_backward(grad_out, *h->h, expert_out, grad_expert_out, grad_weights, stream);
     });
   });

@@ -27,8 +27,12 @@ struct DispatchHandle::Impl {
   int32_t C = 0, N = 0;
   // The dispatch's one negotiation (counts in rows, Communicator::prepare) and the plans derived
   // from it locally; prepared into the same plans every step, so their storage is reused.
-  ExchangePlan rows;      // copies to each rank, in rows
-  ExchangePlan fwd_meta;  // rows with their slot metadata behind them (row bytes + 8k each)
+  ExchangePlan rows;       // copies to each rank, in rows
+  ExchangePlan back_rows;  // its transpose: received rows back to their sources, in rows
+  ExchangePlan fwd_meta;   // dispatch: rows with their slot metadata behind them (row bytes + 8k)
+  ExchangePlan fwd;        // combine_backward: gradient rows to the experts (row bytes)
+  ExchangePlan back;       // combine, dispatch_backward: reduced rows back (row bytes)
+  ExchangePlan back_dw;    // combine_backward: weight gradients back (4k bytes per row)
 };
 
 DispatchHandle::~DispatchHandle() = default;
@@ -50,7 +54,10 @@ struct Dispatcher::Work {
   // counts' synchronization; a dispatch failing in between leaves it set).
   bool staging_busy = false;
   void* staging_stream = nullptr;
-  std::vector<uint64_t> send_counts, send_displs, recv_counts, recv_displs;  // [R] bytes
+  std::vector<uint64_t> send_counts;  // [R] rows
+  // A combine-family call this rank refused after taking part in its exchange (which has no
+  // metadata round to refuse it in): the next dispatch rejects with it, so the peers learn of it.
+  Status refused;
 };
 
 namespace {
@@ -194,7 +201,7 @@ Result<std::unique_ptr<Dispatcher>> Dispatcher::create(Bootstrap& bootstrap, Com
     LOCMOE_ASSIGN_OR_RETURN(w->plan_weight, Buffer::make(slots * 4, mem));
     LOCMOE_ASSIGN_OR_RETURN(w->staging, Buffer::make_pinned(staging_bytes(c.max_tokens, k, c.experts_per_rank)));
   }
-  for (auto* v : {&w->send_counts, &w->send_displs, &w->recv_counts, &w->recv_displs}) v->resize(R);
+  w->send_counts.resize(R);
   d->work_ = std::move(w);
   return d;
 }
@@ -235,34 +242,6 @@ Status Dispatcher::check_handle(const DispatchHandle& h, const char* op) const {
                        h.expert_count_.size() == static_cast<size_t>(config_.experts_per_rank) &&
                        h.impl_->send.max_copies == work_->max_copies && h.impl_->recv.max_recv == work_->max_recv,
                    "{}: the handle was made by another dispatcher", op);
-  return ok_status();
-}
-
-Status Dispatcher::exchange_rows(const void* send_rows, void* recv_rows, const DispatchHandle& h,
-                                 bool forward, size_t bytes_per_row, MemoryKind mem, void* stream,
-                                 DispatchStats* stats) {
-  const auto& im = *h.impl_;
-  Work& w = *work_;
-  // Forward: copies go source -> expert rank; backward: received rows go back (transposed counts).
-  const int32_t* sc = forward ? im.send_rank_count.data() : im.recv_rank_count.data();
-  const int32_t* so = forward ? im.send_rank_offset.data() : im.recv_rank_offset.data();
-  const int32_t* rc = forward ? im.recv_rank_count.data() : im.send_rank_count.data();
-  const int32_t* ro = forward ? im.recv_rank_offset.data() : im.send_rank_offset.data();
-  const int R = comm_->size();
-  for (int r = 0; r < R; ++r) {
-    w.send_counts[r] = static_cast<uint64_t>(sc[r]) * bytes_per_row;
-    w.send_displs[r] = static_cast<uint64_t>(so[r]) * bytes_per_row;
-    w.recv_counts[r] = static_cast<uint64_t>(rc[r]) * bytes_per_row;
-    w.recv_displs[r] = static_cast<uint64_t>(ro[r]) * bytes_per_row;
-  }
-  const uint64_t capacity = static_cast<uint64_t>(ro[R]) * bytes_per_row;
-  LOCMOE_RETURN_IF_ERROR(comm_->alltoallv(send_rows, w.send_counts.data(), w.send_displs.data(), recv_rows,
-                                          w.recv_counts.data(), w.recv_displs.data(), capacity, mem, stream));
-  if (stats != nullptr) {
-    const ExchangeStats& es = comm_->last_stats();
-    stats->bytes_sent += es.bytes_sent;
-    stats->internode_bytes_sent += es.internode_bytes_sent;
-  }
   return ok_status();
 }
 
@@ -378,6 +357,11 @@ Status Dispatcher::dispatch(const void* x, const RoutingPlan& plan, DispatchHand
     return ok_status();
   };
   if (Status s = local(); !s.ok()) return comm_->reject(s);
+  if (!w.refused.ok()) {
+    Status why = std::move(w.refused);
+    w.refused = ok_status();
+    return comm_->reject(why.with_context("dispatch refused: the last call on this rank failed"));
+  }
   auto& im = *h.impl_;
 
   // 2. The one metadata round: counts in rows. Each rank's receive capacity in rows is the least
@@ -404,6 +388,10 @@ Status Dispatcher::dispatch(const void* x, const RoutingPlan& plan, DispatchHand
   // dispatch's rows with their slot metadata behind them, and rows alone both ways.
   const size_t rb = row_bytes(), meta = static_cast<size_t>(k) * 4, stride = rb + 2 * meta;
   LOCMOE_RETURN_IF_ERROR(comm_->scale(im.rows, stride, im.fwd_meta).with_context("dispatch"));
+  LOCMOE_RETURN_IF_ERROR(comm_->scale(im.rows, rb, im.fwd).with_context("dispatch"));
+  LOCMOE_RETURN_IF_ERROR(comm_->transpose(im.rows, im.back_rows).with_context("dispatch"));
+  LOCMOE_RETURN_IF_ERROR(comm_->scale(im.back_rows, rb, im.back).with_context("dispatch"));
+  LOCMOE_RETURN_IF_ERROR(comm_->scale(im.back_rows, meta, im.back_dw).with_context("dispatch"));
 
   // 3. Rows with their slots' local experts and weights behind them, in one exchange.
   const int32_t C = im.C;
@@ -482,33 +470,47 @@ Status Dispatcher::dispatch(const void* x, const RoutingPlan& plan, DispatchHand
 }
 
 Status Dispatcher::reduce_and_return(const void* rows, const DispatchHandle& h, bool weighted, void* out,
-                                     void* stream) {
+                                     void* stream, const char* op) {
   const auto& im = *h.impl_;
   Work& w = *work_;
   const int32_t H = static_cast<int32_t>(config_.hidden);
   const kernels::DType dt = config_.dtype;
   const kernels::Exec ex = exec_for(config_, stream);
   const int32_t M = static_cast<int32_t>(h.expert_rows());
-  LOCMOE_CHECK_ARG(M == 0 || rows != nullptr, "expert rows are null");
-  LOCMOE_CHECK_ARG(h.T_ == 0 || out != nullptr, "output is null with {} tokens", h.T_);
-  LOCMOE_RETURN_IF_ERROR(kernels::slot_reduce(ex, im.recv, kernels::ConstRows{rows, M, H, dt},
-                                              weighted ? im.recv_slot_weight.as<const float>() : nullptr,
-                                              kernels::Rows{w.rows_b.data(), im.N, H, dt}));
-  LOCMOE_RETURN_IF_ERROR(exchange_rows(w.rows_b.data(), w.rows_a.data(), h, false, row_bytes(), config_.memory,
-                                       stream, nullptr));
+  // A bad argument still takes part in the exchange (its peers wait in it, and it has no
+  // metadata round to refuse in): missing expert rows go out as NaN rows, so no peer's result is
+  // silently wrong, and the next dispatch refuses on every rank naming this one (Work::refused).
+  Status bad;
+  if (M > 0 && rows == nullptr) bad = error(Code::kInvalidArgument, "{}: expert rows are null", op);
+  else if (h.T_ > 0 && out == nullptr) bad = error(Code::kInvalidArgument, "{}: output is null with {} tokens", op, h.T_);
+  if (rows == nullptr && M > 0) {
+    LOCMOE_RETURN_IF_ERROR(ep_detail::fill_bytes(w.rows_b.data(), 0xFF, static_cast<size_t>(im.N) * row_bytes(),
+                                                 config_.memory, stream));
+  } else {
+    LOCMOE_RETURN_IF_ERROR(kernels::slot_reduce(ex, im.recv, kernels::ConstRows{rows, M, H, dt},
+                                                weighted ? im.recv_slot_weight.as<const float>() : nullptr,
+                                                kernels::Rows{w.rows_b.data(), im.N, H, dt})
+                               .with_context(op));
+  }
+  LOCMOE_RETURN_IF_ERROR(comm_->execute(im.back, w.rows_b.data(), w.rows_a.data(), stream).with_context(op));
+  if (!bad.ok()) {
+    w.refused = bad;
+    return bad;
+  }
   return kernels::token_combine(ex, im.send, kernels::ConstRows{w.rows_a.data(), im.C, H, dt},
-                                kernels::Rows{out, h.T_, H, dt});
+                                kernels::Rows{out, h.T_, H, dt})
+      .with_context(op);
 }
 
 Status Dispatcher::combine(const void* expert_out, const DispatchHandle& h, void* out, void* stream) {
   LOCMOE_RETURN_IF_ERROR(check_handle(h, "combine"));
-  return reduce_and_return(expert_out, h, true, out, stream).with_context("combine");
+  return reduce_and_return(expert_out, h, true, out, stream, "combine");
 }
 
 Status Dispatcher::dispatch_backward(const void* grad_expert_in, const DispatchHandle& h, void* grad_x,
                                      void* stream) {
   LOCMOE_RETURN_IF_ERROR(check_handle(h, "dispatch_backward"));
-  return reduce_and_return(grad_expert_in, h, false, grad_x, stream).with_context("dispatch_backward");
+  return reduce_and_return(grad_expert_in, h, false, grad_x, stream, "dispatch_backward");
 }
 
 Status Dispatcher::combine_backward(const void* grad_out, const DispatchHandle& h, const void* expert_out,
@@ -520,26 +522,42 @@ Status Dispatcher::combine_backward(const void* grad_out, const DispatchHandle& 
   const int32_t M = static_cast<int32_t>(h.expert_rows());
   const kernels::DType dt = config_.dtype;
   const kernels::Exec ex = exec_for(config_, stream);
-  LOCMOE_CHECK_ARG(h.T_ == 0 || grad_out != nullptr, "combine_backward: grad_out is null");
-  LOCMOE_CHECK_ARG(M == 0 || expert_out != nullptr,
-                   "combine_backward: expert_out is null (the weight gradient needs it)");
+  const MemoryKind mem = config_.memory;
+  // Bad arguments take part in both exchanges as in reduce_and_return: what they cannot
+  // compute goes out as NaN, the next dispatch refuses on every rank.
+  Status bad;
+  if (h.T_ > 0 && grad_out == nullptr) bad = error(Code::kInvalidArgument, "combine_backward: grad_out is null");
+  else if (M > 0 && expert_out == nullptr)
+    bad = error(Code::kInvalidArgument, "combine_backward: expert_out is null (the weight gradient needs it)");
   // Dispatch grad_out like x (same copies, same ranks).
-  LOCMOE_RETURN_IF_ERROR(kernels::dispatch_pack(ex, im.send, kernels::ConstRows{grad_out, h.T_, H, dt},
-                                                kernels::Rows{w.rows_a.data(), im.C, H, dt}));
-  LOCMOE_RETURN_IF_ERROR(exchange_rows(w.rows_a.data(), w.rows_b.data(), h, true, row_bytes(), config_.memory,
-                                       stream, nullptr)
+  if (h.T_ > 0 && grad_out == nullptr) {
+    LOCMOE_RETURN_IF_ERROR(ep_detail::fill_bytes(w.rows_a.data(), 0xFF, static_cast<size_t>(im.C) * row_bytes(), mem, stream));
+  } else {
+    LOCMOE_RETURN_IF_ERROR(kernels::dispatch_pack(ex, im.send, kernels::ConstRows{grad_out, h.T_, H, dt},
+                                                  kernels::Rows{w.rows_a.data(), im.C, H, dt})
+                               .with_context("combine_backward"));
+  }
+  LOCMOE_RETURN_IF_ERROR(comm_->execute(im.fwd, w.rows_a.data(), w.rows_b.data(), stream)
                              .with_context("combine_backward: exchanging gradient rows"));
   const kernels::ConstRows g{w.rows_b.data(), im.N, H, dt};
-  if (grad_expert_out != nullptr)
-    LOCMOE_RETURN_IF_ERROR(kernels::expert_unpack(ex, im.recv, g, im.recv_slot_weight.as<const float>(),
-                                                  kernels::Rows{grad_expert_out, M, H, dt}));
-  LOCMOE_RETURN_IF_ERROR(kernels::slot_dot(ex, im.recv, g, kernels::ConstRows{expert_out, M, H, dt},
-                                           w.dw_recv.as<float>()));
+  if (bad.ok()) {
+    if (grad_expert_out != nullptr)
+      LOCMOE_RETURN_IF_ERROR(kernels::expert_unpack(ex, im.recv, g, im.recv_slot_weight.as<const float>(),
+                                                    kernels::Rows{grad_expert_out, M, H, dt}));
+    LOCMOE_RETURN_IF_ERROR(kernels::slot_dot(ex, im.recv, g, kernels::ConstRows{expert_out, M, H, dt},
+                                             w.dw_recv.as<float>()));
+  } else {
+    LOCMOE_RETURN_IF_ERROR(
+        ep_detail::fill_bytes(w.dw_recv.data(), 0xFF, static_cast<size_t>(im.N) * k * sizeof(float), mem, stream));
+  }
   // Send dw back ([N,k] in received order) and scatter it onto the token slots. Done whatever
   // this rank's grad_weights is: the exchange is collective and the peers need their dw.
-  LOCMOE_RETURN_IF_ERROR(exchange_rows(w.dw_recv.data(), w.dw_back.data(), h, false, sizeof(float) * k,
-                                       config_.memory, stream, nullptr)
+  LOCMOE_RETURN_IF_ERROR(comm_->execute(im.back_dw, w.dw_recv.data(), w.dw_back.data(), stream)
                              .with_context("combine_backward: returning weight gradients"));
+  if (!bad.ok()) {
+    w.refused = bad;
+    return bad;
+  }
   if (grad_weights == nullptr) return ok_status();
   return kernels::gather_slot_grads(ex, im.send, w.dw_back.as<const float>(), grad_weights);
 }

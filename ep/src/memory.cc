@@ -175,4 +175,18 @@ Status copy_2d(void* dst, size_t dpitch, const void* src, size_t spitch, size_t 
 #endif
 }
 
+Status fill_bytes(void* dst, unsigned char value, size_t bytes, MemoryKind kind, void* stream) {
+  if (bytes == 0) return ok_status();
+  if (kind == MemoryKind::kHost) {
+    std::memset(dst, value, bytes);
+    return ok_status();
+  }
+#if LOCMOE_HAVE_CUDA
+  return cuda_status(cudaMemsetAsync(dst, value, bytes, static_cast<cudaStream_t>(stream)), "cudaMemsetAsync");
+#else
+  (void)stream;
+  return no_cuda("fill_bytes");
+#endif
+}
+
 }  // namespace locmoe::ep_detail

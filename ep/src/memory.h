@@ -56,6 +56,8 @@ Status copy_from_host(void* dst, const void* src, size_t bytes, MemoryKind dst_k
 // tails of its strided rows.
 Status copy_2d(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t rows, MemoryKind kind,
                void* stream);
+// Sets `bytes` bytes at dst (in `kind` memory) to `value` (memset; cudaMemsetAsync on `stream`).
+Status fill_bytes(void* dst, unsigned char value, size_t bytes, MemoryKind kind, void* stream);
 // kUnsupported unless this build has CUDA and the process sees a device.
 // PCI bus id of the CUDA device current on this thread ("0000:07:00.0"); "" in a build without
 // CUDA or when no device is usable. Queries device attributes only (creates no context).

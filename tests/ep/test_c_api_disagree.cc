@@ -6,6 +6,7 @@
 // every rank computes by itself).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <string>
@@ -164,9 +165,9 @@ TEST(Disagree, GateWithTheWrongRowsIsRefusedBeforeAnyRead) {
   locmoe_group_destroy(g);
 }
 
-// Dispatch and combine: a rank that refuses its own arguments before the exchange takes its turn
-// as a rejecting rank; the others fail at once naming it, and the group still dispatches and
-// combines right afterwards (identity experts: out[t] = sum of t's accepted weights * x[t]).
+// Dispatch and combine: a rank that refuses its own arguments to dispatch takes its turn in the
+// metadata round as a rejecting rank; the others fail at once naming it, and the group still
+// dispatches and combines right afterwards (identity experts: out[t] = sum of t's accepted weights * x[t]).
 TEST(Disagree, BadDispatchOrCombineArgumentOnOneRankFailsEveryRankAtOnce) {
   locmoe_group_t g = make_group();
   const int me = rank_of(g), R = size_of(g), bad = R - 1;
@@ -202,12 +203,35 @@ TEST(Disagree, BadDispatchOrCombineArgumentOnOneRankFailsEveryRankAtOnce) {
   }
   // The group still works: a full round trip on every rank.
   ASSERT_EQ(locmoe_dispatch(d, x.data(), plan, h, ein.data(), rows, nullptr), LOCMOE_OK) << last();
+  // combine has no metadata round to refuse in (it executes the dispatch's plan): rank 0 fails
+  // at once but still takes part in the exchange, so its peers' results (which do not depend on
+  // rank 0's output buffer) are complete and right, and the next dispatch fails on every rank at
+  // once naming rank 0 and its reason.
   t0 = Clock::now();
   st = locmoe_combine(d, ein.data(), h, me == 0 ? nullptr : out.data(), nullptr);
   msg = last();
   EXPECT_LT(since(t0), kFast) << msg;
+  if (me == 0) {
+    EXPECT_EQ(st, LOCMOE_ERR_INVALID_ARGUMENT) << msg;
+    EXPECT_TRUE(has(msg, "output is null")) << msg;
+  } else {
+    ASSERT_EQ(st, LOCMOE_OK) << msg;
+    for (int t = 0; t < a.T; ++t)
+      for (int c = 0; c < H; ++c) EXPECT_FLOAT_EQ(out[t * H + c], x[t * H + c]) << t;  // one slot, weight 1
+  }
+  t0 = Clock::now();
+  st = locmoe_dispatch(d, x.data(), plan, h, ein.data(), rows, nullptr);
+  msg = last();
+  EXPECT_LT(since(t0), kFast) << msg;
+  EXPECT_NE(st, LOCMOE_OK);
   EXPECT_TRUE(has(msg, "output is null")) << msg;
-  if (me != 0) EXPECT_TRUE(has(msg, "rank 0")) << msg;
+  if (me != 0) {
+    EXPECT_EQ(st, LOCMOE_ERR_MISMATCH) << msg;
+    EXPECT_TRUE(has(msg, "rank 0")) << msg;
+  }
+  // And the group still works.
+  std::fill(out.begin(), out.end(), -1.0f);
+  ASSERT_EQ(locmoe_dispatch(d, x.data(), plan, h, ein.data(), rows, nullptr), LOCMOE_OK) << last();
   ASSERT_EQ(locmoe_combine(d, ein.data(), h, out.data(), nullptr), LOCMOE_OK) << last();
   for (int t = 0; t < a.T; ++t)
     for (int c = 0; c < H; ++c) EXPECT_FLOAT_EQ(out[t * H + c], x[t * H + c]) << t;  // one slot, weight 1

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -498,6 +499,73 @@ TEST_F(DispatcherTest, DeviceMemoryWithoutGpuIsUnsupported) {
   auto d = Dispatcher::create(*g_.bootstrap, *g_.comm, cfg);
   ASSERT_FALSE(d.ok());
   EXPECT_EQ(d.status().code(), Code::kUnsupported) << d.status().to_string();
+}
+
+// The comm layer's Communicator counts its rounds (the MPI_Alltoallv oracle does not, and cannot
+// take a rejection): the tests below need it (EP_TEST_COMM=communicator).
+bool counts_rounds(const Group& g) { return g.comm->transport_name() != "mpi-oracle"; }
+
+// One training step (dispatch, combine, combine_backward, dispatch_backward) negotiates once:
+// 1 metadata round (the dispatch's prepare) and 5 data exchanges (dispatch's rows with their
+// slot metadata, combine's rows back, combine_backward's gradient rows and weight gradients,
+// dispatch_backward's rows back), with results still matching the plan-only reference. bf16 with
+// an odd H puts the slot metadata behind rows of 10 bytes (unaligned for int32).
+TEST_F(DispatcherTest, TrainingStepNegotiatesOnce) {
+  if (!counts_rounds(g_)) GTEST_SKIP() << "needs the comm layer's Communicator (EP_TEST_COMM=communicator)";
+  Case f32;
+  f32.k = 3; f32.L = 2; f32.align = 4; f32.seed = 11;
+  Case bf16;
+  bf16.dtype = TokenDType::kBF16; bf16.unit_weights = true; bf16.identity_experts = true; bf16.H = 5;
+  for (const Case& c : {f32, bf16}) {
+    const RankData mine = make_rank_data(c, g_.comm->cluster(), g_.rank);
+    const Communicator::Counters before = g_.comm->counters();
+    const RunResult res = run(c, g_, mine);  // Dispatcher::create and finalize_plan use the bootstrap
+    const Communicator::Counters after = g_.comm->counters();
+    ASSERT_TRUE(res.status.ok()) << res.status.to_string();
+    EXPECT_EQ(after.metadata_rounds - before.metadata_rounds, 1u);
+    EXPECT_EQ(after.data_exchanges - before.data_exchanges, 5u);
+    check_against_reference(c, g_, res, c.dtype == TokenDType::kBF16 ? 0.0 : 1e-5);
+  }
+}
+
+// A too-small expert_in on one rank is known before any row moves (N received rows need at most
+// N * k + L * (align - 1) expert rows): every rank fails in the dispatch's metadata round, naming
+// that rank, instead of it alone finding out after the exchange (its peers would then wait in
+// the next call until the deadline). The group works right afterwards.
+TEST_F(DispatcherTest, TooSmallExpertInOnOneRankFailsEveryRank) {
+  if (!counts_rounds(g_)) GTEST_SKIP() << "needs the comm layer's Communicator (EP_TEST_COMM=communicator)";
+  if (g_.size < 2) GTEST_SKIP() << "needs 2 ranks";
+  const int bad = g_.size - 1;
+  DispatcherConfig cfg;
+  cfg.experts_per_rank = 2; cfg.hidden = 4; cfg.max_tokens = 6; cfg.top_k = 1;
+  auto d = Dispatcher::create(*g_.bootstrap, *g_.comm, cfg);
+  ASSERT_TRUE(d.ok()) << d.status().to_string();
+  auto h = (*d)->make_handle();
+  ASSERT_TRUE(h.ok());
+  // Every token of every rank goes to expert 0 of rank `bad`: it receives 6 * R rows.
+  RoutingPlan p = test::random_plan(g_.rank, g_.comm->cluster(), 2, 6, 1, 0.0, 3);
+  for (auto& e : p.expert) e = bad * 2;
+  for (auto& w : p.weight) w = 1.0f;
+  ASSERT_TRUE(finalize_plan(p, g_.bootstrap.get()).ok());
+  const int64_t cap = (*d)->max_expert_rows(), need = int64_t{6} * g_.size;
+  std::vector<float> x(6 * 4, 1.0f), ein(cap * 4);
+  const int64_t rows = g_.rank == bad ? need - 1 : cap;
+  const auto t0 = std::chrono::steady_clock::now();
+  Status s = (*d)->dispatch(x.data(), p, **h, ein.data(), rows);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_EQ(s.code(), Code::kOutOfRange) << s.to_string();
+  EXPECT_NE(s.message().find("rank " + std::to_string(bad) + "'s receive buffer holds " + std::to_string(need - 1)),
+            std::string::npos)
+      << s.to_string();
+  EXPECT_LT(secs, 5.0) << "every rank must fail in the metadata round, not wait for a deadline";
+  EXPECT_FALSE((*h)->valid());
+  s = (*d)->dispatch(x.data(), p, **h, ein.data(), cap);
+  ASSERT_TRUE(s.ok()) << s.to_string();
+  EXPECT_EQ((*h)->expert_rows(), g_.rank == bad ? need : 0);
+  std::vector<float> out(6 * 4);
+  s = (*d)->combine(ein.data(), **h, out.data());
+  ASSERT_TRUE(s.ok()) << s.to_string();
+  for (float v : out) EXPECT_FLOAT_EQ(v, 1.0f);  // expert_in unchanged (identity), one slot of weight 1
 }
 
 // The device path (NCCL communicator, kernels on the GPU) against the host path on the same data.

@@ -177,12 +177,8 @@ class Dispatcher {
   struct Work;
   Status check_handle(const DispatchHandle& h, const char* op) const;
   // Source side of combine: reduce expert rows per received row, send back, sum per token.
-  Status reduce_and_return(const void* rows, const DispatchHandle& h, bool weighted, void* out,
-                           void* stream);
-  // Sends `send_rows` (the handle's copies in send order) to their ranks; the received rows land
-  // in the receive buffer. Accumulates the exchange's bytes into `stats` when given.
-  Status exchange_rows(const void* send_rows, void* recv_rows, const DispatchHandle& h, bool forward,
-                       size_t bytes_per_row, MemoryKind mem, void* stream, DispatchStats* stats);
+  Status reduce_and_return(const void* rows, const DispatchHandle& h, bool weighted, void* out, void* stream,
+                           const char* op);
 
   DispatcherConfig config_;
   Bootstrap* bootstrap_ = nullptr;
