@@ -17,6 +17,26 @@
 // the same order), a rank with no tokens included. Sums have a fixed order (slot order on the
 // receiver, rank order on the source), so results are deterministic run to run.
 //
+// Exchanges (Communicator::counters() counts them). dispatch() negotiates once: one
+// Communicator::prepare of the per-rank row counts (the step's only metadata round; it also
+// checks every rank's receive capacity, so an over-limit rank fails on every rank before any row
+// moves), then one execute moving the rows with their slots' local experts and weights behind
+// them (row bytes + 8 * top_k per row). The handle keeps that plan and the forms derived from it
+// locally (transposed, scaled); combine() and dispatch_backward() execute the reverse (1 data
+// exchange each, no metadata round), combine_backward() the forward rows plan and the reverse
+// weight-gradient plan (2). A training step is 1 metadata round and 5 data exchanges. Every
+// dispatch prepares and derives into the handle's plans, reusing their storage.
+//
+// Errors. What a rank can refuse by itself in dispatch() (handle, plan, buffers, the send
+// layout's token conservation) takes its turn in the metadata round as a rejection
+// (Communicator::reject): every peer fails at once with kMismatch naming the rank and its reason.
+// combine() and both backwards have no metadata round to refuse in: a bad buffer argument there
+// (null with rows to read or write) fails at once on its rank, which still takes part in the
+// exchanges (sending NaN rows / gradients where it cannot compute them, so no peer result that
+// depends on it is silently wrong), and its next dispatch() fails on every rank naming it and the
+// reason. A handle that holds no dispatch or is another dispatcher's fails on its rank only
+// (there is no exchange to take part in: peers wait until the deadline).
+//
 // Synchronization. kHost: every call is synchronous (outputs are written when it returns).
 // kDevice: every call enqueues its kernels and copies on `stream` and returns once its exchanges
 // have completed (the NCCL transport polls a CUDA event recorded after each exchange, which runs
@@ -147,8 +167,13 @@ class Dispatcher {
   // validated them: a plan not finalized is kInvalidArgument; slots edited after finalize_plan are
   // kInvalidArgument on the host path (the layout's counts differ from the plan's) and, on the
   // device path, caught by debug builds only. expert_in: caller-owned buffer of
-  // `expert_in_rows` rows (>= handle.expert_rows() after the call; max_expert_rows() always
-  // suffices), written in expert-major order, padding rows zeroed. Fills `handle`.
+  // `expert_in_rows` rows, written in expert-major order (handle.expert_rows() rows after the
+  // call), padding rows zeroed. It must hold the worst case of the rows this rank receives,
+  // N * top_k + L * (align - 1) rows for N received rows (max_expert_rows() always suffices): the
+  // receive capacity prepare checks on every rank is min(max_recv_rows,
+  // (expert_in_rows - L * (align - 1)) / top_k) rows, so a rank with too small an expert_in, or
+  // receiving more than max_recv_rows, fails with kOutOfRange on every rank, naming it and both
+  // sizes in rows, before any row moves. Fills `handle` (invalid after a failed dispatch).
   // stream: cudaStream_t for kDevice (nullptr = default stream), ignored for kHost.
   Status dispatch(const void* x, const RoutingPlan& plan, DispatchHandle& handle, void* expert_in,
                   int64_t expert_in_rows, void* stream = nullptr);
