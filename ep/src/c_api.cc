@@ -420,6 +420,24 @@ locmoe_status_t locmoe_router_create(const locmoe_router_config_t* config, locmo
     rc.beta = c.beta;
     rc.capacity_floor = c.capacity_floor;
     rc.max_nodes = c.max_nodes;
+    rc.cross_node_cost = c.cross_node_cost;
+    rc.same_node_cost = c.same_node_cost;
+    rc.opt_iterations = c.opt_iterations;
+    rc.normalize_before_drop = c.normalize_before_drop != 0;
+    rc.min_capacity = c.min_capacity;
+    if (c.drop_policy != nullptr) {
+      LOCMOE_ASSIGN_OR_RETURN(rc.drop_policy, locmoe::parse_drop_policy(c.drop_policy));
+    }
+    if (c.ecr_order != nullptr) {
+      LOCMOE_ASSIGN_OR_RETURN(rc.ecr_order, locmoe::parse_ecr_order(c.ecr_order));
+    }
+    rc.candidate_mass = c.candidate_mass;
+    if (c.score_function != nullptr) rc.score_function = c.score_function;
+    rc.groups = c.groups;
+    rc.topk_groups = c.topk_groups;
+    if (c.group_score != nullptr) rc.group_score = c.group_score;
+    rc.routed_scaling_factor = c.routed_scaling_factor;
+    rc.bias_update_rate = c.bias_update_rate;
     LOCMOE_ASSIGN_OR_RETURN(locmoe::Router r, locmoe::Router::create(rc));
     auto h = std::make_unique<locmoe_router_s>();
     h->router = std::make_unique<locmoe::Router>(std::move(r));

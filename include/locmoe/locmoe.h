@@ -162,9 +162,27 @@ typedef struct locmoe_router_config_t {
   double beta;            /* LocMoE+: smoothing of C_lb across calls, [0, 1) (default 0.9) */
   int64_t capacity_floor; /* LocMoE+: smallest capacity it may use, >= 1 (default 1) */
   int32_t max_nodes;      /* node-limited / locmoe+: nodes a token may use; 0 = the router's default */
+  /* Added in the third version: the routing conventions of today's trainers and locmoe-opt's
+   * costs (the C++ RouterConfig, router/include/locmoe/router/router.h, says what each does; a
+   * shorter struct gets the defaults below). Strings are borrowed, NULL = the default. */
+  double cross_node_cost;       /* locmoe-opt: cost of a pair whose expert is on another node, >= 0 (0.05) */
+  double same_node_cost;        /* locmoe-opt: ... on another rank of the token's node, >= 0 (0) */
+  int32_t opt_iterations;       /* locmoe-opt: price iterations at most, >= 1 (40) */
+  int32_t normalize_before_drop; /* 1: renormalize over the first k nominations, before drops (0) */
+  int64_t min_capacity;         /* every router with a capacity: C = max(C, min_capacity); 0 = off (0) */
+  const char* drop_policy;      /* top-k baselines: "slot" (GShard) | "position" | "probs" (Megatron) */
+  const char* ecr_order;        /* LocMoE+: "affinity" | "position" */
+  double candidate_mass;        /* LocMoE+: q, candidates by score sum; 0 = off, else (0, 1] (0) */
+  const char* score_function;   /* deepseek-v3: "sigmoid" (V3) | "softmax" (V2) */
+  int32_t groups;               /* deepseek-v3: expert groups; 0 = one per node (0) */
+  int32_t topk_groups;          /* deepseek-v3: groups a token may use; 0 = max(1, ceil(k / 2)) (0) */
+  const char* group_score;      /* deepseek-v3: "top2-sum" (V3) | "max" (V2) */
+  double routed_scaling_factor; /* deepseek-v3: combine weights times this, > 0 (1) */
+  double bias_update_rate;      /* deepseek-v3: expert bias step per route call, >= 0 (0.001) */
 } locmoe_router_config_t;
-#define LOCMOE_ROUTER_CONFIG_INIT \
-  { (uint32_t)sizeof(locmoe_router_config_t), NULL, 2, 1.25, 0.9, 0.1, 1, 0, 0.9, 1, 0 }
+#define LOCMOE_ROUTER_CONFIG_INIT                                                                \
+  { (uint32_t)sizeof(locmoe_router_config_t), NULL, 2, 1.25, 0.9, 0.1, 1, 0, 0.9, 1, 0, 0.05, 0.0, \
+    40, 0, 0, NULL, NULL, 0.0, NULL, 0, 0, NULL, 1.0, 0.001 }
 
 /* A router (keeps LocMoE+'s smoothed capacity across calls: one per MoE layer). */
 locmoe_status_t locmoe_router_create(const locmoe_router_config_t* config, locmoe_router_t* out);

@@ -232,8 +232,11 @@ class Router(nn.Module):
     group: the ``locmoe.Group``; hidden: H; experts_per_rank: L (E = L * group.size).
     name and the router parameters: as ``locmoe.Router`` / locmoe_router_config_t (k,
     capacity_factor, tau, locality_margin, renormalize, candidates, beta, capacity_floor,
-    max_nodes). coefs: weights of the auxiliary losses in ``aux_loss`` (0 leaves a loss out of
-    the sum; it is still computed and reported). The gate float32 [E, H] starts as
+    max_nodes, and by keyword the rest of ``locmoe.Router``'s: cross_node_cost, same_node_cost,
+    opt_iterations, normalize_before_drop, min_capacity, drop_policy, ecr_order, candidate_mass,
+    score_function, groups, topk_groups, group_score, routed_scaling_factor, bias_update_rate;
+    an unknown keyword is a TypeError). coefs: weights of the auxiliary losses in ``aux_loss``
+    (0 leaves a loss out of the sum; it is still computed and reported). The gate float32 [E, H] starts as
     N(0, init_std^2) from ``seed`` (the same on every rank). One instance per MoE layer (LocMoE+
     smooths its capacity across calls).
     """
@@ -243,12 +246,12 @@ class Router(nn.Module):
                  renormalize: bool = True, candidates: int = 0, beta: float = 0.9, capacity_floor: int = 1,
                  max_nodes: int = 0, load_balance_coef: float = 0.0, z_loss_coef: float = 0.0,
                  locality_coef: float = 0.0, init_std: Optional[float] = None, seed: int = 0,
-                 collect_stats: bool = True):
+                 collect_stats: bool = True, **router_params):
         super().__init__()
         self.group, self.hidden, self.experts_per_rank = group, hidden, experts_per_rank
         self.num_experts = experts_per_rank * group.size
         self.router = _locmoe.Router(name, k, capacity_factor, tau, locality_margin, renormalize, candidates,
-                                     beta, capacity_floor, max_nodes)
+                                     beta, capacity_floor, max_nodes, **router_params)
         self.coefs = {"load_balance": load_balance_coef, "z": z_loss_coef, "locality": locality_coef}
         self.collect_stats = collect_stats
         gen = torch.Generator().manual_seed(seed)

@@ -331,23 +331,11 @@ class Plan {
 
 class Router {
  public:
-  Router(const std::string& name, int k, double capacity_factor, double tau, double locality_margin,
-         bool renormalize, int candidates, double beta, int64_t capacity_floor, int max_nodes) {
-    locmoe_router_config_t c = LOCMOE_ROUTER_CONFIG_INIT;
-    c.name = name.c_str();
-    c.k = k;
-    c.capacity_factor = capacity_factor;
-    c.tau = tau;
-    c.locality_margin = locality_margin;
-    c.renormalize = renormalize ? 1 : 0;
-    c.candidates = candidates;
-    c.beta = beta;
-    c.capacity_floor = capacity_floor;
-    c.max_nodes = max_nodes;
+  explicit Router(const locmoe_router_config_t& c) {
     check(locmoe_router_create(&c, &r_));
-    name_ = name;
-    k_ = k;
-    renormalize_ = renormalize;
+    name_ = c.name != nullptr ? c.name : "locmoe+";
+    k_ = c.k;
+    renormalize_ = c.renormalize != 0;
   }
   locmoe_router_t get() const { return r_; }
   const std::string& name() const { return name_; }
@@ -645,12 +633,51 @@ NB_MODULE(_locmoe, m) {
            "tokens) and writes d loss/d logits into d_logits; logits, d_logits float32 [T, E].");
 
   nb::class_<Router>(m, "Router", "LocMoE+ or a baseline router (one per MoE layer).")
-      .def(nb::init<const std::string&, int, double, double, double, bool, int, double, int64_t, int>(),
-           nb::arg("name") = "locmoe+", nb::arg("k") = 2, nb::arg("capacity_factor") = 1.25, nb::arg("tau") = 0.9,
-           nb::arg("locality_margin") = 0.1, nb::arg("renormalize") = true, nb::arg("candidates") = 0,
-           nb::arg("beta") = 0.9, nb::arg("capacity_floor") = 1, nb::arg("max_nodes") = 0,
-           "Parameters as locmoe_router_config_t (include/locmoe/locmoe.h); a bad value raises Error "
-           "naming it.")
+      .def(
+          "__init__",
+          [](Router* self, const std::string& name, int k, double capacity_factor, double tau, double locality_margin,
+             bool renormalize, int candidates, double beta, int64_t capacity_floor, int max_nodes,
+             double cross_node_cost, double same_node_cost, int opt_iterations, bool normalize_before_drop,
+             int64_t min_capacity, const std::string& drop_policy, const std::string& ecr_order,
+             double candidate_mass, const std::string& score_function, int groups, int topk_groups,
+             const std::string& group_score, double routed_scaling_factor, double bias_update_rate) {
+            locmoe_router_config_t c = LOCMOE_ROUTER_CONFIG_INIT;
+            c.name = name.c_str();  // the strings are copied by locmoe_router_create
+            c.k = k;
+            c.capacity_factor = capacity_factor;
+            c.tau = tau;
+            c.locality_margin = locality_margin;
+            c.renormalize = renormalize ? 1 : 0;
+            c.candidates = candidates;
+            c.beta = beta;
+            c.capacity_floor = capacity_floor;
+            c.max_nodes = max_nodes;
+            c.cross_node_cost = cross_node_cost;
+            c.same_node_cost = same_node_cost;
+            c.opt_iterations = opt_iterations;
+            c.normalize_before_drop = normalize_before_drop ? 1 : 0;
+            c.min_capacity = min_capacity;
+            c.drop_policy = drop_policy.c_str();
+            c.ecr_order = ecr_order.c_str();
+            c.candidate_mass = candidate_mass;
+            c.score_function = score_function.c_str();
+            c.groups = groups;
+            c.topk_groups = topk_groups;
+            c.group_score = group_score.c_str();
+            c.routed_scaling_factor = routed_scaling_factor;
+            c.bias_update_rate = bias_update_rate;
+            new (self) Router(c);
+          },
+          nb::arg("name") = "locmoe+", nb::arg("k") = 2, nb::arg("capacity_factor") = 1.25, nb::arg("tau") = 0.9,
+          nb::arg("locality_margin") = 0.1, nb::arg("renormalize") = true, nb::arg("candidates") = 0,
+          nb::arg("beta") = 0.9, nb::arg("capacity_floor") = 1, nb::arg("max_nodes") = 0,
+          nb::arg("cross_node_cost") = 0.05, nb::arg("same_node_cost") = 0.0, nb::arg("opt_iterations") = 40,
+          nb::arg("normalize_before_drop") = false, nb::arg("min_capacity") = 0, nb::arg("drop_policy") = "slot",
+          nb::arg("ecr_order") = "affinity", nb::arg("candidate_mass") = 0.0, nb::arg("score_function") = "sigmoid",
+          nb::arg("groups") = 0, nb::arg("topk_groups") = 0, nb::arg("group_score") = "top2-sum",
+          nb::arg("routed_scaling_factor") = 1.0, nb::arg("bias_update_rate") = 0.001,
+          "Parameters as locmoe_router_config_t (include/locmoe/locmoe.h; what each does: RouterConfig in "
+          "router/include/locmoe/router/router.h); a bad value raises Error naming it.")
       .def_prop_ro("name", &Router::name)
       .def_prop_ro("k", &Router::k)
       .def_prop_ro("renormalize", &Router::renormalize)

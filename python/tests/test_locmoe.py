@@ -235,6 +235,89 @@ class LocmoeTest(unittest.TestCase):
         self.assertIn("hidden size", str(ctx.exception))
 
 
+class RouterConventions(unittest.TestCase):
+    """The routing conventions of today's trainers reach the router from Python (issue 15), each
+    checked against its definition computed here from the logits x gate^T; collective like the
+    rest (every rank routes its own tokens)."""
+
+    def setUp(self):
+        self.g = group()
+        self.T, self.H, self.k, self.L = 32, 8, 2, 2
+        self.E = self.L * self.g.size
+        self.x = np.random.default_rng(40 + self.g.rank).standard_normal((self.T, self.H)).astype(np.float32)
+        self.gate = np.random.default_rng(41).standard_normal((self.E, self.H)).astype(np.float32)
+        z = self.x.astype(np.float64) @ self.gate.astype(np.float64).T
+        self.p = np.exp(z - z.max(axis=1, keepdims=True))
+        self.p /= self.p.sum(axis=1, keepdims=True)
+
+    def route(self, name, **kw):
+        router = locmoe.Router(name, k=self.k, **kw)
+        return router, router.route(self.g, self.x, self.gate, self.L)
+
+    def test_normalize_before_drop_divides_by_the_top_k_mass(self):
+        # Weight = p / (sum of p over the token's k most probable experts), dropped or not.
+        _, plan = self.route("gshard", capacity_factor=0.5, normalize_before_drop=True)
+        expert, weight = plan.slots()
+        topk = np.sort(self.p, axis=1)[:, -self.k:].sum(axis=1)
+        kept = expert >= 0
+        t_idx = np.nonzero(kept)[0]
+        np.testing.assert_allclose(weight[kept], self.p[t_idx, expert[kept]] / topk[t_idx], rtol=1e-5)
+        # The default divides by the kept mass: every token with a kept slot sums to 1.
+        _, after = self.route("gshard", capacity_factor=0.5)
+        e_a, w_a = after.slots()
+        np.testing.assert_array_equal(e_a, expert)
+        any_kept = kept.any(axis=1)
+        np.testing.assert_allclose(w_a[any_kept].sum(axis=1), 1.0, rtol=1e-5)
+
+    def test_min_capacity_raises_the_capacity(self):
+        router, plan = self.route("gshard", capacity_factor=0.25)
+        c_cf = int(np.ceil(0.25 * self.k * self.T * self.g.size / self.E))
+        self.assertEqual(router.last_stats()["capacity"], c_cf)
+        router, plan = self.route("gshard", capacity_factor=0.25, min_capacity=c_cf + 3)
+        self.assertEqual(router.last_stats()["capacity"], c_cf + 3)
+        counts = plan.global_expert_counts()
+        self.assertLessEqual(max(counts), c_cf + 3)
+        self.assertGreater(max(counts), c_cf, "min_capacity let no expert take more: the test would not see it")
+
+    def test_routed_scaling_factor_scales_the_weights(self):
+        _, base = self.route("deepseek-v3", capacity_factor=4.0)
+        _, scaled = self.route("deepseek-v3", capacity_factor=4.0, routed_scaling_factor=2.5)
+        e0, w0 = base.slots()
+        e1, w1 = scaled.slots()
+        np.testing.assert_array_equal(e0, e1)
+        np.testing.assert_allclose(w1, 2.5 * w0, rtol=1e-6)
+
+    def test_drop_policy_probs_keeps_the_most_probable(self):
+        # Megatron's "probs": each expert keeps its C most probable nominees of the whole group, so
+        # no dropped nominee is more probable than any kept token of that expert on any rank.
+        _, plan = self.route("gshard", capacity_factor=0.5, drop_policy="probs")
+        expert, _ = plan.slots()
+        nominated = np.argsort(-self.p, axis=1, kind="stable")[:, : self.k]
+        mins = np.zeros((self.g.size, self.E))  # this rank's row: its kept tokens' least p per expert
+        mins[self.g.rank] = 2.0
+        for t in range(self.T):
+            for e in expert[t][expert[t] >= 0]:
+                mins[self.g.rank, e] = min(mins[self.g.rank, e], self.p[t, e])
+        self.g.allreduce_sum(mins)  # every rank's row
+        kept_min = mins.min(axis=0)
+        drops = np.zeros(1)
+        for t in range(self.T):
+            for e in nominated[t]:
+                if e not in expert[t]:
+                    drops[0] += 1
+                    self.assertLessEqual(self.p[t, e], kept_min[e] + 1e-6, "token %d expert %d" % (t, e))
+        self.g.allreduce_sum(drops)
+        self.assertGreater(drops[0], 0, "nothing dropped: the test would not see the policy")
+
+    def test_bad_values_are_named(self):
+        with self.assertRaisesRegex(locmoe.Error, "drop_policy 'bogus'"):
+            locmoe.Router("gshard", drop_policy="bogus")
+        with self.assertRaisesRegex(locmoe.Error, "min_capacity"):
+            locmoe.Router("gshard", min_capacity=-1)
+        with self.assertRaises(TypeError):
+            locmoe.Router("gshard", no_such_parameter=1)
+
+
 class ArgumentsAreCheckedNeverConverted(unittest.TestCase):
     """Every array argument: outputs never converted (a converted output would be a temporary copy
     the caller never sees), read-only inputs accepted, shapes checked against each other before

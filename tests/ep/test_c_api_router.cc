@@ -6,12 +6,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "locmoe/locmoe.h"
 #include "locmoe/locmoe.hpp"
+#include "locmoe/router/router.h"
 
 namespace {
 
@@ -68,12 +70,135 @@ TEST(CApiRouter, OlderShorterConfigGetsDefaultsAndBadFieldsAreNamed) {
   locmoe_router_t router = nullptr;
   ASSERT_EQ(locmoe_router_create(&rc, &router), LOCMOE_OK) << locmoe_last_error();
   locmoe_router_destroy(router);
+  // A second-version caller: the third version's fields past its struct_size are never read
+  // (garbage there would be refused if they were).
+  rc = LOCMOE_ROUTER_CONFIG_INIT;
+  rc.struct_size = offsetof(locmoe_router_config_t, cross_node_cost);
+  rc.min_capacity = -5;
+  rc.drop_policy = "bogus";
+  router = nullptr;
+  ASSERT_EQ(locmoe_router_create(&rc, &router), LOCMOE_OK) << locmoe_last_error();
+  locmoe_router_destroy(router);
   rc = LOCMOE_ROUTER_CONFIG_INIT;
   rc.beta = 1.5;
   router = nullptr;
   EXPECT_EQ(locmoe_router_create(&rc, &router), LOCMOE_ERR_INVALID_ARGUMENT);
   EXPECT_EQ(router, nullptr);
   EXPECT_NE(std::string(locmoe_last_error()).find("beta"), std::string::npos) << locmoe_last_error();
+}
+
+// Each field of the config's third version reaches the router: for a config where the field
+// differs from its default, the C API's plan on this rank equals the C++ Router's
+// (route_all_ranks over every rank's features, regenerated here as make_batch makes them), and
+// the C++ plans of the whole group differ from those of the same config without the change (so
+// the comparison can tell a field that was dropped on the way).
+TEST(CApiRouter, ThirdVersionFieldsReachTheRouter) {
+  locmoe::api::Group group;
+  const int R = group.size(), me = group.rank();
+  // Enough experts per rank (8) and tokens that every field has something to decide.
+  struct {
+    int32_t L = 8, k = 2, H = 16, T = 64, E = 0;
+    std::vector<float> gate, x;
+  } b;
+  b.E = b.L * R;
+  std::normal_distribution<float> n01(0.0f, 1.0f);
+  std::mt19937 rg(11);
+  for (int i = 0; i < b.E * b.H; ++i) b.gate.push_back(n01(rg));
+  std::vector<float> all(static_cast<size_t>(R) * b.T * b.H);  // every rank's features
+  for (int r = 0; r < R; ++r) {
+    std::mt19937 rx(500 + r);
+    for (int i = 0; i < b.T * b.H; ++i) all[static_cast<size_t>(r) * b.T * b.H + i] = n01(rx);
+  }
+  const ptrdiff_t per_rank = static_cast<ptrdiff_t>(b.T) * b.H;
+  b.x.assign(all.begin() + me * per_rank, all.begin() + (me + 1) * per_rank);
+  locmoe::ExpertPlacement place;
+  place.experts_per_rank = b.L;
+  place.rank = me;
+  for (int r = 0; r < R; ++r) place.node_of_rank.push_back(group.node_of(r));
+  const bool two_nodes = place.num_nodes() > 1;
+  using C = locmoe_router_config_t;
+  using P = locmoe::RouterConfig;
+  struct Case {
+    const char* what;
+    const char* name;
+    std::function<void(C&, P&)> set;
+    bool needs_two_nodes = false;
+  };
+  const std::vector<Case> cases = {
+      {"cross_node_cost", "locmoe-opt", [](C& c, P& p) { c.cross_node_cost = p.cross_node_cost = 0.6; }, true},
+      {"same_node_cost", "locmoe-opt", [](C& c, P& p) { c.same_node_cost = p.same_node_cost = 0.3; }, true},
+      {"opt_iterations", "locmoe-opt", [](C& c, P& p) { c.opt_iterations = p.opt_iterations = 1; }},
+      {"min_capacity", "gshard", [](C& c, P& p) { c.min_capacity = p.min_capacity = 20; }},
+      {"drop_policy", "gshard",
+       [](C& c, P& p) { c.drop_policy = "probs", p.drop_policy = locmoe::DropPolicy::kProbs; }},
+      {"normalize_before_drop", "gshard",
+       [](C& c, P& p) { c.normalize_before_drop = 1, p.normalize_before_drop = true; }},
+      {"ecr_order", "locmoe+",
+       [](C& c, P& p) { c.ecr_order = "position", p.ecr_order = locmoe::EcrOrder::kPosition; }},
+      {"candidate_mass", "locmoe+", [](C& c, P& p) { c.candidate_mass = p.candidate_mass = 0.3; }},
+      {"score_function", "deepseek-v3", [](C& c, P& p) { c.score_function = "softmax", p.score_function = "softmax"; }},
+      {"groups+topk_groups", "deepseek-v3",
+       [](C& c, P& p) { c.groups = p.groups = 4, c.topk_groups = p.topk_groups = 1; }},
+      {"group_score", "deepseek-v3",
+       [](C& c, P& p) { c.groups = p.groups = 2, c.topk_groups = p.topk_groups = 1, c.group_score = "max",
+                        p.group_score = "max"; }},
+      {"routed_scaling_factor", "deepseek-v3",
+       [](C& c, P& p) { c.routed_scaling_factor = p.routed_scaling_factor = 2.5; }},
+  };
+  for (const Case& cs : cases) {
+    if (cs.needs_two_nodes && !two_nodes) continue;
+    SCOPED_TRACE(cs.what);
+    C c = LOCMOE_ROUTER_CONFIG_INIT;
+    P p, base;
+    c.name = cs.name;
+    p.name = base.name = cs.name;
+    c.k = p.k = base.k = b.k;
+    c.capacity_factor = p.capacity_factor = base.capacity_factor = 0.5;  // drops, so drop rules matter
+    if (std::string(cs.what) == "group_score") base.groups = 2, base.topk_groups = 1;
+    cs.set(c, p);
+    locmoe_router_t router = nullptr;
+    ASSERT_EQ(locmoe_router_create(&c, &router), LOCMOE_OK) << locmoe_last_error();
+    locmoe_plan_t plan = nullptr;
+    ASSERT_EQ(locmoe_route_ex(router, group.get(), b.x.data(), b.T, b.H, b.gate.data(), b.E, b.H, b.L, &plan),
+              LOCMOE_OK)
+        << locmoe_last_error();
+    std::vector<int32_t> expert(static_cast<size_t>(b.T) * b.k);
+    std::vector<float> weight(expert.size());
+    ASSERT_EQ(locmoe_plan_slots(plan, expert.data(), weight.data()), LOCMOE_OK);
+    locmoe_plan_destroy(plan);
+    locmoe_router_destroy(router);
+
+    const locmoe::MatrixView feats{all.data(), static_cast<int64_t>(R) * b.T, b.H};
+    const locmoe::MatrixView gate{b.gate.data(), b.E, b.H};
+    auto routed = [&](const P& cfg) {
+      auto r = locmoe::Router::create(cfg);
+      EXPECT_TRUE(r.ok()) << r.status().to_string();
+      auto plans = r->route_all_ranks(feats, gate, place);
+      EXPECT_TRUE(plans.ok()) << plans.status().to_string();
+      return std::move(*plans);
+    };
+    const std::vector<locmoe::RoutingPlan> want = routed(p), without = routed(base);
+    ASSERT_EQ(want[me].expert, expert);
+    ASSERT_EQ(want[me].weight.size(), weight.size());
+    for (size_t i = 0; i < weight.size(); ++i) EXPECT_FLOAT_EQ(want[me].weight[i], weight[i]) << "slot " << i;
+    bool differs = false;
+    for (int r = 0; r < R; ++r) differs |= want[r].expert != without[r].expert || want[r].weight != without[r].weight;
+    EXPECT_TRUE(differs) << "the field changes nothing on this input: the test cannot see it passed";
+  }
+  // Bad names are refused naming the field and the value.
+  for (auto [field, set] : std::vector<std::pair<std::string, std::function<void(C&)>>>{
+           {"drop_policy 'bogus'", [](C& c) { c.drop_policy = "bogus"; }},
+           {"ecr_order 'bogus'", [](C& c) { c.ecr_order = "bogus"; }},
+           {"score_function", [](C& c) { c.name = "deepseek-v3", c.score_function = "bogus"; }},
+           {"min_capacity", [](C& c) { c.min_capacity = -1; }},
+           {"cross_node_cost", [](C& c) { c.cross_node_cost = -0.5; }}}) {
+    C c = LOCMOE_ROUTER_CONFIG_INIT;
+    set(c);
+    locmoe_router_t router = nullptr;
+    EXPECT_EQ(locmoe_router_create(&c, &router), LOCMOE_ERR_INVALID_ARGUMENT) << field;
+    EXPECT_EQ(router, nullptr);
+    EXPECT_NE(std::string(locmoe_last_error()).find(field), std::string::npos) << locmoe_last_error();
+  }
 }
 
 // For each router: the group's expert counts equal the sum over ranks of each rank's accepted
