@@ -95,7 +95,17 @@ class Router {
     r_.reset(r);
   }
   locmoe_router_t get() const noexcept { return r_.get(); }
-  // Collective: this rank's tokens features[num_tokens, hidden], gate[E, hidden] (host).
+  // Collective: this rank's tokens features[num_tokens, hidden], gate[gate_rows, gate_hidden]
+  // (host), which must be [E, hidden], E = experts_per_rank * group size (locmoe_route_ex: a
+  // wrong shape on one rank is an error on every rank, before any read of the gate).
+  Plan route(const Group& group, const float* features, int32_t num_tokens, int64_t hidden, const float* gate,
+             int64_t gate_rows, int64_t gate_hidden, int32_t experts_per_rank) {
+    locmoe_plan_t p = nullptr;
+    check(locmoe_route_ex(get(), group.get(), features, num_tokens, hidden, gate, gate_rows, gate_hidden,
+                          experts_per_rank, &p));
+    return Plan(p);
+  }
+  // The same with a gate the caller vouches is [E, hidden] (locmoe_route: its extent is not checked).
   Plan route(const Group& group, const float* features, int32_t num_tokens, int64_t hidden, const float* gate,
              int32_t experts_per_rank) {
     locmoe_plan_t p = nullptr;

@@ -286,7 +286,14 @@ TEST(CApiRouter, AuxLossesMatchTheirFormulasAndFiniteDifferences) {
   rc.name = "gshard";
   rc.k = b.k;
   locmoe::api::Router router(rc);
-  locmoe::api::Plan plan = router.route(group, b.x.data(), b.T, b.H, b.gate.data(), b.L);
+  // The wrapper's checked form: a gate of the wrong extent throws (on every rank) before any read.
+  try {
+    (void)router.route(group, b.x.data(), b.T, b.H, b.gate.data(), b.E - 1, b.H, b.L);
+    ADD_FAILURE() << "a gate with E - 1 rows was routed";
+  } catch (const locmoe::api::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("gate"), std::string::npos) << e.what();
+  }
+  locmoe::api::Plan plan = router.route(group, b.x.data(), b.T, b.H, b.gate.data(), b.E, b.H, b.L);
   std::vector<int32_t> expert(static_cast<size_t>(b.T) * b.k);
   ASSERT_EQ(locmoe_plan_slots(plan.get(), expert.data(), nullptr), LOCMOE_OK);
   std::vector<float> z(b.logits.begin(), b.logits.end());
