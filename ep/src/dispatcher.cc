@@ -33,6 +33,9 @@ struct DispatchHandle::Impl {
   ExchangePlan fwd;        // combine_backward: gradient rows to the experts (row bytes)
   ExchangePlan back;       // combine, dispatch_backward: reduced rows back (row bytes)
   ExchangePlan back_dw;    // combine_backward: weight gradients back (4k bytes per row)
+  // dispatch_backward under weight_grads_with_dispatch_backward: rows with their weight
+  // gradients behind them (row bytes + 4k), instead of back and back_dw.
+  ExchangePlan back_rows_dw;
 };
 
 DispatchHandle::~DispatchHandle() = default;
@@ -58,6 +61,9 @@ struct Dispatcher::Work {
   // A combine-family call this rank refused after taking part in its exchange (which has no
   // metadata round to refuse it in): the next dispatch rejects with it, so the peers learn of it.
   Status refused;
+  // weight_grads_with_dispatch_backward: the handle whose weight gradients combine_backward left
+  // in dw_recv for its dispatch_backward (nullptr: none).
+  const DispatchHandle* dw_for = nullptr;
 };
 
 namespace {
@@ -174,6 +180,8 @@ Result<std::unique_ptr<Dispatcher>> Dispatcher::create(Bootstrap& bootstrap, Com
       check_same_on_all_ranks(bootstrap, static_cast<uint64_t>(c.experts_per_rank), "experts_per_rank"));
   LOCMOE_RETURN_IF_ERROR(check_same_on_all_ranks(bootstrap, static_cast<uint64_t>(c.top_k), "top_k"));
   LOCMOE_RETURN_IF_ERROR(check_same_on_all_ranks(bootstrap, static_cast<uint64_t>(c.memory), "memory kind"));
+  LOCMOE_RETURN_IF_ERROR(check_same_on_all_ranks(bootstrap, c.weight_grads_with_dispatch_backward ? 1u : 0u,
+                                                 "weight_grads_with_dispatch_backward"));
   if (c.memory == MemoryKind::kDevice) LOCMOE_RETURN_IF_ERROR(ep_detail::check_device_available());
 
   const int64_t R = comm.size(), k = c.top_k;
@@ -357,6 +365,7 @@ Status Dispatcher::dispatch(const void* x, const RoutingPlan& plan, DispatchHand
     return ok_status();
   };
   if (Status s = local(); !s.ok()) return comm_->reject(s);
+  if (w.dw_for == &h) w.dw_for = nullptr;  // its weight gradients belong to the last dispatch
   if (!w.refused.ok()) {
     Status why = std::move(w.refused);
     w.refused = ok_status();
@@ -391,7 +400,11 @@ Status Dispatcher::dispatch(const void* x, const RoutingPlan& plan, DispatchHand
   LOCMOE_RETURN_IF_ERROR(comm_->scale(im.rows, rb, im.fwd).with_context("dispatch"));
   LOCMOE_RETURN_IF_ERROR(comm_->transpose(im.rows, im.back_rows).with_context("dispatch"));
   LOCMOE_RETURN_IF_ERROR(comm_->scale(im.back_rows, rb, im.back).with_context("dispatch"));
-  LOCMOE_RETURN_IF_ERROR(comm_->scale(im.back_rows, meta, im.back_dw).with_context("dispatch"));
+  if (config_.weight_grads_with_dispatch_backward) {
+    LOCMOE_RETURN_IF_ERROR(comm_->scale(im.back_rows, rb + meta, im.back_rows_dw).with_context("dispatch"));
+  } else {
+    LOCMOE_RETURN_IF_ERROR(comm_->scale(im.back_rows, meta, im.back_dw).with_context("dispatch"));
+  }
 
   // 3. Rows with their slots' local experts and weights behind them, in one exchange.
   const int32_t C = im.C;
@@ -470,36 +483,68 @@ Status Dispatcher::dispatch(const void* x, const RoutingPlan& plan, DispatchHand
 }
 
 Status Dispatcher::reduce_and_return(const void* rows, const DispatchHandle& h, bool weighted, void* out,
-                                     void* stream, const char* op) {
+                                     void* stream, const char* op, bool with_dw, float* grad_weights) {
   const auto& im = *h.impl_;
   Work& w = *work_;
-  const int32_t H = static_cast<int32_t>(config_.hidden);
+  const int32_t H = static_cast<int32_t>(config_.hidden), k = h.k_;
   const kernels::DType dt = config_.dtype;
   const kernels::Exec ex = exec_for(config_, stream);
+  const MemoryKind mem = config_.memory;
   const int32_t M = static_cast<int32_t>(h.expert_rows());
+  const size_t rb = row_bytes(), meta = static_cast<size_t>(k) * sizeof(float);
   // A bad argument still takes part in the exchange (its peers wait in it, and it has no
   // metadata round to refuse in): missing expert rows go out as NaN rows, so no peer's result is
   // silently wrong, and the next dispatch refuses on every rank naming this one (Work::refused).
+  const bool have_dw = with_dw && w.dw_for == &h;
   Status bad;
   if (M > 0 && rows == nullptr) bad = error(Code::kInvalidArgument, "{}: expert rows are null", op);
   else if (h.T_ > 0 && out == nullptr) bad = error(Code::kInvalidArgument, "{}: output is null with {} tokens", op, h.T_);
+  else if (with_dw && !have_dw)
+    bad = error(Code::kInvalidArgument,
+                "{}: no weight gradients to return (weight_grads_with_dispatch_backward needs combine_backward on "
+                "this handle since its dispatch)", op);
+  else if (!with_dw && grad_weights != nullptr)
+    bad = error(Code::kInvalidArgument,
+                "{}: grad_weights given, but only weight_grads_with_dispatch_backward returns them here", op);
+  // The reduced rows, dense: the exchange buffer itself, or (with_dw) a dense copy that goes
+  // into the strided exchange buffer with the weight gradients behind each row.
+  unsigned char* reduced = with_dw ? w.rows_a.data() : w.rows_b.data();
   if (rows == nullptr && M > 0) {
-    LOCMOE_RETURN_IF_ERROR(ep_detail::fill_bytes(w.rows_b.data(), 0xFF, static_cast<size_t>(im.N) * row_bytes(),
-                                                 config_.memory, stream));
+    LOCMOE_RETURN_IF_ERROR(ep_detail::fill_bytes(reduced, 0xFF, static_cast<size_t>(im.N) * rb, mem, stream));
   } else {
     LOCMOE_RETURN_IF_ERROR(kernels::slot_reduce(ex, im.recv, kernels::ConstRows{rows, M, H, dt},
                                                 weighted ? im.recv_slot_weight.as<const float>() : nullptr,
-                                                kernels::Rows{w.rows_b.data(), im.N, H, dt})
+                                                kernels::Rows{reduced, im.N, H, dt})
                                .with_context(op));
   }
-  LOCMOE_RETURN_IF_ERROR(comm_->execute(im.back, w.rows_b.data(), w.rows_a.data(), stream).with_context(op));
+  const unsigned char* back = w.rows_a.data();  // the returned rows, dense, [C]
+  if (with_dw) {
+    if (!have_dw)
+      LOCMOE_RETURN_IF_ERROR(
+          ep_detail::fill_bytes(w.dw_recv.data(), 0xFF, static_cast<size_t>(im.N) * meta, mem, stream));
+    const size_t stride = rb + meta, N = static_cast<size_t>(im.N), C = static_cast<size_t>(im.C);
+    unsigned char* send = w.rows_b.data();
+    LOCMOE_RETURN_IF_ERROR(ep_detail::copy_2d(send, stride, reduced, rb, rb, N, mem, stream));
+    LOCMOE_RETURN_IF_ERROR(ep_detail::copy_2d(send + rb, stride, w.dw_recv.data(), meta, meta, N, mem, stream));
+    LOCMOE_RETURN_IF_ERROR(comm_->execute(im.back_rows_dw, send, w.rows_a.data(), stream).with_context(op));
+    w.dw_for = nullptr;
+    // Rows back into a dense buffer for token_combine, weight gradients into dw_back.
+    LOCMOE_RETURN_IF_ERROR(ep_detail::copy_2d(send, rb, w.rows_a.data(), stride, rb, C, mem, stream));
+    LOCMOE_RETURN_IF_ERROR(
+        ep_detail::copy_2d(w.dw_back.data(), meta, w.rows_a.data() + rb, stride, meta, C, mem, stream));
+    back = send;
+  } else {
+    LOCMOE_RETURN_IF_ERROR(comm_->execute(im.back, w.rows_b.data(), w.rows_a.data(), stream).with_context(op));
+  }
   if (!bad.ok()) {
     w.refused = bad;
     return bad;
   }
-  return kernels::token_combine(ex, im.send, kernels::ConstRows{w.rows_a.data(), im.C, H, dt},
-                                kernels::Rows{out, h.T_, H, dt})
-      .with_context(op);
+  LOCMOE_RETURN_IF_ERROR(kernels::token_combine(ex, im.send, kernels::ConstRows{back, im.C, H, dt},
+                                                kernels::Rows{out, h.T_, H, dt})
+                             .with_context(op));
+  if (!with_dw || grad_weights == nullptr) return ok_status();
+  return kernels::gather_slot_grads(ex, im.send, w.dw_back.as<const float>(), grad_weights).with_context(op);
 }
 
 Status Dispatcher::combine(const void* expert_out, const DispatchHandle& h, void* out, void* stream) {
@@ -508,9 +553,10 @@ Status Dispatcher::combine(const void* expert_out, const DispatchHandle& h, void
 }
 
 Status Dispatcher::dispatch_backward(const void* grad_expert_in, const DispatchHandle& h, void* grad_x,
-                                     void* stream) {
+                                     void* stream, float* grad_weights) {
   LOCMOE_RETURN_IF_ERROR(check_handle(h, "dispatch_backward"));
-  return reduce_and_return(grad_expert_in, h, false, grad_x, stream, "dispatch_backward");
+  return reduce_and_return(grad_expert_in, h, false, grad_x, stream, "dispatch_backward",
+                           config_.weight_grads_with_dispatch_backward, grad_weights);
 }
 
 Status Dispatcher::combine_backward(const void* grad_out, const DispatchHandle& h, const void* expert_out,
@@ -525,10 +571,16 @@ Status Dispatcher::combine_backward(const void* grad_out, const DispatchHandle& 
   const MemoryKind mem = config_.memory;
   // Bad arguments take part in both exchanges as in reduce_and_return: what they cannot
   // compute goes out as NaN, the next dispatch refuses on every rank.
+  const bool dw_later = config_.weight_grads_with_dispatch_backward;
   Status bad;
   if (h.T_ > 0 && grad_out == nullptr) bad = error(Code::kInvalidArgument, "combine_backward: grad_out is null");
   else if (M > 0 && expert_out == nullptr)
     bad = error(Code::kInvalidArgument, "combine_backward: expert_out is null (the weight gradient needs it)");
+  const bool computable = bad.ok();
+  if (bad.ok() && dw_later && grad_weights != nullptr)
+    bad = error(Code::kInvalidArgument,
+                "combine_backward: grad_weights must be null with weight_grads_with_dispatch_backward (the next "
+                "dispatch_backward on this handle returns them)");
   // Dispatch grad_out like x (same copies, same ranks).
   if (h.T_ > 0 && grad_out == nullptr) {
     LOCMOE_RETURN_IF_ERROR(ep_detail::fill_bytes(w.rows_a.data(), 0xFF, static_cast<size_t>(im.C) * row_bytes(), mem, stream));
@@ -540,7 +592,7 @@ Status Dispatcher::combine_backward(const void* grad_out, const DispatchHandle& 
   LOCMOE_RETURN_IF_ERROR(comm_->execute(im.fwd, w.rows_a.data(), w.rows_b.data(), stream)
                              .with_context("combine_backward: exchanging gradient rows"));
   const kernels::ConstRows g{w.rows_b.data(), im.N, H, dt};
-  if (bad.ok()) {
+  if (computable) {
     if (grad_expert_out != nullptr)
       LOCMOE_RETURN_IF_ERROR(kernels::expert_unpack(ex, im.recv, g, im.recv_slot_weight.as<const float>(),
                                                     kernels::Rows{grad_expert_out, M, H, dt}));
@@ -549,6 +601,11 @@ Status Dispatcher::combine_backward(const void* grad_out, const DispatchHandle& 
   } else {
     LOCMOE_RETURN_IF_ERROR(
         ep_detail::fill_bytes(w.dw_recv.data(), 0xFF, static_cast<size_t>(im.N) * k * sizeof(float), mem, stream));
+  }
+  if (dw_later) {  // dw waits in dw_recv for this handle's dispatch_backward
+    w.dw_for = &h;
+    if (!bad.ok()) w.refused = bad;
+    return bad;
   }
   // Send dw back ([N,k] in received order) and scatter it onto the token slots. Done whatever
   // this rank's grad_weights is: the exchange is collective and the peers need their dw.

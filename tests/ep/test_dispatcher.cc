@@ -29,6 +29,7 @@ struct Case {
   bool unit_weights = false;
   bool identity_experts = false;
   TokenDType dtype = TokenDType::kF32;
+  bool dw_with_dispatch_backward = false;  // DispatcherConfig::weight_grads_with_dispatch_backward
   std::function<int(int rank)> tokens = [](int r) { return 5 + 3 * r; };
   std::function<void(RoutingPlan&)> edit;  // changes a plan before finalize
 };
@@ -106,6 +107,7 @@ RunResult run(const Case& c, Group& g, const RankData& mine) {
   cfg.max_tokens = std::max(T, 1);
   cfg.top_k = c.k;
   cfg.align = c.align;
+  cfg.weight_grads_with_dispatch_backward = c.dw_with_dispatch_backward;
   int max_t = 0;
   for (int r = 0; r < g.size; ++r) max_t = std::max(max_t, c.tokens(r));
   cfg.max_recv_rows = static_cast<int64_t>(max_t) * g.size;
@@ -143,7 +145,8 @@ RunResult run(const Case& c, Group& g, const RankData& mine) {
   // Backward: d out -> d y and d w; d y -> d expert_in (chain rule of f_e) -> d x.
   std::vector<unsigned char> gy(rows * H * esz);
   res.grad_w.assign(static_cast<size_t>(T) * c.k, -1.0f);
-  res.status = (*d)->combine_backward(gout.data(), hd, yb.data(), gy.data(), res.grad_w.data());
+  float* gw_cb = c.dw_with_dispatch_backward ? nullptr : res.grad_w.data();  // else dispatch_backward's
+  res.status = (*d)->combine_backward(gout.data(), hd, yb.data(), gy.data(), gw_cb);
   if (!res.status.ok()) return res;
   res.grad_expert_out = from_dtype(gy, c.dtype, rows * H);
   for (int l = 0; l < c.L; ++l) {
@@ -152,7 +155,8 @@ RunResult run(const Case& c, Group& g, const RankData& mine) {
       for (size_t h2 = 0; h2 < H; ++h2) gin[r * H + h2] = a * res.grad_expert_out[r * H + h2];
   }
   std::vector<unsigned char> gin_b = to_dtype(gin, c.dtype), gx(T * H * esz);
-  res.status = (*d)->dispatch_backward(gin_b.data(), hd, gx.data());
+  res.status = (*d)->dispatch_backward(gin_b.data(), hd, gx.data(), nullptr,
+                                       c.dw_with_dispatch_backward ? res.grad_w.data() : nullptr);
   if (!res.status.ok()) return res;
   res.grad_x = from_dtype(gx, c.dtype, T * H);
   return res;
@@ -508,22 +512,26 @@ bool counts_rounds(const Group& g) { return g.comm->transport_name() != "mpi-ora
 // One training step (dispatch, combine, combine_backward, dispatch_backward) negotiates once:
 // 1 metadata round (the dispatch's prepare) and 5 data exchanges (dispatch's rows with their
 // slot metadata, combine's rows back, combine_backward's gradient rows and weight gradients,
-// dispatch_backward's rows back), with results still matching the plan-only reference. bf16 with
-// an odd H puts the slot metadata behind rows of 10 bytes (unaligned for int32).
+// dispatch_backward's rows back), 4 when the weight gradients travel behind dispatch_backward's
+// rows (weight_grads_with_dispatch_backward), with results still matching the plan-only
+// reference. bf16 with an odd H puts the slot metadata behind rows of 10 bytes (unaligned).
 TEST_F(DispatcherTest, TrainingStepNegotiatesOnce) {
   if (!counts_rounds(g_)) GTEST_SKIP() << "needs the comm layer's Communicator (EP_TEST_COMM=communicator)";
   Case f32;
   f32.k = 3; f32.L = 2; f32.align = 4; f32.seed = 11;
   Case bf16;
   bf16.dtype = TokenDType::kBF16; bf16.unit_weights = true; bf16.identity_experts = true; bf16.H = 5;
-  for (const Case& c : {f32, bf16}) {
+  Case f32_dw = f32, bf16_dw = bf16;
+  f32_dw.dw_with_dispatch_backward = bf16_dw.dw_with_dispatch_backward = true;
+  for (const Case& c : {f32, bf16, f32_dw, bf16_dw}) {
+    SCOPED_TRACE(c.dw_with_dispatch_backward ? "weight gradients with dispatch_backward" : "default");
     const RankData mine = make_rank_data(c, g_.comm->cluster(), g_.rank);
     const Communicator::Counters before = g_.comm->counters();
     const RunResult res = run(c, g_, mine);  // Dispatcher::create and finalize_plan use the bootstrap
     const Communicator::Counters after = g_.comm->counters();
     ASSERT_TRUE(res.status.ok()) << res.status.to_string();
     EXPECT_EQ(after.metadata_rounds - before.metadata_rounds, 1u);
-    EXPECT_EQ(after.data_exchanges - before.data_exchanges, 5u);
+    EXPECT_EQ(after.data_exchanges - before.data_exchanges, c.dw_with_dispatch_backward ? 4u : 5u);
     check_against_reference(c, g_, res, c.dtype == TokenDType::kBF16 ? 0.0 : 1e-5);
   }
 }

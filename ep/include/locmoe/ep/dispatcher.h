@@ -24,7 +24,9 @@
 // them (row bytes + 8 * top_k per row). The handle keeps that plan and the forms derived from it
 // locally (transposed, scaled); combine() and dispatch_backward() execute the reverse (1 data
 // exchange each, no metadata round), combine_backward() the forward rows plan and the reverse
-// weight-gradient plan (2). A training step is 1 metadata round and 5 data exchanges. Every
+// weight-gradient plan (2). A training step is 1 metadata round and 5 data exchanges (4 with
+// DispatcherConfig::weight_grads_with_dispatch_backward: the weight gradients travel behind
+// dispatch_backward's rows). Every
 // dispatch prepares and derives into the handle's plans, reusing their storage.
 //
 // Errors. What a rank can refuse by itself in dispatch() (handle, plan, buffers, the send
@@ -79,6 +81,14 @@ struct DispatcherConfig {
   // 0 = the worst case, size() * max_tokens (every rank sends every token here).
   int64_t max_recv_rows = 0;
   MemoryKind memory = MemoryKind::kHost;  // where x, expert_in/out, out and gradients live
+  // The weight gradients travel back with dispatch_backward's rows (behind each row, 4k bytes)
+  // instead of in an exchange of their own: a training step is 4 data exchanges instead of 5, for
+  // two local copies of dispatch_backward's rows (into and out of the strided exchange buffer).
+  // combine_backward then computes them but takes grad_weights = nullptr, and the
+  // dispatch_backward that follows it on the same handle writes them (its grad_weights). For
+  // callers that run the two backwards in that order in one step (not locmoe.torch, whose
+  // autograd needs the weight gradients from combine's backward). Same on all ranks (checked).
+  bool weight_grads_with_dispatch_backward = false;
 };
 
 // Memory a dispatcher with a given config needs on a group of `num_ranks` ranks (the query that
@@ -184,16 +194,23 @@ class Dispatcher {
   Status combine(const void* expert_out, const DispatchHandle& handle, void* out, void* stream = nullptr);
 
   // grad_expert_in: [handle.expert_rows(), H]. grad_x: [handle.num_tokens(), H], overwritten with
-  // sum over t's accepted slots of grad_expert_in[row of (t,j)] (no weights).
+  // sum over t's accepted slots of grad_expert_in[row of (t,j)] (no weights). grad_weights: only
+  // with DispatcherConfig::weight_grads_with_dispatch_backward (else it must be nullptr): the
+  // weight gradients combine_backward computed on this handle since its dispatch, [num_tokens, k]
+  // fp32 as combine_backward describes them, or nullptr to skip writing them. Without a
+  // combine_backward on this handle first, kInvalidArgument (refused as combine_backward's bad
+  // arguments are: the exchange still runs, the peers get NaN weight gradients from this rank).
   Status dispatch_backward(const void* grad_expert_in, const DispatchHandle& handle, void* grad_x,
-                           void* stream = nullptr);
+                           void* stream = nullptr, float* grad_weights = nullptr);
 
   // grad_out: [handle.num_tokens(), H] (d loss / d out). expert_out: the y given to combine
   // (needed for the weight gradient). grad_expert_out: [handle.expert_rows(), H], overwritten:
   // row of (t,j) = weight[t,j] * grad_out[t], padding rows 0. grad_weights: [num_tokens, k] fp32
   // (host memory for kHost, device memory for kDevice), overwritten: <grad_out[t], y[row of
   // (t,j)]> for accepted slots, 0 elsewhere. Either output may be nullptr to skip writing it
-  // (the exchanges still run: they are collective).
+  // (the exchanges still run: they are collective). With
+  // DispatcherConfig::weight_grads_with_dispatch_backward grad_weights must be nullptr: the next
+  // dispatch_backward on this handle returns them (one exchange here instead of two).
   Status combine_backward(const void* grad_out, const DispatchHandle& handle, const void* expert_out,
                           void* grad_expert_out, float* grad_weights, void* stream = nullptr);
 
@@ -202,8 +219,11 @@ class Dispatcher {
   struct Work;
   Status check_handle(const DispatchHandle& h, const char* op) const;
   // Source side of combine: reduce expert rows per received row, send back, sum per token.
+  // With `with_dw` the weight gradients combine_backward left in the workspace travel behind the
+  // rows and are scattered into grad_weights (dispatch_backward under
+  // weight_grads_with_dispatch_backward).
   Status reduce_and_return(const void* rows, const DispatchHandle& h, bool weighted, void* out, void* stream,
-                           const char* op);
+                           const char* op, bool with_dw = false, float* grad_weights = nullptr);
 
   DispatcherConfig config_;
   Bootstrap* bootstrap_ = nullptr;
