@@ -310,8 +310,15 @@ locmoe_status_t locmoe_handle_expert_counts(locmoe_handle_t handle, int64_t* cou
                                             int64_t* offsets);
 
 /* Collective. x: [plan T, H] (read). expert_in: [expert_in_rows, H] (written: local expert 0's
- * rows, then expert 1's, ..., each segment's padding rows zeroed; expert_in_rows must be >= the
- * handle's expert_rows afterwards; max_expert_rows always suffices). Fills `handle`. */
+ * rows, then expert 1's, ..., each segment's padding rows zeroed; the handle's expert_rows rows
+ * afterwards). expert_in_rows must cover the worst case of the N rows this rank receives,
+ * N * top_k + L * (align - 1) (max_expert_rows always suffices): it is checked, with
+ * max_recv_rows, in the dispatch's one count exchange, so a rank short of it fails every rank
+ * (LOCMOE_ERR_OUT_OF_RANGE naming it) before any row moves. Fills `handle`. Bad arguments of one
+ * rank fail every rank at once. combine and the backwards negotiate nothing (they reuse the
+ * dispatch's counts): a NULL buffer there fails its rank at once, which still takes part in the
+ * exchange (sending NaN where it lacks data) so its peers finish, and the next dispatch then
+ * fails on every rank naming it. */
 locmoe_status_t locmoe_dispatch(locmoe_dispatcher_t dispatcher, const void* x, locmoe_plan_t plan,
                                 locmoe_handle_t handle, void* expert_in, int64_t expert_in_rows,
                                 void* stream);

@@ -723,7 +723,8 @@ NB_MODULE(_locmoe, m) {
       .def("make_handle", &Dispatcher::make_handle, nb::rv_policy::take_ownership, nb::keep_alive<0, 1>())
       .def("dispatch_into", &Dispatcher::dispatch, nb::arg("x"), nb::arg("plan"), nb::arg("handle"),
            nb::arg("expert_in"), nb::arg("stream") = 0,
-           "Collective. x [T, H] -> expert_in [>= expert_rows, H] (expert-major); returns expert_rows.")
+           "Collective. x [T, H] -> expert_in [rows, H] (expert-major; rows >= the worst case of what this rank "
+           "receives, max_expert_rows always suffices, else every rank fails); returns expert_rows.")
       .def("combine_into", &Dispatcher::combine, nb::arg("expert_out"), nb::arg("handle"), nb::arg("out"),
            nb::arg("stream") = 0, "Collective. expert_out [>= expert_rows, H] -> out [T, H].")
       .def("dispatch_backward_into", &Dispatcher::dispatch_backward, nb::arg("grad_expert_in"),
