@@ -1,6 +1,6 @@
 // Exit after a peer's failure, run by run_exit_after_failure.sh under mpirun --enable-recovery
 // with 4 ranks: the C API initializes MPI (so its exit handler owns MPI_Finalize); rank 2 stops
-// itself (SIGSTOP) inside a loop of dispatch + combine. Every survivor must get its error, destroy
+// itself (SIGSTOP; argument "kill": kills itself, SIGKILL) inside a loop of dispatch + combine. Every survivor must get its error, destroy
 // its objects and leave main, and its exit handlers must return: "EXITED rank R" is printed by an
 // exit handler registered before the group, so it runs after the library's (which would call
 // MPI_Finalize, and Open MPI's finalize waits for every process of the job, the stopped one too).
@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -23,7 +24,8 @@ void say_exited() {
 }
 }  // namespace
 
-int main() {
+int main(int argc, char** argv) {
+  const bool kill_victim = argc > 1 && std::strcmp(argv[1], "kill") == 0;
   std::atexit(say_exited);
   locmoe_group_config_t gc = LOCMOE_GROUP_CONFIG_INIT;
   locmoe_group_t g = nullptr;
@@ -62,9 +64,9 @@ int main() {
   std::printf("PID rank %d %d\n", rank, static_cast<int>(getpid()));
   std::fflush(stdout);
   if (rank == victim)
-    std::thread([] {
+    std::thread([kill_victim] {
       std::this_thread::sleep_for(std::chrono::milliseconds(300));
-      raise(SIGSTOP);
+      raise(kill_victim ? SIGKILL : SIGSTOP);
     }).detach();
   const auto t0 = std::chrono::steady_clock::now();
   for (;;) {

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# run_exit_after_failure.sh MPIEXEC EXE: 4 ranks, rank 2 stops itself; passes when the 3 survivors
-# each print "EXITED rank R" (their exit handlers returned) within 1.25 x LOCMOE_TIMEOUT_S plus
-# slack while the victim is still stopped. The victim is killed at the end whatever happened.
+# run_exit_after_failure.sh MPIEXEC EXE [kill]: 4 ranks, rank 2 stops itself (with "kill": kills
+# itself); passes when the 3 survivors each print "EXITED rank R" (their exit handlers returned)
+# within 1.25 x LOCMOE_TIMEOUT_S plus slack, while the victim is still stopped (or dead). The
+# victim is killed at the end whatever happened.
 set -u
-mpiexec=$1 exe=$2
+mpiexec=$1 exe=$2 mode=${3:-stop}
 export LOCMOE_TIMEOUT_S=${LOCMOE_TIMEOUT_S:-3}
 out=$(mktemp)
-"$mpiexec" --enable-recovery --oversubscribe --bind-to none -x LOCMOE_TIMEOUT_S -np 4 "$exe" >"$out" 2>&1 &
+"$mpiexec" --enable-recovery --oversubscribe --bind-to none -x LOCMOE_TIMEOUT_S -np 4 "$exe" "$mode" >"$out" 2>&1 &
 runner=$!
 limit=$(awk -v t="$LOCMOE_TIMEOUT_S" 'BEGIN { print int(1.25 * t + 30) }')
 exited=0
