@@ -98,12 +98,18 @@ void print_text(const topo::Topology& t) {
 
 // The runtime's own map (placement.h: the rule, overrides, LOCMOE_BIND), on --file/--synthetic
 // when given, else load_default()'s topology.
-Result<locmoe::ClusterMap> cluster_map(const Options& o, locmoe::Bootstrap& boot) {
+// *joined: whether this rank took part in build_cluster_map's exchanges, whose failures every
+// rank learns (a bad override, a peer that cannot place itself); false when it failed alone first.
+Result<locmoe::ClusterMap> cluster_map(const Options& o, locmoe::Bootstrap& boot, bool* joined) {
   Result<topo::Topology> t = load(o);
+  *joined = true;
   // A rank that cannot load its topology still joins the exchanges (build_cluster_map agrees on
   // failures), so its peers fail with it instead of waiting.
   if (!t.ok() && o.file.empty() && o.synthetic.empty()) return topo::build_cluster_map(boot);
-  if (!t.ok()) return t.status();
+  if (!t.ok()) {
+    *joined = false;
+    return t.status();
+  }
   return topo::build_cluster_map(boot, {}, &*t);
 }
 
@@ -174,22 +180,24 @@ int run_cluster(const Options& o, int argc, char** argv) {
   int rank = 0;
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   auto boot = locmoe::make_mpi_bootstrap(MPI_COMM_WORLD);
-  Result<locmoe::ClusterMap> map = boot.ok() ? cluster_map(o, **boot) : Result<locmoe::ClusterMap>(boot.status());
+  bool joined = false;
+  Result<locmoe::ClusterMap> map = boot.ok() ? cluster_map(o, **boot, &joined) : Result<locmoe::ClusterMap>(boot.status());
   if (!map.ok()) {
     fail(map.status(), rank);
     std::fflush(stderr);
-    // A rank told that a peer failed leaves quietly so that peer prints its own error (it ends
-    // the job); any other failure may leave peers waiting in an exchange: end the whole job by
-    // leaving without MPI_Finalize, which mpirun answers by stopping every rank. Not MPI_Abort:
-    // when several ranks fail at once (an override wrong on a whole node), concurrent MPI_Abort
-    // calls crash mpirun (Open MPI 4.1: a segfault in PMIx_server_finalize) or hang it.
-    if (map.status().code() == locmoe::Code::kPeerFailure) {
-      boot = Status();
-      MPI_Finalize();
-      return 2;
-    }
     std::fflush(stdout);
-    std::_Exit(2);
+    // A failure inside build_cluster_map's exchanges reaches every rank (it agrees on each rank's
+    // placement; a dead or stuck peer ends them at the deadline), so every rank leaves the same
+    // way: MPI_Finalize and exit status 2, which mpirun returns. A rank that failed before
+    // joining them may leave peers waiting: it ends the whole job by leaving without
+    // MPI_Finalize, which mpirun answers by stopping every rank. Not MPI_Abort: concurrent
+    // MPI_Abort calls crash mpirun (Open MPI 4.1: a segfault in PMIx_server_finalize) or hang it;
+    // and not _Exit on an agreed failure either: with a whole node's ranks leaving without
+    // MPI_Finalize while the other node's ranks were in it, mpirun once hung (CI, 2026-12-03).
+    if (!joined) std::_Exit(2);
+    boot = Status();
+    MPI_Finalize();
+    return 2;
   }
   if (rank == 0) print_cluster(*map, o.json);
   std::fflush(stdout);
