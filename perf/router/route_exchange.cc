@@ -66,13 +66,16 @@ int main(int argc, char** argv) {
   CLI::App app{"route_exchange: collectives, bytes and rounds of one routing step per rank"};
   std::string router = "locmoe-opt";
   int tokens_per_rank = 256, hidden = 64, epr = 2, rpn = 8, steps = 3;
-  double mu = 0.05;
+  double mu = 0.05, tau = 0.9;
+  bool tau_capacity = false;
   app.add_option("--router", router)->capture_default_str();
   app.add_option("--tokens-per-rank", tokens_per_rank)->capture_default_str();
   app.add_option("--hidden", hidden)->capture_default_str();
   app.add_option("--experts-per-rank", epr)->capture_default_str();
   app.add_option("--ranks-per-node", rpn)->capture_default_str();
   app.add_option("--cross-node-cost", mu)->capture_default_str();
+  app.add_flag("--opt-tau-capacity", tau_capacity, "locmoe-opt: capacity from LocMoE+'s lower bound with --tau");
+  app.add_option("--tau", tau)->capture_default_str();
   app.add_option("--steps", steps, "steps routed; the last one is reported")->capture_default_str();
   try {
     app.parse(argc, argv);
@@ -110,6 +113,8 @@ int main(int argc, char** argv) {
   RouterConfig c;
   c.name = router;
   c.cross_node_cost = mu;
+  c.opt_tau_capacity = tau_capacity;
+  c.tau = tau;
   auto r = Router::create(c);
   if (!r.ok()) {
     fmt::print(stderr, "route_exchange: {}\n", r.status().to_string());
@@ -129,9 +134,11 @@ int main(int argc, char** argv) {
   if (rank == 0)
     fmt::print("{{\"router\": \"{}\", \"ranks\": {}, \"nodes\": {}, \"experts\": {}, \"tokens\": {}, "
                "\"collectives\": {}, \"bytes_sent\": {}, \"bytes_received\": {}, \"selection_rounds\": {}, "
-               "\"selection_bytes\": {}, \"iterations\": {}, \"converged\": {}}}\n",
+               "\"selection_bytes\": {}, \"iterations\": {}, \"converged\": {}, \"capacity\": {}, "
+               "\"capacity_lower_bound\": {}}}\n",
                router, R, nodes, E, T, counting.calls, counting.sent, counting.received, st.exchange_rounds,
-               st.exchange_bytes, st.opt_iterations, st.opt_converged ? "true" : "false");
+               st.exchange_bytes, st.opt_iterations, st.opt_converged ? "true" : "false", st.capacity,
+               st.capacity_lower_bound);
   boot->reset();
   MPI_Finalize();
   return 0;

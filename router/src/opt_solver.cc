@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstring>
 #include <numeric>
 #include <thread>
@@ -70,6 +71,66 @@ struct TopK {
     e[i] = ev;
   }
 };
+
+// Distributed selection: items (group g[i], key[i]) spread over the ranks; global_count[g] of
+// them exist over the group; keeps, per group, the quota[g] items with the largest keys (all of
+// them when there are no more). Radix rounds, 8 bits of the key each: one allreduce of 256
+// counts per unresolved group; keys are unique (they end with the global token id).
+Result<std::vector<uint8_t>> select_top_of(int32_t E, Reducer& red, const std::vector<int32_t>& g,
+                                        const std::vector<uint64_t>& key, const std::vector<int64_t>& global_count,
+                                        const std::vector<int64_t>& quota) {
+  enum : uint8_t { kUndecided = 0, kAccept = 1, kReject = 2 };
+  std::vector<uint8_t> state(g.size(), kUndecided);
+  std::vector<int64_t> need(quota);
+  std::vector<int32_t> open;  // unresolved groups, the same list on every rank
+  for (int32_t e = 0; e < E; ++e)
+    if (global_count[static_cast<size_t>(e)] > quota[static_cast<size_t>(e)]) open.push_back(e);
+  for (size_t i = 0; i < g.size(); ++i)
+    if (global_count[static_cast<size_t>(g[i])] <= quota[static_cast<size_t>(g[i])]) state[i] = kAccept;
+  std::vector<int32_t> slot(static_cast<size_t>(E), -1);
+  std::vector<uint8_t> action;
+  for (int shift = 56; shift >= 0 && !open.empty(); shift -= 8) {
+    std::fill(slot.begin(), slot.end(), -1);
+    for (size_t j = 0; j < open.size(); ++j) slot[static_cast<size_t>(open[j])] = static_cast<int32_t>(j);
+    std::vector<int64_t> hist(open.size() * 256, 0);
+    for (size_t i = 0; i < g.size(); ++i) {
+      if (state[i] != kUndecided) continue;
+      const int32_t s = slot[static_cast<size_t>(g[i])];
+      if (s >= 0) ++hist[static_cast<size_t>(s) * 256 + ((key[i] >> shift) & 255)];
+    }
+    LOCMOE_RETURN_IF_ERROR(red.sum(hist));
+    action.assign(open.size() * 256, kReject);
+    std::vector<int32_t> still;
+    for (size_t j = 0; j < open.size(); ++j) {
+      int64_t& n = need[static_cast<size_t>(open[j])];
+      bool undecided = false;
+      for (int b = 255; b >= 0 && n > 0; --b) {
+        const int64_t c = hist[j * 256 + static_cast<size_t>(b)];
+        if (c == 0) continue;
+        if (c <= n) {
+          action[j * 256 + static_cast<size_t>(b)] = kAccept;
+          n -= c;
+        } else {
+          action[j * 256 + static_cast<size_t>(b)] = kUndecided;
+          undecided = true;
+          break;
+        }
+      }
+      if (undecided) still.push_back(open[j]);
+    }
+    for (size_t i = 0; i < g.size(); ++i) {
+      if (state[i] != kUndecided) continue;
+      const int32_t s = slot[static_cast<size_t>(g[i])];
+      if (s >= 0) state[i] = action[static_cast<size_t>(s) * 256 + ((key[i] >> shift) & 255)];
+    }
+    open = std::move(still);
+  }
+  LOCMOE_CHECK(open.empty(), Code::kInternal, "locmoe-opt: selection left {} experts unresolved (duplicate keys)",
+               open.size());
+  std::vector<uint8_t> keep(g.size());
+  for (size_t i = 0; i < g.size(); ++i) keep[i] = state[i] == kAccept;
+  return keep;
+}
 
 class Solver {
  public:
@@ -153,64 +214,10 @@ class Solver {
     return load;
   }
 
-  // Distributed selection: items (group g[i], key[i]) spread over the ranks; global_count[g] of
-  // them exist over the group; keeps, per group, the quota[g] items with the largest keys (all of
-  // them when there are no more). Radix rounds, 8 bits of the key each: one allreduce of 256
-  // counts per unresolved group; keys are unique (they end with the global token id).
   Result<std::vector<uint8_t>> select_top(const std::vector<int32_t>& g, const std::vector<uint64_t>& key,
                                           const std::vector<int64_t>& global_count,
                                           const std::vector<int64_t>& quota) {
-    enum : uint8_t { kUndecided = 0, kAccept = 1, kReject = 2 };
-    std::vector<uint8_t> state(g.size(), kUndecided);
-    std::vector<int64_t> need(quota);
-    std::vector<int32_t> open;  // unresolved groups, the same list on every rank
-    for (int32_t e = 0; e < E_; ++e)
-      if (global_count[static_cast<size_t>(e)] > quota[static_cast<size_t>(e)]) open.push_back(e);
-    for (size_t i = 0; i < g.size(); ++i)
-      if (global_count[static_cast<size_t>(g[i])] <= quota[static_cast<size_t>(g[i])]) state[i] = kAccept;
-    std::vector<int32_t> slot(static_cast<size_t>(E_), -1);
-    std::vector<uint8_t> action;
-    for (int shift = 56; shift >= 0 && !open.empty(); shift -= 8) {
-      std::fill(slot.begin(), slot.end(), -1);
-      for (size_t j = 0; j < open.size(); ++j) slot[static_cast<size_t>(open[j])] = static_cast<int32_t>(j);
-      std::vector<int64_t> hist(open.size() * 256, 0);
-      for (size_t i = 0; i < g.size(); ++i) {
-        if (state[i] != kUndecided) continue;
-        const int32_t s = slot[static_cast<size_t>(g[i])];
-        if (s >= 0) ++hist[static_cast<size_t>(s) * 256 + ((key[i] >> shift) & 255)];
-      }
-      LOCMOE_RETURN_IF_ERROR(red_.sum(hist));
-      action.assign(open.size() * 256, kReject);
-      std::vector<int32_t> still;
-      for (size_t j = 0; j < open.size(); ++j) {
-        int64_t& n = need[static_cast<size_t>(open[j])];
-        bool undecided = false;
-        for (int b = 255; b >= 0 && n > 0; --b) {
-          const int64_t c = hist[j * 256 + static_cast<size_t>(b)];
-          if (c == 0) continue;
-          if (c <= n) {
-            action[j * 256 + static_cast<size_t>(b)] = kAccept;
-            n -= c;
-          } else {
-            action[j * 256 + static_cast<size_t>(b)] = kUndecided;
-            undecided = true;
-            break;
-          }
-        }
-        if (undecided) still.push_back(open[j]);
-      }
-      for (size_t i = 0; i < g.size(); ++i) {
-        if (state[i] != kUndecided) continue;
-        const int32_t s = slot[static_cast<size_t>(g[i])];
-        if (s >= 0) state[i] = action[static_cast<size_t>(s) * 256 + ((key[i] >> shift) & 255)];
-      }
-      open = std::move(still);
-    }
-    LOCMOE_CHECK(open.empty(), Code::kInternal, "locmoe-opt: selection left {} experts unresolved (duplicate keys)",
-                 open.size());
-    std::vector<uint8_t> keep(g.size());
-    for (size_t i = 0; i < g.size(); ++i) keep[i] = state[i] == kAccept;
-    return keep;
+    return select_top_of(E_, red_, g, key, global_count, quota);
   }
 
   Result<Solution> run() {
@@ -348,6 +355,197 @@ class Solver {
 };
 
 }  // namespace
+
+namespace {
+
+// A probability as an unsigned 2^-32 fixed-point integer (truncated; 1.0 -> 2^32 - 1).
+uint32_t fixed_q(float p) {
+  const double q = std::floor(static_cast<double>(p) * 4294967296.0);
+  return q >= 4294967295.0 ? 0xFFFFFFFFu : (q <= 0.0 ? 0u : static_cast<uint32_t>(q));
+}
+
+// The per-expert multisets of the top-k choices' fixed-point probabilities, spread over the ranks,
+// and the top-C mass of each at any C: level-1 counts and masses (top 8 bits of q) agreed once,
+// then, for a C they do not settle, a radix descent over the lower 24 bits (3 rounds of 256 counts
+// per expert above C) and one sum of the local mass above the boundaries.
+class TopMass {
+ public:
+  TopMass(std::vector<int32_t> e, std::vector<uint32_t> q, int32_t E, Reducer& red)
+      : e_(std::move(e)), q_(std::move(q)), E_(E), red_(red) {}
+
+  Status agree_level1() {
+    std::vector<int64_t> h(static_cast<size_t>(E_) * 512 + 1, 0);
+    for (size_t i = 0; i < e_.size(); ++i) {
+      const size_t b = static_cast<size_t>(e_[i]) * 256 + (q_[i] >> 24);
+      ++h[b];
+      h[static_cast<size_t>(E_) * 256 + b] += q_[i];
+      h.back() += q_[i];
+    }
+    LOCMOE_RETURN_IF_ERROR(red_.sum(h));
+    count_.assign(h.begin(), h.begin() + E_ * 256);
+    mass_.assign(h.begin() + E_ * 256, h.end() - 1);
+    total_ = h.back();
+    n_.assign(static_cast<size_t>(E_), 0);
+    full_.assign(static_cast<size_t>(E_), 0);
+    for (int32_t x = 0; x < E_; ++x)
+      for (int b = 0; b < 256; ++b) {
+        n_[static_cast<size_t>(x)] += count_[static_cast<size_t>(x) * 256 + b];
+        full_[static_cast<size_t>(x)] += mass_[static_cast<size_t>(x) * 256 + b];
+      }
+    return ok_status();
+  }
+  int64_t total() const { return total_; }
+
+  // Whether the experts, each keeping its C largest values, keep >= target; counts the exact
+  // descents in `descents`.
+  Result<bool> reaches(int64_t C, int64_t target, int32_t& descents) {
+    // Bounds from level 1: the boundary bin's r kept values lie in [b 2^24, (b + 1) 2^24).
+    int64_t lo = 0, hi = 0;
+    for (int32_t x = 0; x < E_; ++x) {
+      if (n_[static_cast<size_t>(x)] <= C) {
+        lo += full_[static_cast<size_t>(x)];
+        hi += full_[static_cast<size_t>(x)];
+        continue;
+      }
+      int64_t r = C;
+      for (int b = 255; b >= 0 && r > 0; --b) {
+        const int64_t c = count_[static_cast<size_t>(x) * 256 + b], m = mass_[static_cast<size_t>(x) * 256 + b];
+        if (c <= r) {
+          lo += m;
+          hi += m;
+          r -= c;
+        } else {
+          const int64_t edge = int64_t{b} << 24, top = ((int64_t{b} + 1) << 24) - 1;
+          lo += std::max(r * edge, m - (c - r) * top);
+          hi += std::min(r * top, m - (c - r) * edge);
+          r = 0;
+        }
+      }
+    }
+    if (lo >= target) return true;
+    if (hi < target) return false;
+    ++descents;
+    LOCMOE_ASSIGN_OR_RETURN(int64_t m, exact(C));
+    return m >= target;
+  }
+
+ private:
+  // Sum over experts of their C largest values (exact).
+  Result<int64_t> exact(int64_t C) {
+    struct Cut {
+      int32_t e;
+      uint64_t prefix;  // the boundary's bits above `shift` so far
+      int64_t r;        // values still to take from the boundary bin
+    };
+    std::vector<Cut> open;
+    int64_t known = 0;                                // mass settled from agreed figures
+    std::vector<uint64_t> keep_from(static_cast<size_t>(E_), ~0ull);  // keep values >= this
+    for (int32_t x = 0; x < E_; ++x) {
+      if (n_[static_cast<size_t>(x)] <= C) {
+        known += full_[static_cast<size_t>(x)];
+        continue;
+      }
+      int64_t r = C;
+      for (int b = 255; b >= 0; --b) {
+        const int64_t c = count_[static_cast<size_t>(x) * 256 + b];
+        if (c < r) {
+          r -= c;
+        } else if (c == r) {  // the bin is kept whole: keep everything from its lower edge
+          keep_from[static_cast<size_t>(x)] = uint64_t{static_cast<uint32_t>(b)} << 24;
+          break;
+        } else {
+          open.push_back({x, static_cast<uint64_t>(b), r});
+          break;
+        }
+      }
+    }
+    for (int shift = 16; shift >= 0 && !open.empty(); shift -= 8) {
+      std::vector<int32_t> slot(static_cast<size_t>(E_), -1);
+      for (size_t j = 0; j < open.size(); ++j) slot[static_cast<size_t>(open[j].e)] = static_cast<int32_t>(j);
+      std::vector<int64_t> h(open.size() * 256, 0);
+      for (size_t i = 0; i < e_.size(); ++i) {
+        const int32_t s = slot[static_cast<size_t>(e_[i])];
+        if (s >= 0 && (q_[i] >> (shift + 8)) == open[static_cast<size_t>(s)].prefix)
+          ++h[static_cast<size_t>(s) * 256 + ((q_[i] >> shift) & 255)];
+      }
+      LOCMOE_RETURN_IF_ERROR(red_.sum(h));
+      std::vector<Cut> still;
+      for (size_t j = 0; j < open.size(); ++j) {
+        Cut cut = open[j];
+        for (int b = 255; b >= 0; --b) {
+          const int64_t c = h[j * 256 + static_cast<size_t>(b)];
+          const uint64_t pre = (cut.prefix << 8) | static_cast<uint64_t>(b);
+          if (c < cut.r) {
+            cut.r -= c;
+          } else if (c == cut.r || shift == 0) {
+            // Kept whole, or (last level) the r values equal to the boundary: they count r times.
+            keep_from[static_cast<size_t>(cut.e)] = shift == 0 ? pre + 1 : pre << shift;
+            if (shift == 0) known += cut.r * static_cast<int64_t>(pre);
+            break;
+          } else {
+            cut.prefix = pre;
+            still.push_back(cut);
+            break;
+          }
+        }
+      }
+      open = std::move(still);
+    }
+    std::vector<int64_t> local(1, 0);
+    for (size_t i = 0; i < e_.size(); ++i) {
+      const uint64_t from = keep_from[static_cast<size_t>(e_[i])];
+      if (n_[static_cast<size_t>(e_[i])] > C && q_[i] >= from) local[0] += q_[i];
+    }
+    LOCMOE_RETURN_IF_ERROR(red_.sum(local));
+    return known + local[0];
+  }
+
+  std::vector<int32_t> e_;
+  std::vector<uint32_t> q_;
+  int32_t E_;
+  Reducer& red_;
+  std::vector<int64_t> count_, mass_, n_, full_;
+  int64_t total_ = 0;
+};
+
+}  // namespace
+
+Result<TauBound> tau_capacity(const float* p, int64_t tokens, int32_t experts, int32_t k, double tau,
+                              int64_t ceiling, Reducer& reducer) {
+  LOCMOE_CHECK_ARG(k >= 1 && k <= experts, "locmoe-opt: k = {} must be in [1, E = {}]", k, experts);
+  LOCMOE_CHECK_ARG(ceiling >= 1, "locmoe-opt: capacity ceiling {} must be >= 1", ceiling);
+  LOCMOE_CHECK_ARG(tau > 0.0 && tau <= 1.0, "tau = {} must be in (0, 1]", tau);
+  std::vector<int32_t> e;
+  std::vector<uint32_t> q;
+  e.reserve(static_cast<size_t>(tokens * k));
+  q.reserve(static_cast<size_t>(tokens * k));
+  std::vector<int32_t> idx(static_cast<size_t>(experts));
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float* row = p + t * experts;
+    std::iota(idx.begin(), idx.end(), 0);
+    std::partial_sort(idx.begin(), idx.begin() + k, idx.end(),
+                      [&](int32_t a, int32_t b) { return row[a] != row[b] ? row[a] > row[b] : a < b; });
+    for (int32_t j = 0; j < k; ++j) {
+      e.push_back(idx[static_cast<size_t>(j)]);
+      q.push_back(fixed_q(row[idx[static_cast<size_t>(j)]]));
+    }
+  }
+  TopMass tm(std::move(e), std::move(q), experts, reducer);
+  LOCMOE_RETURN_IF_ERROR(tm.agree_level1());
+  TauBound out;
+  out.topk_fixed = tm.total();
+  out.target_fixed = static_cast<int64_t>(std::ceil(tau * static_cast<double>(tm.total())));
+  LOCMOE_ASSIGN_OR_RETURN(out.reached, tm.reaches(ceiling, out.target_fixed, out.descents));
+  int64_t lo = 1, hi = ceiling;
+  while (out.reached && lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    LOCMOE_ASSIGN_OR_RETURN(bool ok, tm.reaches(mid, out.target_fixed, out.descents));
+    if (ok) hi = mid;
+    else lo = mid + 1;
+  }
+  out.capacity = hi;
+  return out;
+}
 
 Result<Solution> solve(const Problem& problem, Reducer& reducer) {
   LOCMOE_CHECK_ARG(problem.k >= 1 && problem.k <= 64 && problem.k <= problem.experts,

@@ -67,4 +67,23 @@ struct Solution {
 // iterations.
 Result<Solution> solve(const Problem& problem, Reducer& reducer);
 
+// LocMoE+'s capacity lower bound for locmoe-opt (docs/ROUTING.md "## locmoe-opt", capacity): the
+// smallest C in [1, ceiling] at which the tokens' top-k experts by p (ties: lower expert id), each
+// expert keeping the C of its choices with the largest p, keep >= tau of the top-k mass; `ceiling`
+// with reached = false when even it keeps less. Masses are 2^-32 fixed-point integers (each p
+// truncated), target = ceil(tau x top-k mass). Collective over `reducer`'s group (every rank with
+// its own tokens' p, [tokens, experts], the same experts, k, tau, ceiling); the same result on
+// every rank and for any split of the tokens. Per call: one allreduce of 512 E + 1 int64 (level-1
+// counts and masses), then only for the probed C the level-1 figures leave open, up to 3 rounds
+// of 256 counts per expert above C and one of 1 int64.
+struct TauBound {
+  int64_t capacity = 0;
+  bool reached = true;
+  int64_t topk_fixed = 0;    // top-k mass, 2^-32 units
+  int64_t target_fixed = 0;  // ceil(tau x topk_fixed)
+  int32_t descents = 0;      // probes the level-1 figures did not settle
+};
+Result<TauBound> tau_capacity(const float* p, int64_t tokens, int32_t experts, int32_t k, double tau,
+                              int64_t ceiling, Reducer& reducer);
+
 }  // namespace locmoe::opt

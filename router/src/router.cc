@@ -686,7 +686,22 @@ struct RouterImpl {
     sol.unconstrained.assign(static_cast<size_t>(T), 0);
     if (T_global > 0) {
       st.capacity_factor_capacity = capacity_factor_capacity(c.capacity_factor, k, T_global, E);
-      st.capacity = std::max<int64_t>({st.capacity_factor_capacity, c.min_capacity, 1});
+      st.capacity = st.capacity_factor_capacity;
+      if (c.opt_tau_capacity) {
+        // LocMoE+'s rule (lower bound, smoothing, floor, C_cf ceiling) with the bound computed from
+        // allreduced per-expert histograms (opt::tau_capacity), not from a gathered greedy.
+        LOCMOE_ASSIGN_OR_RETURN(opt::TauBound tb,
+                                opt::tau_capacity(sc.p.data(), T, E, k, c.tau, st.capacity_factor_capacity, reducer));
+        st.tau_reached = tb.reached;
+        st.capacity_lower_bound = tb.capacity;
+        router.smoothed_capacity_ =
+            router.steps_ == 0 ? static_cast<double>(tb.capacity)
+                               : c.beta * router.smoothed_capacity_ + (1.0 - c.beta) * static_cast<double>(tb.capacity);
+        st.capacity_smoothed = router.smoothed_capacity_;
+        const int64_t smoothed = static_cast<int64_t>(std::ceil(router.smoothed_capacity_ - 1e-9));
+        st.capacity = std::min(std::max(smoothed, c.capacity_floor), st.capacity_factor_capacity);
+      }
+      st.capacity = std::max<int64_t>({st.capacity, c.min_capacity, 1});
       opt::Problem pb;
       pb.tokens = T;
       pb.gid0 = gid0;
@@ -748,6 +763,7 @@ struct RouterImpl {
       plan.weight.assign(plan.expert.size(), 0.0f);
       plan.slot_dropped.assign(plan.expert.size(), 0);
       plan.capacity = st.capacity;
+      plan.capacity_lower_bound = st.capacity_lower_bound;
       plan.weight_rule = c.renormalize ? RoutingPlan::kWeightAccepted : RoutingPlan::kWeightRaw;
       for (int64_t t = sg.lo; t < sg.hi; ++t) {
         const float* pr = sc.p.data() + t * E;

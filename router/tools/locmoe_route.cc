@@ -248,6 +248,7 @@ int main(int argc, char** argv) {
   app.add_option("--cross-node-cost", c.cross_node_cost, "locmoe-opt: mu, cost of a cross-node pair (gate-probability units)")->capture_default_str();
   app.add_option("--same-node-cost", c.same_node_cost, "locmoe-opt: cost of a pair on another rank of the node")->capture_default_str();
   app.add_option("--opt-iterations", c.opt_iterations, "locmoe-opt: most price iterations")->capture_default_str();
+  app.add_flag("--opt-tau-capacity", c.opt_tau_capacity, "locmoe-opt: capacity from LocMoE+'s lower bound with --tau (else the capacity factor)");
   app.add_option("--drop-policy", drop_policy, "top-k baselines: slot|position|probs")->capture_default_str();
   app.add_flag("--normalize-before-drop", c.normalize_before_drop,
                "weights p / sum of the token's first k choices, fixed before the drop");

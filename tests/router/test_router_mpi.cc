@@ -61,6 +61,41 @@ TEST(RouterMpi, EveryRankMatchesTheSingleProcessPlan) {
   }
 }
 
+TEST(RouterMpi, LocmoeOptTauCapacityMatchesTheSingleProcessPlan) {
+  // The capacity bound comes from allreduced histograms; every rank must get the single process's
+  // bound, smoothed state and plan over several steps (and on 4 ranks, two nodes with costs).
+  auto group = world();
+  const int R = group->size(), rank = group->rank();
+  const int nodes = R >= 4 ? 2 : 1;
+  for (const double tau : {0.6, 0.85, 1.0}) {
+    RouterConfig c;
+    c.name = "locmoe-opt";
+    c.opt_tau_capacity = true;
+    c.tau = tau;
+    auto mine = Router::create(c);
+    auto single = Router::create(c);
+    for (unsigned step = 0; step < 3; ++step) {
+      const auto pr = refr::make_problem(611 + 29 * static_cast<int>(step), 40, nodes, R / nodes, 4, 90 + step);
+      auto pl = *uniform_placement(nodes, R / nodes, 4, rank);
+      const int64_t lo = static_cast<int64_t>(pr.T) * rank / R, hi = static_cast<int64_t>(pr.T) * (rank + 1) / R;
+      auto plan = mine->route({pr.x.data() + lo * pr.H, hi - lo, pr.H}, {pr.w.data(), pr.E, pr.H}, pl, group.get());
+      ASSERT_TRUE(plan.ok()) << plan.status().to_string();
+      auto all = single->route_all_ranks({pr.x.data(), pr.T, pr.H}, {pr.w.data(), pr.E, pr.H}, pl);
+      ASSERT_TRUE(all.ok()) << all.status().to_string();
+      const RoutingPlan& want = (*all)[static_cast<size_t>(rank)];
+      const std::string what = "tau " + std::to_string(tau) + " step " + std::to_string(step);
+      EXPECT_EQ(plan->expert, want.expert) << what;
+      EXPECT_EQ(plan->weight, want.weight) << what;
+      EXPECT_EQ(plan->capacity, want.capacity) << what;
+      EXPECT_EQ(plan->capacity_lower_bound, want.capacity_lower_bound) << what;
+      EXPECT_GT(plan->capacity_lower_bound, 0) << what;
+      EXPECT_EQ(mine->last_stats().capacity_smoothed, single->last_stats().capacity_smoothed) << what;
+      EXPECT_EQ(mine->last_stats().tau_reached, single->last_stats().tau_reached) << what;
+      EXPECT_EQ(mine->last_stats().exchange_rounds, single->last_stats().exchange_rounds) << what;
+    }
+  }
+}
+
 TEST(RouterMpi, UnevenAndEmptyRanksGiveTheSameAssignment) {
   // Without a locality margin the assignment does not depend on which rank holds a token, so any
   // split (here rank 1 holds nothing) must give the tokens the same experts as one process.

@@ -12,6 +12,7 @@
 #include "locmoe/router/metrics.h"
 #include "locmoe/router/router.h"
 #include "router_reference.h"
+#include "../../router/src/opt_solver.h"
 
 namespace locmoe {
 namespace {
@@ -289,6 +290,147 @@ TEST(LocmoeOpt, ExchangeDoesNotGrowWithTokens) {
     EXPECT_GE(st.exchange_rounds, st.opt_iterations + 1);
     EXPECT_LE(st.exchange_bytes, st.exchange_rounds * 256 * cs.pr.E * 8) << "T " << T;
   }
+}
+
+// LocMoE+'s lower bound for locmoe-opt, computed here by brute force over every C: the tokens'
+// top-k experts by p, each expert keeping its C most probable, keep >= tau of the top-k mass.
+struct TauRef {
+  long c_lb = 0;
+  bool reached = true;
+  double margin = 1.0;  // relative distance of M(C_lb) and M(C_lb - 1) from the target
+};
+TauRef tau_reference(const std::vector<double>& p, int T, int E, int k, double tau, long ceiling) {
+  std::vector<std::vector<double>> per(static_cast<size_t>(E));
+  double total = 0;
+  for (int t = 0; t < T; ++t) {
+    std::vector<double> row(p.begin() + t * E, p.begin() + (t + 1) * E);
+    for (int e : refr::best(row, k, std::vector<bool>(E, true))) {
+      per[e].push_back(row[e]);
+      total += row[e];
+    }
+  }
+  for (auto& v : per) std::sort(v.rbegin(), v.rend());
+  auto mass = [&](long C) {
+    double m = 0;
+    for (const auto& v : per)
+      for (size_t i = 0; i < v.size() && static_cast<long>(i) < C; ++i) m += v[i];
+    return m;
+  };
+  TauRef r;
+  const double target = tau * total;
+  for (long C = 1; C <= ceiling; ++C)
+    if (mass(C) >= target) {
+      r.c_lb = C;
+      r.margin = std::min(mass(C) - target, C > 1 ? target - mass(C - 1) : 1.0) / total;
+      return r;
+    }
+  r.c_lb = ceiling;
+  r.reached = false;
+  r.margin = (target - mass(ceiling)) / total;
+  return r;
+}
+
+TEST(LocmoeOpt, TauCapacityIsLocmoePlusLowerBound) {
+  int checked = 0;
+  for (unsigned seed = 1; seed <= 4; ++seed) {
+    Case cs = make_case(300 + 150 * static_cast<int>(seed), 16, 2, 2, 2, 60 + seed);
+    const refr::Scores sc = refr::scores(cs.pr);
+    for (const int k : {1, 2}) {
+      for (const double tau : {0.3, 0.7, 0.9, 1.0}) {
+        RouterConfig c = opt_config(k, 1.25, 0.05);
+        c.opt_tau_capacity = true;
+        c.tau = tau;
+        auto router = Router::create(c);
+        ASSERT_TRUE(router.ok());
+        auto plans = router->route_all_ranks({cs.pr.x.data(), cs.pr.T, cs.pr.H}, {cs.pr.w.data(), cs.pr.E, cs.pr.H}, cs.pl);
+        ASSERT_TRUE(plans.ok()) << plans.status().to_string();
+        const long C_cf = refr::cf_capacity(1.25, k, cs.pr.T, cs.pr.E);
+        const TauRef ref = tau_reference(sc.p, cs.pr.T, cs.pr.E, k, tau, C_cf);
+        const std::string what = "seed " + std::to_string(seed) + " k " + std::to_string(k) + " tau " + std::to_string(tau);
+        if (ref.margin < 1e-6) continue;  // float vs double probabilities could decide it either way
+        const RouteStats& st = router->last_stats();
+        EXPECT_EQ(st.capacity_lower_bound, ref.c_lb) << what;
+        EXPECT_EQ(st.tau_reached, ref.reached) << what;
+        EXPECT_EQ(st.capacity, ref.c_lb) << what << ": the first step uses C_lb";
+        EXPECT_EQ(st.capacity_factor_capacity, C_cf) << what;
+        check_plans(*plans, values(cs.pr, sc, 0.05, 0.0), cs.pr.E, k, ref.c_lb, what);
+        ++checked;
+      }
+    }
+  }
+  EXPECT_GE(checked, 28);
+}
+
+TEST(LocmoeOpt, TauCapacityIsSmoothedLikeLocmoePlus) {
+  // C_t = beta C_{t-1} + (1 - beta) C_lb, used as ceil(C_t) between capacity_floor and C_cf.
+  RouterConfig c = opt_config(2, 1.25, 0.05);
+  c.opt_tau_capacity = true;
+  c.tau = 0.8;
+  c.beta = 0.7;
+  c.capacity_floor = 5;
+  auto router = Router::create(c);
+  double smoothed = 0;
+  for (int step = 0; step < 3; ++step) {
+    Case cs = make_case(500 - 150 * step, 16, 2, 2, 2, 70 + static_cast<unsigned>(step));
+    auto plans = router->route_all_ranks({cs.pr.x.data(), cs.pr.T, cs.pr.H}, {cs.pr.w.data(), cs.pr.E, cs.pr.H}, cs.pl);
+    ASSERT_TRUE(plans.ok());
+    const RouteStats& st = router->last_stats();
+    const long C_cf = refr::cf_capacity(1.25, 2, cs.pr.T, cs.pr.E);
+    const TauRef ref = tau_reference(refr::scores(cs.pr).p, cs.pr.T, cs.pr.E, 2, 0.8, C_cf);
+    EXPECT_EQ(st.capacity_lower_bound, ref.c_lb) << "step " << step;
+    smoothed = step == 0 ? static_cast<double>(ref.c_lb) : 0.7 * smoothed + 0.3 * static_cast<double>(ref.c_lb);
+    EXPECT_NEAR(st.capacity_smoothed, smoothed, 1e-9) << "step " << step;
+    const long want = std::min(std::max(static_cast<long>(std::ceil(smoothed - 1e-9)), 5L), C_cf);
+    EXPECT_EQ(st.capacity, want) << "step " << step;
+  }
+}
+
+TEST(LocmoeOpt, TauBoundExactInsideOneHistogramBin) {
+  // Probabilities crowded into one level-1 bin (and tied) so the bounds of the first histogram
+  // cannot decide and the radix descent must: the result against brute force over C in the
+  // bound's own 2^-32 fixed point.
+  const int T = 640, E = 4;
+  std::vector<float> p(static_cast<size_t>(T * E), 0.0f);
+  for (int t = 0; t < T; ++t) {
+    const int e = (t * 7) % E;
+    const float hi = 0.5f + static_cast<float>((t * 37) % 23) * 1.6e-4f;  // 23 values in [0.5, 0.504), tied
+    p[static_cast<size_t>(t * E + e)] = hi;
+    for (int j = 1; j < E; ++j) p[static_cast<size_t>(t * E + (e + j) % E)] = (1.0f - hi) / 3.0f;
+  }
+  int descents = 0;
+  for (const double tau : {0.1, 0.37, 0.5, 0.73, 0.99, 1.0}) {
+    opt::Reducer red(nullptr);
+    auto got = opt::tau_capacity(p.data(), T, E, 1, tau, 200, red);
+    ASSERT_TRUE(got.ok()) << got.status().to_string();
+    std::vector<std::vector<int64_t>> per(E);
+    int64_t total = 0;
+    for (int t = 0; t < T; ++t) {
+      int best = 0;
+      for (int e = 1; e < E; ++e)
+        if (p[static_cast<size_t>(t * E + e)] > p[static_cast<size_t>(t * E + best)]) best = e;
+      const auto q = static_cast<int64_t>(std::floor(static_cast<double>(p[static_cast<size_t>(t * E + best)]) * 4294967296.0));
+      per[best].push_back(q);
+      total += q;
+    }
+    for (auto& v : per) std::sort(v.rbegin(), v.rend());
+    const auto target = static_cast<int64_t>(std::ceil(tau * static_cast<double>(total)));
+    long want = 200;
+    bool reached = false;
+    for (long C = 1; C <= 200 && !reached; ++C) {
+      int64_t m = 0;
+      for (const auto& v : per)
+        for (size_t i = 0; i < v.size() && static_cast<long>(i) < C; ++i) m += v[i];
+      if (m >= target) {
+        want = C;
+        reached = true;
+      }
+    }
+    EXPECT_EQ(got->topk_fixed, total) << tau;
+    EXPECT_EQ(got->capacity, want) << tau;
+    EXPECT_EQ(got->reached, reached) << tau;
+    descents += got->descents;
+  }
+  EXPECT_GT(descents, 0) << "the case must need the radix descent somewhere";
 }
 
 TEST(LocmoeOpt, MinCapacityAndBadConfig) {

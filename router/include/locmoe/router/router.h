@@ -96,6 +96,11 @@ struct RouterConfig {
   // locmoe-opt: at most this many price iterations (each one allreduce of E int64 loads); fewer
   // when the prices meet the optimality conditions first. >= 1.
   int32_t opt_iterations = 40;
+  // locmoe-opt: capacity by LocMoE+'s rule with `tau`, `beta`, `capacity_floor` and C_cf as the
+  // ceiling (true), or C_cf (false). Its lower bound is the smallest C at which the tokens' top-k
+  // experts by p, each expert keeping its C most probable, keep tau of the top-k mass, computed
+  // from allreduced per-expert histograms (docs/ROUTING.md "## locmoe-opt").
+  bool opt_tau_capacity = false;
   // deepseek-v3 (DeepSeek-V3's gate; docs/ROUTING.md "## DeepSeek routing"): scores s = sigmoid(z)
   // ("sigmoid") or softmax(z) ("softmax", DeepSeek-V2). Experts form `groups` groups of E / groups
   // contiguous experts (0 = one group per node; E / R per group = DeepSeek-V2's device limit); a
@@ -158,8 +163,8 @@ struct RouteStats {
   int64_t num_experts = 0;
   int64_t capacity = 0;                  // capacity used (0 = none: dropless)
   int64_t capacity_factor_capacity = 0;  // C_cf
-  int64_t capacity_lower_bound = 0;      // LocMoE+: C_lb of this batch (0 for other routers)
-  double capacity_smoothed = 0.0;        // LocMoE+: beta-smoothed C_lb
+  int64_t capacity_lower_bound = 0;      // LocMoE+ (and locmoe-opt with opt_tau_capacity): C_lb of this batch, else 0
+  double capacity_smoothed = 0.0;        // the same routers: beta-smoothed C_lb
   bool tau_reached = true;  // LocMoE+: false when even C_cf keeps less than tau of the top-k mass
   double topk_mass = 0.0;   // sum over tokens of their unconstrained top-k gate probabilities
   double kept_mass = 0.0;   // sum of p over accepted slots
