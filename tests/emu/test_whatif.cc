@@ -127,6 +127,38 @@ TEST(Whatif, InvariantsOnRandomTraffic) {
   }
 }
 
+TEST(Whatif, RouterExchangeMatchesRouteExchangeCounts) {
+  // Figures route_exchange measured under mpirun (docs/data/router/route-exchange.jsonl, 4 ranks on
+  // 2 nodes, E = 64, 1024 tokens per rank): LocMoE+ 12 collectives, 139840 B sent, 557824 B
+  // received per rank; locmoe-opt 8 + its counted rounds, sent - counted payload = 560 B,
+  // received - sent = 144 B.
+  w::ClusterModel c = model(2, 2, 1, 1e9, 1e8);
+  c.inter.latency_s = 1e-5;
+  w::SyntheticRouting sr;
+  sr.tokens_per_rank = 1024;
+  sr.experts = 64;
+  sr.router.k = 2;
+  sr.router.name = "locmoe+";
+  locmoe::RouteStats st;
+  ASSERT_TRUE(w::synthetic_plans(sr, c, &st).ok());
+  w::RouterExchange x = w::router_exchange(sr.router, st, c);
+  EXPECT_EQ(x.collectives, 12);
+  EXPECT_EQ(x.bytes_sent, 139840);
+  EXPECT_EQ(x.bytes_received, 557824);
+  sr.router.name = "locmoe-opt";
+  ASSERT_TRUE(w::synthetic_plans(sr, c, &st).ok());
+  x = w::router_exchange(sr.router, st, c);
+  EXPECT_GT(st.exchange_rounds, 0);
+  EXPECT_EQ(x.collectives, 8 + st.exchange_rounds);
+  EXPECT_EQ(x.bytes_sent - st.exchange_bytes, 560);
+  EXPECT_EQ(x.bytes_received - x.bytes_sent, 144);
+  // Latency-bound: ceil(log2 4) = 2 inter-node latencies per collective, plus the bytes.
+  EXPECT_GT(x.seconds, static_cast<double>(x.collectives) * 2 * c.inter.latency_s);
+  sr.router.name = "gshard";
+  ASSERT_TRUE(w::synthetic_plans(sr, c, &st).ok());
+  EXPECT_EQ(w::router_exchange(sr.router, st, c).collectives, 0) << "not modeled";
+}
+
 TEST(Whatif, RejectsMismatchAndBadFigures) {
   const auto t = w::uniform_traffic(6, 10);
   auto p = w::predict(t, model(2, 4, 1, 1e9, 1e8), w::Algo::kFlat);
@@ -220,7 +252,8 @@ TEST(Whatif, RailsFromThePlacementRule) {
 TEST(Whatif, TrafficFromRouterPlansCountsEveryCopy) {
   // Plans of a real router on the synthetic input; the matrix row of rank r, counted here from the
   // plan's slots (one copy per distinct destination rank of each token), times the row bytes.
-  const w::ClusterModel c = model(2, 2, 1, 1e9, 1e8);
+  w::ClusterModel c = model(2, 2, 1, 1e9, 1e8);
+  c.inter.latency_s = 1e-5;
   w::SyntheticRouting s;
   s.tokens_per_rank = 32, s.router.k = 2, s.experts = 8, s.route_hidden = 16;
   for (const char* router : {"gshard", "locmoe+", "dropless"}) {

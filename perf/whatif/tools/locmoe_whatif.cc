@@ -75,6 +75,9 @@ int main(int argc, char** argv) {
   app.add_option("--experts", sr.experts, "Experts of the EP group")->default_val(256);
   app.add_option("-k,--top-k", sr.router.k, "Experts per token")->default_val(8);
   app.add_option("--capacity-factor", sr.router.capacity_factor, "Capacity factor of gshard and locmoe")->default_val(1.25);
+  app.add_option("--cross-node-cost", sr.router.cross_node_cost, "locmoe-opt: mu")->default_val(0.05);
+  app.add_flag("--opt-tau-capacity", sr.router.opt_tau_capacity, "locmoe-opt: capacity from LocMoE+'s lower bound with --tau");
+  app.add_option("--tau", sr.router.tau, "LocMoE+ (and locmoe-opt with --opt-tau-capacity): tau")->default_val(0.9);
   app.add_option("--route-hidden", sr.route_hidden, "Feature width the routers run on (bytes use --hidden)")->default_val(64);
   app.add_option("--affinity", sr.affinity, "Signal of a token towards its expert's gate row (synthetic input)")->default_val(0.5);
   app.add_option("--seed", sr.seed, "Seed of the synthetic input")->default_val(1);
@@ -105,18 +108,20 @@ int main(int argc, char** argv) {
   struct Case {
     std::string name;
     w::TrafficMatrix dispatch;
+    w::RouterExchange exchange;
   };
   std::vector<Case> cases;
   if (uniform > 0) {
-    cases.push_back({"uniform", w::uniform_traffic(c.size(), uniform)});
+    cases.push_back({"uniform", w::uniform_traffic(c.size(), uniform), {}});
   } else {
     for (const std::string& rule : rules) {
       sr.router.name = rule;
-      auto plans = w::synthetic_plans(sr, c);
+      locmoe::RouteStats st;
+      auto plans = w::synthetic_plans(sr, c, &st);
       if (!plans.ok()) return fail(plans.status());
       auto t = w::traffic_from_plans(*plans, hidden, dtype_bytes);
       if (!t.ok()) return fail(t.status());
-      cases.push_back({rule, std::move(*t)});
+      cases.push_back({rule, std::move(*t), w::router_exchange(sr.router, st, c)});
     }
   }
   if (!json)
@@ -144,7 +149,20 @@ int main(int argc, char** argv) {
       }
     }
   }
+  nlohmann::json exchanges = nlohmann::json::array();
+  for (const Case& cs : cases) {
+    if (cs.exchange.collectives == 0) continue;
+    exchanges.push_back({{"traffic", cs.name}, {"collectives", cs.exchange.collectives},
+                         {"bytes_sent", cs.exchange.bytes_sent}, {"bytes_received", cs.exchange.bytes_received},
+                         {"time_ms", cs.exchange.seconds * 1e3}});
+    if (!json)
+      std::printf("router exchange %-13s %5lld collectives, %12lld B sent, %12lld B received per rank, %9.3f ms (model)\n",
+                  cs.name.c_str(), static_cast<long long>(cs.exchange.collectives),
+                  static_cast<long long>(cs.exchange.bytes_sent), static_cast<long long>(cs.exchange.bytes_received),
+                  cs.exchange.seconds * 1e3);
+  }
   if (json) {
+    doc["router_exchange"] = exchanges;
     doc["results"] = results;
     std::printf("%s\n", doc.dump(2).c_str());
   }

@@ -147,7 +147,24 @@ struct SyntheticRouting {
   uint64_t seed = 1;
 };
 
-// One finalized plan per rank of `cluster` (ranks placed node by node).
-Result<std::vector<RoutingPlan>> synthetic_plans(const SyntheticRouting& routing, const ClusterModel& cluster);
+// One finalized plan per rank of `cluster` (ranks placed node by node); `stats` (optional) gets the
+// step's RouteStats (the router's own exchange counters among them).
+Result<std::vector<RoutingPlan>> synthetic_plans(const SyntheticRouting& routing, const ClusterModel& cluster,
+                                                 RouteStats* stats = nullptr);
+
+// The router's own collectives in one step, per rank (docs/ROUTING.md): locmoe-opt's counted
+// allreduces (RouteStats::exchange_rounds / exchange_bytes, identical on every rank) or LocMoE+'s
+// candidate allgather (every rank receives T (32 l + 8) bytes), plus the 8 collectives both run
+// (input agreement, token counts, the E expert counts: 48 + 8 E bytes sent). Time model, optimistic: every
+// collective spans the nodes, a latency-bound one costs ceil(log2 R) inter-node latencies, an
+// allreduce of b bytes adds 2 b / inter bw (ring), an allgather its received bytes / inter bw.
+// Other routers: collectives = 0 (not modeled).
+struct RouterExchange {
+  int64_t collectives = 0;
+  int64_t bytes_sent = 0;      // payload one rank contributes
+  int64_t bytes_received = 0;  // what one rank receives (allreduce: its payload back)
+  double seconds = 0;
+};
+RouterExchange router_exchange(const RouterConfig& router, const RouteStats& stats, const ClusterModel& cluster);
 
 }  // namespace locmoe::whatif
