@@ -77,6 +77,8 @@ struct Options {
   int32_t experts_per_rank = 2, k = 2;
   double capacity_factor = 1.25;
   bool mpi = true;
+  // DispatcherConfig::weight_grads_with_dispatch_backward (what locmoe.torch's MoELayer uses).
+  bool weight_grads_behind = true;
 };
 
 [[noreturn]] void fail(int rank, const Status& s) {
@@ -494,6 +496,9 @@ int run_ep(int argc, char** argv) {
   app.add_option("--algo", o.algo, "flat | hier | auto (LOCMOE_A2A_ALGO)");
   app.add_option("--memory", o.memory, "host | device (CUDA build and a GPU; no MPI reference)");
   app.add_option("--mpi", o.mpi, "run the MPI_Alltoallv reference (1/0; host memory, MPI bootstrap)");
+  app.add_option("--weight-grads-behind", o.weight_grads_behind,
+                 "1: the weight gradients travel behind dispatch_backward's rows (4 data exchanges per step, "
+                 "DispatcherConfig::weight_grads_with_dispatch_backward); 0: in combine_backward's own (5)");
 
   auto boot = make_bootstrap_from_env();
   if (!boot.ok()) {
@@ -602,6 +607,7 @@ int run_ep(int argc, char** argv) {
     dc.max_tokens = T;
     dc.top_k = plan->k;
     dc.memory = device ? MemoryKind::kDevice : MemoryKind::kHost;
+    dc.weight_grads_with_dispatch_backward = o.weight_grads_behind;
     auto disp = Dispatcher::create(b, comm, dc);
     if (!disp.ok()) fail(me, disp.status());
     Dispatcher& d = **disp;
@@ -629,8 +635,8 @@ int run_ep(int argc, char** argv) {
       switch (p) {
         case 0: s = d.dispatch(x, *plan, h, ein, M); break;
         case 1: s = d.combine(ein, h, out); break;  // identity experts: expert_out = expert_in
-        case 2: s = d.combine_backward(gout, h, ein, geo, gw); break;
-        default: s = d.dispatch_backward(geo, h, gx); break;
+        case 2: s = d.combine_backward(gout, h, ein, geo, o.weight_grads_behind ? nullptr : gw); break;
+        default: s = d.dispatch_backward(geo, h, gx, nullptr, o.weight_grads_behind ? gw : nullptr); break;
       }
       LOCMOE_RETURN_IF_ERROR(s);
       return buf.sync();
@@ -785,6 +791,7 @@ int run_ep(int argc, char** argv) {
     doc["warmup"] = o.warmup;
     doc["check"] = o.check;
     doc["mpi_reference"] = with_mpi;
+    doc["weight_grads_behind"] = o.weight_grads_behind;
     doc["memcpy_GBps_one_rank"] = memcpy_alone;
     doc["memcpy_GBps_per_rank_all_ranks"] = memcpy_together;
     doc["results"] = results;

@@ -241,7 +241,12 @@ Status create_plan(locmoe_group_t g, int32_t T, int32_t k, int32_t L, const int3
 
 locmoe::Result<locmoe::DispatcherConfig> dispatcher_config(const locmoe_dispatcher_config_t* config) {
   locmoe_dispatcher_config_t c = LOCMOE_DISPATCHER_CONFIG_INIT;
-  LOCMOE_RETURN_IF_ERROR(read_config(config, c, sizeof(c), "config"));
+  // The first version ended with `memory` (48 bytes with its tail padding).
+  static_assert(offsetof(locmoe_dispatcher_config_t, weight_grads_with_dispatch_backward) == 48);
+  LOCMOE_RETURN_IF_ERROR(read_config(config, c, 48, "config"));
+  LOCMOE_CHECK_ARG(c.weight_grads_with_dispatch_backward == 0 || c.weight_grads_with_dispatch_backward == 1,
+                   "config.weight_grads_with_dispatch_backward {} must be 0 or 1",
+                   c.weight_grads_with_dispatch_backward);
   locmoe::DispatcherConfig dc;
   dc.experts_per_rank = c.experts_per_rank;
   dc.hidden = c.hidden;
@@ -251,6 +256,7 @@ locmoe::Result<locmoe::DispatcherConfig> dispatcher_config(const locmoe_dispatch
   dc.align = c.align;
   dc.max_recv_rows = c.max_recv_rows;
   dc.memory = static_cast<locmoe::MemoryKind>(c.memory);
+  dc.weight_grads_with_dispatch_backward = c.weight_grads_with_dispatch_backward != 0;
   return dc;
 }
 
@@ -671,6 +677,25 @@ locmoe_status_t locmoe_dispatch_backward(locmoe_dispatcher_t d, const void* grad
                                          void* grad_x, void* stream) {
   return guarded("locmoe_dispatch_backward", [&] {
     return dispatcher_call(d, h, false, [&] { return d->d->dispatch_backward(grad_expert_in, *h->h, grad_x, stream); });
+  });
+}
+locmoe_status_t locmoe_dispatch_backward_weights(locmoe_dispatcher_t d, const void* grad_expert_in,
+                                                 locmoe_handle_t h, void* grad_x, float* grad_weights,
+                                                 void* stream) {
+  return guarded("locmoe_dispatch_backward_weights", [&] {
+    return dispatcher_call(d, h, false, [&] {
+      return d->d->dispatch_backward(grad_expert_in, *h->h, grad_x, stream, grad_weights);
+    });
+  });
+}
+locmoe_status_t locmoe_dispatcher_exchange_counters(locmoe_dispatcher_t d, uint64_t* metadata_rounds,
+                                                    uint64_t* data_exchanges) {
+  return guarded("locmoe_dispatcher_exchange_counters", [&] {
+    LOCMOE_RETURN_IF_ERROR(check_dispatcher(d));
+    const locmoe::Communicator::Counters c = d->group->comm->counters();
+    if (metadata_rounds) *metadata_rounds = c.metadata_rounds;
+    if (data_exchanges) *data_exchanges = c.data_exchanges;
+    return locmoe::ok_status();
   });
 }
 locmoe_status_t locmoe_combine_backward(locmoe_dispatcher_t d, const void* grad_out, locmoe_handle_t h,

@@ -260,10 +260,18 @@ typedef struct locmoe_dispatcher_config_t {
   int32_t align;            /* pad each expert's rows to a multiple of this (>= 1) */
   int64_t max_recv_rows;    /* most rows this rank receives per dispatch; 0 = size * max_tokens */
   locmoe_memory_t memory;   /* where token buffers live */
+  /* Second version (a shorter struct leaves it 0). Non-zero: the combine weights' gradients travel
+   * behind locmoe_dispatch_backward_weights' rows instead of in an exchange of their own, so a
+   * training step is 4 data exchanges instead of 5. locmoe_combine_backward then takes
+   * grad_weights = NULL, and the locmoe_dispatch_backward_weights that follows it on the same
+   * handle writes them. Same on every rank (checked). 0 or 1; 64 bits wide so that it starts
+   * past the first version's tail padding (offset 48): a first-version caller's struct_size
+   * covers those padding bytes, which it need not have zeroed. */
+  int64_t weight_grads_with_dispatch_backward;
 } locmoe_dispatcher_config_t;
 #define LOCMOE_DISPATCHER_CONFIG_INIT                                                         \
   { (uint32_t)sizeof(locmoe_dispatcher_config_t), 0, 0, LOCMOE_DTYPE_F32, 0, 0, 1, 0,         \
-    LOCMOE_MEMORY_HOST }
+    LOCMOE_MEMORY_HOST, 0 }
 
 /* Collective. Checks that every rank passed the same hidden, dtype, experts_per_rank, top_k and
  * memory (LOCMOE_ERR_MISMATCH naming the rank that differs) and allocates the workspace once.
@@ -278,6 +286,12 @@ void locmoe_dispatcher_destroy(locmoe_dispatcher_t dispatcher);
 locmoe_status_t locmoe_dispatcher_query(const locmoe_dispatcher_config_t* config, int32_t num_ranks,
                                         int64_t* max_expert_rows, uint64_t* workspace_bytes,
                                         uint64_t* handle_bytes);
+/* Exchanges of the dispatcher's group on this rank since the group was made: metadata rounds (one
+ * every-rank count exchange each: a dispatch's, a rejection's) and data exchanges (each movement
+ * of rows). A caller takes differences around the calls it measures (a training step with
+ * weight_grads_with_dispatch_backward: 1 round, 4 exchanges). Local; either output may be NULL. */
+locmoe_status_t locmoe_dispatcher_exchange_counters(locmoe_dispatcher_t dispatcher, uint64_t* metadata_rounds,
+                                                    uint64_t* data_exchanges);
 /* Rows an expert-major buffer (expert_in, expert_out, their gradients) needs in the worst case. */
 locmoe_status_t locmoe_dispatcher_max_expert_rows(locmoe_dispatcher_t dispatcher, int64_t* rows);
 
@@ -331,6 +345,14 @@ locmoe_status_t locmoe_combine(locmoe_dispatcher_t dispatcher, const void* exper
  * accepted slots of grad_expert_in rows (no weights). */
 locmoe_status_t locmoe_dispatch_backward(locmoe_dispatcher_t dispatcher, const void* grad_expert_in,
                                          locmoe_handle_t handle, void* grad_x, void* stream);
+/* Collective. locmoe_dispatch_backward that also writes grad_weights: float [T*k] or NULL, in the
+ * dispatcher's memory kind, the combine weights' gradients that the locmoe_combine_backward before
+ * it on this handle computed (as that call describes them). Needs a dispatcher created with
+ * weight_grads_with_dispatch_backward and a locmoe_combine_backward on the handle since its
+ * dispatch (else LOCMOE_ERR_INVALID_ARGUMENT; the exchange still runs, see locmoe_dispatch). */
+locmoe_status_t locmoe_dispatch_backward_weights(locmoe_dispatcher_t dispatcher, const void* grad_expert_in,
+                                                 locmoe_handle_t handle, void* grad_x, float* grad_weights,
+                                                 void* stream);
 /* Collective. grad_out: [T, H]; expert_out: the rows given to locmoe_combine ([expert_rows, H]).
  * grad_expert_out: [expert_rows, H] or NULL (written: weight * grad_out[t] at the row of (t, j),
  * padding rows 0). grad_weights: float [T*k] or NULL, in the dispatcher's memory kind (written:

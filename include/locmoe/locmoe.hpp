@@ -169,6 +169,17 @@ class Dispatcher {
   void dispatch_backward(const void* grad_expert_in, const Handle& h, void* grad_x, void* stream = nullptr) {
     check(locmoe_dispatch_backward(get(), grad_expert_in, h.get(), grad_x, stream));
   }
+  // With weight_grads_with_dispatch_backward: also returns combine_backward's weight gradients.
+  void dispatch_backward(const void* grad_expert_in, const Handle& h, void* grad_x, float* grad_weights,
+                         void* stream) {
+    check(locmoe_dispatch_backward_weights(get(), grad_expert_in, h.get(), grad_x, grad_weights, stream));
+  }
+  // Metadata rounds and data exchanges of the group on this rank so far (locmoe.h).
+  std::pair<uint64_t, uint64_t> exchange_counters() const {
+    uint64_t rounds = 0, exchanges = 0;
+    check(locmoe_dispatcher_exchange_counters(get(), &rounds, &exchanges));
+    return {rounds, exchanges};
+  }
   void combine_backward(const void* grad_out, const Handle& h, const void* expert_out, void* grad_expert_out,
                         float* grad_weights, void* stream = nullptr) {
     check(locmoe_combine_backward(get(), grad_out, h.get(), expert_out, grad_expert_out, grad_weights, stream));

@@ -75,15 +75,24 @@ def _combine(self, expert_out, handle):
 
 
 def _dispatch_backward(self, grad_expert_in, handle):
-    """Collective. Returns grad_x [handle.num_tokens, H]."""
+    """Collective. Returns grad_x [handle.num_tokens, H]; with weight_grads_with_dispatch_backward
+    (grad_x, grad_weights float32 [T, k]), the weight gradients of the combine_backward before."""
     gx = _empty(grad_expert_in, handle.num_tokens, self.hidden)
-    self.dispatch_backward_into(grad_expert_in, handle, gx)
-    return gx
+    if not self.weight_grads_with_dispatch_backward:
+        self.dispatch_backward_into(grad_expert_in, handle, gx)
+        return gx
+    gw = _empty(grad_expert_in, handle.num_tokens, handle.k, dtype=_float32_like(grad_expert_in))
+    self.dispatch_backward_into(grad_expert_in, handle, gx, gw)
+    return gx, gw
 
 
 def _combine_backward(self, grad_out, handle, expert_out):
-    """Collective. Returns (grad_expert_out [expert_rows, H], grad_weights float32 [T, k])."""
+    """Collective. Returns (grad_expert_out [expert_rows, H], grad_weights float32 [T, k]); with
+    weight_grads_with_dispatch_backward grad_weights is None (dispatch_backward returns them)."""
     gy = _empty(grad_out, handle.expert_rows, self.hidden)
+    if self.weight_grads_with_dispatch_backward:
+        self.combine_backward_into(grad_out, handle, expert_out, gy)
+        return gy, None
     gw = _empty(grad_out, handle.num_tokens, handle.k, dtype=_float32_like(grad_out))
     self.combine_backward_into(grad_out, handle, expert_out, gy, gw)
     return gy, gw

@@ -467,7 +467,7 @@ class Handle {
 class Dispatcher {
  public:
   Dispatcher(Group& g, int experts_per_rank, int64_t hidden, int max_tokens, int top_k, const std::string& dtype,
-             int align, int64_t max_recv_rows, const std::string& device)
+             int align, int64_t max_recv_rows, const std::string& device, bool weight_grads_with_dispatch_backward)
       : group_(&g) {
     cfg_ = LOCMOE_DISPATCHER_CONFIG_INIT;
     cfg_.experts_per_rank = experts_per_rank;
@@ -476,6 +476,7 @@ class Dispatcher {
     cfg_.top_k = top_k;
     cfg_.align = align;
     cfg_.max_recv_rows = max_recv_rows;
+    cfg_.weight_grads_with_dispatch_backward = weight_grads_with_dispatch_backward ? 1 : 0;
     if (dtype == "float32") cfg_.dtype = LOCMOE_DTYPE_F32;
     else if (dtype == "bfloat16") cfg_.dtype = LOCMOE_DTYPE_BF16;
     else bad("dtype must be 'float32' or 'bfloat16', got '" + dtype + "'");
@@ -495,6 +496,12 @@ class Dispatcher {
   int experts_per_rank() const { return cfg_.experts_per_rank; }
   std::string dtype() const { return cfg_.dtype == LOCMOE_DTYPE_BF16 ? "bfloat16" : "float32"; }
   std::string device() const { return cfg_.memory == LOCMOE_MEMORY_DEVICE ? "cuda" : "cpu"; }
+  bool weight_grads_with_dispatch_backward() const { return cfg_.weight_grads_with_dispatch_backward != 0; }
+  nb::tuple exchange_counters() const {
+    uint64_t rounds = 0, exchanges = 0;
+    check(locmoe_dispatcher_exchange_counters(d_, &rounds, &exchanges));
+    return nb::make_tuple(rounds, exchanges);
+  }
   Handle* make_handle() { return new Handle(d_); }
 
   int64_t dispatch(nb::object x_obj, Plan& plan, Handle& h, nb::object expert_in_obj, uintptr_t stream) {
@@ -517,15 +524,29 @@ class Dispatcher {
     check_no_overlap({span(out, "out")}, {span(expert_out, "expert_out")});
     check(locmoe_combine(d_, expert_out.data(), h.get(), out.data(), reinterpret_cast<void*>(stream)));
   }
-  void dispatch_backward(nb::object grad_expert_in_obj, Handle& h, nb::object grad_x_obj, uintptr_t stream) {
+  void dispatch_backward(nb::object grad_expert_in_obj, Handle& h, nb::object grad_x_obj, nb::object grad_weights,
+                         uintptr_t stream) {
     const locmoe_handle_info_t i = h.info();
     const InArray grad_expert_in = input_array(grad_expert_in_obj, "grad_expert_in");
     const OutArray grad_x = output_array(grad_x_obj, "grad_x");
     check_array(grad_expert_in, "grad_expert_in", rows(i.expert_rows, true));
     check_array(grad_x, "grad_x", rows(i.num_tokens));
-    check_no_overlap({span(grad_x, "grad_x")}, {span(grad_expert_in, "grad_expert_in")});
-    check(locmoe_dispatch_backward(d_, grad_expert_in.data(), h.get(), grad_x.data(),
-                                   reinterpret_cast<void*>(stream)));
+    float* gw = nullptr;
+    OutArray gwa;
+    Span gws{"", 0, 0};
+    if (!grad_weights.is_none()) {
+      gwa = output_array(grad_weights, "grad_weights");
+      check_array(gwa, "grad_weights", weight_grads(i));
+      gw = static_cast<float*>(gwa.data());
+      gws = span(gwa, "grad_weights");
+    }
+    check_no_overlap({span(grad_x, "grad_x"), gws}, {span(grad_expert_in, "grad_expert_in"), span(grad_x, "grad_x"), gws});
+    if (gw == nullptr)
+      check(locmoe_dispatch_backward(d_, grad_expert_in.data(), h.get(), grad_x.data(),
+                                     reinterpret_cast<void*>(stream)));
+    else
+      check(locmoe_dispatch_backward_weights(d_, grad_expert_in.data(), h.get(), grad_x.data(), gw,
+                                             reinterpret_cast<void*>(stream)));
   }
   void combine_backward(nb::object grad_out_obj, Handle& h, nb::object expert_out_obj, nb::object grad_expert_out,
                         nb::object grad_weights, uintptr_t stream) {
@@ -547,10 +568,7 @@ class Dispatcher {
     }
     if (!grad_weights.is_none()) {
       gwa = output_array(grad_weights, "grad_weights");
-      Want w{i.num_tokens, i.k};
-      w.mem = cfg_.memory;
-      w.of_dispatcher = true;
-      check_array(gwa, "grad_weights", w);
+      check_array(gwa, "grad_weights", weight_grads(i));
       gw = static_cast<float*>(gwa.data());
       gws = span(gwa, "grad_weights");
     }
@@ -568,6 +586,14 @@ class Dispatcher {
     const bool b = cfg_.dtype == LOCMOE_DTYPE_BF16;
     w.dtype = b ? "bfloat16 (or uint16 bits)" : "float32";
     w.dtype_ok = b ? bf16 : f32;
+    w.mem = cfg_.memory;
+    w.of_dispatcher = true;
+    return w;
+  }
+
+  // The combine weights' gradients: float32 [T, k] in the dispatcher's memory.
+  Want weight_grads(const locmoe_handle_info_t& i) const {
+    Want w{i.num_tokens, i.k};
     w.mem = cfg_.memory;
     w.of_dispatcher = true;
     return w;
@@ -692,7 +718,8 @@ NB_MODULE(_locmoe, m) {
            "dtype, layout or memory raises ValueError before the collective: the peers learn of it "
            "when the exception ends the script (the exit hook), else at the timeout.");
 
-  nb::class_<Handle>(m, "Handle", "Layouts of one dispatch, reused by combine and the backwards.")
+  // dynamic_attr: locmoe.torch keeps the link between a dispatch and its combine on the handle.
+  nb::class_<Handle>(m, "Handle", nb::dynamic_attr(), "Layouts of one dispatch, reused by combine and the backwards.")
       .def_prop_ro("generation", &Handle::generation,
                    "Dispatches made on this handle so far; a later dispatch replaces the layouts an earlier "
                    "one left for combine and the backwards (one handle per dispatch in flight).")
@@ -710,16 +737,25 @@ NB_MODULE(_locmoe, m) {
       .def_prop_ro("expert_offsets", &Handle::offsets, "start row of each local expert's segment [L+1]");
 
   nb::class_<Dispatcher>(m, "Dispatcher", "Dispatch/combine over a group (collective constructor).")
-      .def(nb::init<Group&, int, int64_t, int, int, const std::string&, int, int64_t, const std::string&>(),
+      .def(nb::init<Group&, int, int64_t, int, int, const std::string&, int, int64_t, const std::string&, bool>(),
            nb::arg("group"), nb::arg("experts_per_rank"), nb::arg("hidden"), nb::arg("max_tokens"),
            nb::arg("top_k"), nb::arg("dtype") = "float32", nb::arg("align") = 1, nb::arg("max_recv_rows") = 0,
-           nb::arg("device") = "cpu", nb::keep_alive<1, 2>())
+           nb::arg("device") = "cpu", nb::arg("weight_grads_with_dispatch_backward") = false,
+           nb::keep_alive<1, 2>(),
+           "weight_grads_with_dispatch_backward: the combine weights' gradients travel back with "
+           "dispatch_backward's rows (a training step is 4 data exchanges instead of 5): "
+           "combine_backward then returns none and the dispatch_backward after it on the handle does.")
       .def_prop_ro("max_expert_rows", &Dispatcher::max_expert_rows)
       .def_prop_ro("hidden", &Dispatcher::hidden)
       .def_prop_ro("top_k", &Dispatcher::top_k)
       .def_prop_ro("experts_per_rank", &Dispatcher::experts_per_rank)
       .def_prop_ro("dtype", &Dispatcher::dtype)
       .def_prop_ro("device", &Dispatcher::device)
+      .def_prop_ro("weight_grads_with_dispatch_backward", &Dispatcher::weight_grads_with_dispatch_backward)
+      .def("exchange_counters", &Dispatcher::exchange_counters,
+           "Local. (metadata_rounds, data_exchanges) of the group on this rank so far: take differences "
+           "around the calls to count (a training step: 1 round; 4 exchanges with "
+           "weight_grads_with_dispatch_backward, else 5).")
       .def("make_handle", &Dispatcher::make_handle, nb::rv_policy::take_ownership, nb::keep_alive<0, 1>())
       .def("dispatch_into", &Dispatcher::dispatch, nb::arg("x"), nb::arg("plan"), nb::arg("handle"),
            nb::arg("expert_in"), nb::arg("stream") = 0,
@@ -728,8 +764,9 @@ NB_MODULE(_locmoe, m) {
       .def("combine_into", &Dispatcher::combine, nb::arg("expert_out"), nb::arg("handle"), nb::arg("out"),
            nb::arg("stream") = 0, "Collective. expert_out [>= expert_rows, H] -> out [T, H].")
       .def("dispatch_backward_into", &Dispatcher::dispatch_backward, nb::arg("grad_expert_in"),
-           nb::arg("handle"), nb::arg("grad_x"), nb::arg("stream") = 0,
-           "Collective. grad_expert_in [>= expert_rows, H] -> grad_x [T, H] (sum, no weights).")
+           nb::arg("handle"), nb::arg("grad_x"), nb::arg("grad_weights") = nb::none(), nb::arg("stream") = 0,
+           "Collective. grad_expert_in [>= expert_rows, H] -> grad_x [T, H] (sum, no weights); with "
+           "weight_grads_with_dispatch_backward also grad_weights float32 [T, k] (combine_backward's).")
       .def("combine_backward_into", &Dispatcher::combine_backward, nb::arg("grad_out"), nb::arg("handle"),
            nb::arg("expert_out"), nb::arg("grad_expert_out") = nb::none(), nb::arg("grad_weights") = nb::none(),
            nb::arg("stream") = 0,

@@ -74,6 +74,13 @@ class MoELayerMatchesReference(unittest.TestCase):
             with self.subTest(router=router):
                 self.check_layer(router)
 
+    def test_weight_gradients_in_an_exchange_of_their_own(self):
+        # MoELayer's default sends the weights' gradient behind the dispatch backward's rows; the
+        # other mode (combine's backward returns it) must give the same numbers.
+        for router in ("locmoe+", "gshard"):
+            with self.subTest(router=router):
+                self.check_layer(router, weight_grads_with_dispatch_backward=False)
+
     def test_a_rank_without_tokens(self):
         # Rank 0 brings no tokens; every rank still takes part in every collective.
         self.check_layer("gshard", T=0 if self.g.rank == 0 else T)
@@ -220,6 +227,76 @@ class HandlesAndArguments(unittest.TestCase):
         out = torch.zeros(T, H)
         d.combine_into(buf[:rows], h, out)
         self.assertTrue(torch.allclose(out, x.detach(), atol=1e-6))  # weights 0.5 + 0.5, identity experts
+
+
+class ExchangesPerStep(unittest.TestCase):
+    """Issue 14's budget, counted on the dispatcher's communicator: a training step (forward and
+    backward of one MoE layer) negotiates once and moves data 4 times (dispatch, combine, combine
+    backward, dispatch backward with the weights' gradient behind its rows), 5 when the weights'
+    gradient has an exchange of its own."""
+
+    def step_counts(self, **kw):
+        g = common.group()
+        layer = lt.MoELayer(g, H, F, L, max_tokens=64, router="locmoe+", seed=7, **kw)
+        counts = []
+        for step in range(3):
+            x = rank_tokens(g, T, 60 + step)
+            before = layer.dispatcher.exchange_counters() if layer.dispatcher else None
+            layer(x).square().sum().backward()
+            after = layer.dispatcher.exchange_counters()
+            if before is not None:
+                counts.append((after[0] - before[0], after[1] - before[1]))
+        return counts
+
+    def test_one_metadata_round_and_four_data_exchanges(self):
+        self.assertEqual(self.step_counts(), [(1, 4), (1, 4)])
+
+    def test_five_with_the_weight_gradients_apart(self):
+        self.assertEqual(self.step_counts(weight_grads_with_dispatch_backward=False), [(1, 5), (1, 5)])
+
+    def test_both_modes_give_the_same_gradients_to_user_weights(self):
+        g = common.group()
+        E = L * g.size
+        gate0 = torch.randn(E, H, generator=torch.Generator().manual_seed(8)) * 0.3
+        got = []
+        for with_dw in (True, False):
+            d = locmoe.Dispatcher(g, experts_per_rank=L, hidden=H, max_tokens=T, top_k=2,
+                                  weight_grads_with_dispatch_backward=with_dw)
+            self.assertEqual(d.weight_grads_with_dispatch_backward, with_dw)
+            x = rank_tokens(g, T, 71)
+            gate = gate0.clone().requires_grad_(True)
+            w, idx = torch.softmax(x @ gate.t(), dim=-1).topk(2, dim=-1)
+            plan = lt.plan_from_topk(g, idx, w, L)
+            expert_in, h = lt.dispatch(x, d, plan, weight=w)
+            out = lt.combine(torch.tanh(expert_in) * 3, w, d, h)
+            out.square().sum().backward()
+            got.append((out.detach(), x.grad, gate.grad))
+        for name, a, b in zip(("forward", "d x", "d gate"), *got):
+            self.assertTrue(torch.equal(a, b), f"{name}: max diff {(a - b).abs().max().item()}")
+
+    def test_the_weights_must_reach_dispatch(self):
+        g = common.group()
+        E = L * g.size
+        d = locmoe.Dispatcher(g, experts_per_rank=L, hidden=H, max_tokens=T, top_k=2,
+                              weight_grads_with_dispatch_backward=True)
+        ids = torch.randint(0, E, (T, 2), generator=torch.Generator().manual_seed(9))
+        w = torch.full((T, 2), 0.5, requires_grad=True)
+        plan = lt.plan_from_topk(g, ids, w, L)
+        # Refused before the dispatch's collective, on every rank alike (same arguments).
+        with self.assertRaisesRegex(ValueError, "dispatch needs the combine weights"):
+            lt.dispatch(rank_tokens(g, T, 72), d, plan)
+        with self.assertRaisesRegex(ValueError, r"weight has shape \(20, 1\), expected \[20, 2\]"):
+            lt.dispatch(rank_tokens(g, T, 72), d, plan, weight=w[:, :1])
+        expert_in, h = lt.dispatch(rank_tokens(g, T, 72), d, plan, weight=w)
+        # combine is local up to its exchange: a wrong weight tensor is refused before it on every
+        # rank, then the right one completes the collective.
+        with self.assertRaisesRegex(ValueError, "weight must be the tensor given to this handle's dispatch"):
+            lt.combine(expert_in, w.detach().clone(), d, h)
+        out = lt.combine(expert_in, w, d, h)
+        with self.assertRaisesRegex(ValueError, "combined already"):
+            lt.combine(expert_in, w, d, h)
+        out.sum().backward()
+        self.assertEqual(tuple(w.grad.shape), (T, 2))
 
 
 class RouterStatsAndAuxLosses(unittest.TestCase):

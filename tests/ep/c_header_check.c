@@ -10,5 +10,6 @@ int locmoe_test_c_header_sizes(void) {
   locmoe_route_stats_t s = LOCMOE_ROUTE_STATS_INIT;
   return g.struct_size == sizeof g && d.struct_size == sizeof d && h.struct_size == sizeof h &&
          p.struct_size == sizeof p && d.align == 1 && d.memory == LOCMOE_MEMORY_HOST &&
+         d.weight_grads_with_dispatch_backward == 0 && sizeof d == 56 &&
          r.struct_size == sizeof r && r.beta == 0.9 && r.capacity_floor == 1 && s.struct_size == sizeof s;
 }

@@ -111,6 +111,97 @@ TEST(CApi, RoundTripThroughTheCppLayer) {
   }
 }
 
+// weight_grads_with_dispatch_backward through the C API: the weight gradients that
+// locmoe_dispatch_backward_weights returns equal what locmoe_combine_backward returns without it,
+// and a training step costs one data exchange fewer (1 metadata round, 4 exchanges instead of 5).
+TEST(CApi, WeightGradientsBehindDispatchBackward) {
+  locmoe::api::Group group;
+  const int R = group.size(), me = group.rank();
+  const int32_t L = 2, k = 2, H = 5, T = 6 + me;
+  std::mt19937 rng(23 + me);
+  std::vector<int32_t> expert(T * k);
+  std::vector<float> weight(T * k), x(T * H), gout(T * H);
+  for (int t = 0; t < T; ++t) {
+    const int e0 = static_cast<int>(rng() % (R * L));
+    expert[t * k] = e0;
+    expert[t * k + 1] = t % 4 == 1 ? -1 : (e0 + 1) % (R * L);
+    weight[t * k] = 0.75f;
+    weight[t * k + 1] = expert[t * k + 1] < 0 ? 0.0f : 0.25f;
+  }
+  for (auto& v : x) v = static_cast<float>(static_cast<int>(rng() % 13) - 6);
+  for (auto& v : gout) v = static_cast<float>(static_cast<int>(rng() % 7) - 3);
+  locmoe::api::Plan plan(group, T, k, L, expert.data(), weight.data());
+
+  struct Step {
+    std::vector<float> gx, gw;
+    uint64_t rounds = 0, exchanges = 0;
+  };
+  auto step = [&](bool with_dw) {
+    locmoe_dispatcher_config_t cfg = LOCMOE_DISPATCHER_CONFIG_INIT;
+    cfg.experts_per_rank = L;
+    cfg.hidden = H;
+    cfg.max_tokens = 16;
+    cfg.top_k = k;
+    cfg.weight_grads_with_dispatch_backward = with_dw ? 1 : 0;
+    locmoe::api::Dispatcher d(group, cfg);
+    locmoe::api::Handle h(d);
+    const int64_t cap = d.max_expert_rows();
+    std::vector<float> ein(cap * H), out(T * H), gein(cap * H);
+    Step s;
+    s.gx.assign(T * H, -1.0f);
+    s.gw.assign(T * k, -1.0f);
+    const auto [r0, x0] = d.exchange_counters();
+    d.dispatch(x.data(), plan, h, ein.data(), cap);
+    for (float& v : ein) v = 2.0f * v + 1.0f;  // an expert that is not the identity
+    d.combine(ein.data(), h, out.data());
+    if (with_dw) {
+      d.combine_backward(gout.data(), h, ein.data(), gein.data(), nullptr);
+      d.dispatch_backward(gein.data(), h, s.gx.data(), s.gw.data(), nullptr);
+    } else {
+      d.combine_backward(gout.data(), h, ein.data(), gein.data(), s.gw.data());
+      d.dispatch_backward(gein.data(), h, s.gx.data());
+    }
+    const auto [r1, x1] = d.exchange_counters();
+    s.rounds = r1 - r0;
+    s.exchanges = x1 - x0;
+    return s;
+  };
+  const Step apart = step(false), behind = step(true);
+  EXPECT_EQ(apart.rounds, 1u);
+  EXPECT_EQ(apart.exchanges, 5u);
+  EXPECT_EQ(behind.rounds, 1u);
+  EXPECT_EQ(behind.exchanges, 4u);
+  EXPECT_EQ(behind.gw, apart.gw);
+  EXPECT_EQ(behind.gx, apart.gx);
+  // Independently: d w[t,j] = <gout[t], 2 x[t] + 1> for accepted slots, 0 for unused ones.
+  for (int t = 0; t < T; ++t)
+    for (int j = 0; j < k; ++j) {
+      float want = 0;
+      if (expert[t * k + j] >= 0)
+        for (int c = 0; c < H; ++c) want += gout[t * H + c] * (2.0f * x[t * H + c] + 1.0f);
+      EXPECT_FLOAT_EQ(behind.gw[t * k + j], want) << t << "," << j;
+    }
+}
+
+// The second version of locmoe_dispatcher_config_t: a first-version struct (48 bytes) never
+// reads weight_grads_with_dispatch_backward; the full struct has it checked.
+TEST(CApi, DispatcherConfigSecondVersion) {
+  locmoe_dispatcher_config_t cfg = LOCMOE_DISPATCHER_CONFIG_INIT;
+  cfg.experts_per_rank = 2;
+  cfg.hidden = 4;
+  cfg.max_tokens = 8;
+  cfg.top_k = 2;
+  cfg.weight_grads_with_dispatch_backward = 2;
+  EXPECT_EQ(locmoe_dispatcher_query(&cfg, 2, nullptr, nullptr, nullptr), LOCMOE_ERR_INVALID_ARGUMENT);
+  EXPECT_NE(std::string(locmoe_last_error()).find("weight_grads_with_dispatch_backward 2 must be 0 or 1"),
+            std::string::npos)
+      << locmoe_last_error();
+  cfg.struct_size = 48;
+  EXPECT_EQ(locmoe_dispatcher_query(&cfg, 2, nullptr, nullptr, nullptr), LOCMOE_OK) << locmoe_last_error();
+  cfg.struct_size = 44;
+  EXPECT_EQ(locmoe_dispatcher_query(&cfg, 2, nullptr, nullptr, nullptr), LOCMOE_ERR_INVALID_ARGUMENT);
+}
+
 // LocMoE+ through the C API: renormalized weights sum to 1 over a token's accepted experts, so
 // identity experts give back x for every token that kept an expert, and 0 for dropped tokens.
 TEST(CApi, RouteThenIdentityExpertsReturnInput) {

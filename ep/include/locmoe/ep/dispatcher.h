@@ -86,8 +86,9 @@ struct DispatcherConfig {
   // two local copies of dispatch_backward's rows (into and out of the strided exchange buffer).
   // combine_backward then computes them but takes grad_weights = nullptr, and the
   // dispatch_backward that follows it on the same handle writes them (its grad_weights). For
-  // callers that run the two backwards in that order in one step (not locmoe.torch, whose
-  // autograd needs the weight gradients from combine's backward). Same on all ranks (checked).
+  // callers that run the two backwards in that order on a handle (locmoe.torch's MoELayer does:
+  // its weights enter the dispatch's autograd function, whose backward autograd runs after
+  // combine's). Same on all ranks (checked).
   bool weight_grads_with_dispatch_backward = false;
 };
 
