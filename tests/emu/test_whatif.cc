@@ -8,7 +8,9 @@
 #include <cmath>
 #include <random>
 #include <set>
+#include <span>
 
+#include "locmoe/comm/plan.h"
 #include "locmoe/perf/whatif.h"
 
 namespace w = locmoe::whatif;
@@ -123,6 +125,64 @@ TEST(Whatif, InvariantsOnRandomTraffic) {
       auto back = w::predict(t.transposed(), c, a);
       ASSERT_TRUE(back.ok());
       EXPECT_EQ(back->internode_bytes, cross);
+    }
+  }
+}
+
+// The model and the communicator's statistics read one schedule (comm/plan.h): over every rank's
+// plan, the bytes and messages ExchangeStats gives an execute() are what predict() charges, for
+// both algorithms, with rails permuted against local ranks and chunked messages.
+TEST(Whatif, ChargesWhatTheCommunicatorsStatsCount) {
+  std::mt19937 rng(13);
+  for (int trial = 0; trial < 12; ++trial) {
+    const int nodes = 1 + int(rng() % 3), g = 2 + int(rng() % 3);
+    w::ClusterModel c = model(nodes, g, g, 1e9, 1e8);
+    c.rail_of_local.resize(g);
+    for (int l = 0; l < g; ++l) c.rail_of_local[l] = g - 1 - l;  // NICs in reverse of local ranks
+    c.chunk_bytes = 4096;
+    const int R = nodes * g;
+    w::TrafficMatrix t{R, std::vector<uint64_t>(size_t(R) * R)};
+    for (auto& v : t.bytes) v = (rng() % 4 == 0) ? 0 : rng() % 20000;
+    // The map comm builds for these ranks: lanes by rail NIC.
+    locmoe::ClusterMap m;
+    m.nodes.resize(nodes);
+    m.lanes.resize(nodes);
+    for (int r = 0; r < R; ++r) {
+      locmoe::RankInfo info;
+      info.rank = r, info.node = r / g, info.local_rank = r % g, info.lane = c.rail_of_local[r % g];
+      m.ranks.push_back(info);
+      m.nodes[r / g].push_back(r);
+    }
+    for (int n = 0; n < nodes; ++n)
+      for (int j = 0; j < g; ++j) m.lanes[n].push_back(n * g + (g - 1 - j));
+    const size_t len = locmoe::plan_row_len(R);
+    std::vector<uint64_t> rows(len * R);
+    for (int r = 0; r < R; ++r) {
+      locmoe::ExchangeSpec spec;
+      spec.send_counts = &t.bytes[size_t(r) * R];
+      ASSERT_TRUE(locmoe::plan_row(spec, R, std::span<uint64_t>(rows).subspan(len * r, len)).ok());
+    }
+    for (w::Algo a : {w::Algo::kFlat, w::Algo::kHierarchical}) {
+      uint64_t inter = 0, msgs = 0, intra = 0;
+      for (int r = 0; r < R; ++r) {
+        m.my_rank = r;
+        locmoe::ExchangeSpec spec;
+        spec.send_counts = &t.bytes[size_t(r) * R];
+        locmoe::ExchangePlan plan;
+        ASSERT_TRUE(locmoe::build_plan(m, a == w::Algo::kFlat ? locmoe::A2AAlgo::kFlat : locmoe::A2AAlgo::kHierarchical,
+                                       c.chunk_bytes, spec, rows, plan).ok());
+        inter += plan.stats.internode_bytes_sent;
+        msgs += plan.stats.internode_msgs_sent;
+        intra += plan.stats.intranode_bytes_sent;
+      }
+      auto p = w::predict(t, c, a);
+      ASSERT_TRUE(p.ok()) << p.status().to_string();
+      EXPECT_EQ(p->internode_bytes, inter) << w::algo_name(a) << " trial " << trial;
+      EXPECT_EQ(p->internode_msgs, msgs) << w::algo_name(a) << " trial " << trial;
+      EXPECT_EQ(p->intranode_bytes, intra) << w::algo_name(a) << " trial " << trial;
+      if (a == w::Algo::kHierarchical) {
+        EXPECT_EQ(p->spine_bytes, 0u) << "rail l pairs NIC l with NIC l";
+      }
     }
   }
 }

@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cmath>
 
+#include "locmoe/comm/plan.h"
 #include "locmoe/core/check.h"
+#include "locmoe/topology/cluster_map.h"
 #include "locmoe/topology/topology.h"
 
 namespace locmoe::whatif {
@@ -60,7 +62,8 @@ struct Loads {
     return c.rail_of_local.empty() ? l % c.nics_per_node : c.rail_of_local[l];
   }
   int nic(int r) const { return node(r) * c.nics_per_node + rail(r); }
-  void add(int s, int d, uint64_t b) {
+  // b bytes from s to d; `new_msg`: the first (or only) chunk of a message (messages counted).
+  void add(int s, int d, uint64_t b, bool new_msg = true) {
     if (b == 0 || s == d) return;
     if (node(s) == node(d)) {
       intra_tx[s] += b;
@@ -70,7 +73,7 @@ struct Loads {
       nic_tx[nic(s)] += b;
       nic_rx[nic(d)] += b;
       st.inter_bytes += b;
-      st.inter_msgs += 1;
+      st.inter_msgs += new_msg ? 1 : 0;
       if (rail(s) != rail(d)) {
         spine_up[rail(s)] += b;
         spine_down[rail(d)] += b;
@@ -100,6 +103,36 @@ struct Loads {
     return st;
   }
 };
+
+// The cluster map comm would build for this model: ranks node by node, and each node's lanes
+// (the hierarchical exchange's rails) in rail-NIC order, then local rank (ClusterMap::lanes).
+ClusterMap cluster_map_of(const ClusterModel& c) {
+  ClusterMap m;
+  const int G = c.ranks_per_node;
+  auto nic = [&](int l) { return c.rail_of_local.empty() ? l % c.nics_per_node : c.rail_of_local[l]; };
+  std::vector<int> order(G);
+  for (int l = 0; l < G; ++l) order[l] = l;
+  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return nic(a) < nic(b); });
+  std::vector<int> lane_of_local(G);
+  for (int j = 0; j < G; ++j) lane_of_local[order[j]] = j;
+  m.nodes.resize(c.nodes);
+  m.lanes.resize(c.nodes);
+  for (int n = 0; n < c.nodes; ++n)
+    for (int l = 0; l < G; ++l) {
+      const int r = n * G + l;
+      RankInfo info;
+      info.rank = r;
+      info.node = n;
+      info.local_rank = l;
+      info.lane = lane_of_local[l];
+      info.desc.host_id = "node" + std::to_string(n);
+      m.ranks.push_back(info);
+      m.nodes[n].push_back(r);
+    }
+  for (int n = 0; n < c.nodes; ++n)
+    for (int j = 0; j < G; ++j) m.lanes[n].push_back(n * G + order[j]);
+  return m;
+}
 
 double lower_bound(const TrafficMatrix& t, const ClusterModel& c) {
   const int R = c.size(), G = c.ranks_per_node;
@@ -144,38 +177,47 @@ Result<Prediction> predict(const TrafficMatrix& t, const ClusterModel& c, Algo a
   LOCMOE_CHECK_ARG(t.ranks == c.size() && t.bytes.size() == size_t(t.ranks) * t.ranks,
                    "whatif: traffic of {} ranks ({} entries) for a cluster of {} x {} = {} ranks", t.ranks,
                    t.bytes.size(), c.nodes, c.ranks_per_node, c.size());
-  const int R = c.size(), G = c.ranks_per_node;
+  const int R = c.size();
   Prediction p;
   p.algo = algo;
+  // The stages are charged from the schedules comm itself executes (comm/plan.h: build_plan, the
+  // same rule Communicator::prepare applies), one plan per rank, so the model cannot drift from
+  // the algorithm: flat is one stage (kDirect); hierarchical charges its intra-node steps (direct,
+  // gather and the uneven-node forward) to "intra gather" and its rail messages to "inter rails".
   std::vector<Loads> stages;
-  std::vector<uint64_t> block;  // hierarchical: [destination rank][source node], one rail message each
-  if (algo == Algo::kFlat) {
-    stages.emplace_back(c, "flat");
-    for (int s = 0; s < R; ++s)
-      for (int d = 0; d < R; ++d) stages[0].add(s, d, t.at(s, d));
-  } else {
-    // comm's hierarchical path (equal nodes): rail l of a node pair is local rank l on both
-    // nodes and carries the data for local rank l of the remote node. (1) rows inside the node go
-    // directly, and every rank sends its rows for remote ranks of local rank l to its node's local
-    // rank l; (2) local rank l of m sends the gathered block for (n, l) to local rank l of n, which
-    // is the destination. The stages are pipelined in chunks (header).
-    stages.emplace_back(c, "intra gather");
-    stages.emplace_back(c, "inter rails");
-    block.assign(size_t(R) * c.nodes, 0);
-    for (int s = 0; s < R; ++s)
-      for (int d = 0; d < R; ++d) {
-        const uint64_t b = t.at(s, d);
-        const int m = s / G, n = d / G;
-        if (m == n) {
-          stages[0].add(s, d, b);
-          continue;
-        }
-        stages[0].add(s, m * G + d % G, b);
-        block[size_t(d) * c.nodes + m] += b;
+  stages.emplace_back(c, algo == Algo::kFlat ? "flat" : "intra gather");
+  if (algo == Algo::kHierarchical) stages.emplace_back(c, "inter rails");
+  const ClusterMap map = cluster_map_of(c);
+  const size_t len = plan_row_len(R);
+  std::vector<uint64_t> rows(len * R);
+  for (int r = 0; r < R; ++r) {
+    ExchangeSpec spec;
+    spec.send_counts = &t.bytes[static_cast<size_t>(r) * R];
+    LOCMOE_RETURN_IF_ERROR(plan_row(spec, R, std::span<uint64_t>(rows).subspan(len * r, len)));
+  }
+  LOCMOE_RETURN_IF_ERROR(check_rows(rows, R));
+  const A2AAlgo a = algo == Algo::kFlat ? A2AAlgo::kFlat : A2AAlgo::kHierarchical;
+  ExchangePlan plan;
+  std::vector<uint64_t> rail_msg(R);  // this rank's inter-node message bytes to each peer
+  uint64_t largest_rail_msg = 0;
+  for (int r = 0; r < R; ++r) {
+    ClusterMap mine = map;
+    mine.my_rank = r;
+    ExchangeSpec spec;
+    spec.send_counts = &t.bytes[static_cast<size_t>(r) * R];
+    LOCMOE_RETURN_IF_ERROR(build_plan(mine, a, c.chunk_bytes, spec, rows, plan));
+    std::fill(rail_msg.begin(), rail_msg.end(), 0);
+    for (const PlanStep& step : plan.schedule.steps) {
+      const bool rails = step.stage == PlanStage::kInterNode;
+      Loads& l = stages[algo == Algo::kHierarchical && rails ? 1 : 0];
+      for (uint32_t i = step.transfers_begin; i < step.transfers_end; ++i) {
+        const PlanTransfer& x = plan.schedule.transfers[i];
+        if (!x.is_send) continue;
+        l.add(r, x.peer, x.bytes, x.first_chunk);
+        if (rails) rail_msg[x.peer] += x.bytes;
       }
-    for (int d = 0; d < R; ++d)
-      for (int m = 0; m < c.nodes; ++m)
-        if (m != d / G) stages[1].add(m * G + d % G, d, block[size_t(d) * c.nodes + m]);
+    }
+    largest_rail_msg = std::max(largest_rail_msg, *std::max_element(rail_msg.begin(), rail_msg.end()));
   }
   for (Loads& l : stages) {
     p.stages.push_back(l.finish(&p.intra_seconds, &p.inter_seconds));
@@ -187,8 +229,8 @@ Result<Prediction> predict(const TrafficMatrix& t, const ClusterModel& c, Algo a
   if (algo == Algo::kFlat) {
     p.seconds = p.stages[0].seconds;
   } else {
-    const uint64_t largest = block.empty() ? 0 : *std::max_element(block.begin(), block.end());
-    const double chunks = std::max<double>(1, std::ceil(double(largest) / double(c.chunk_bytes)));
+    // comm cuts each rail message into chunk_bytes chunks that leave as they are gathered.
+    const double chunks = std::max<double>(1, std::ceil(double(largest_rail_msg) / double(c.chunk_bytes)));
     const double t1 = p.stages[0].seconds, t2 = p.stages[1].seconds;
     p.seconds = std::max(t1, t2) + std::min(t1, t2) / chunks;
   }

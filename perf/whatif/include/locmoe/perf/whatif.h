@@ -1,7 +1,9 @@
 // Cost model of an all-to-all-v (dispatch or combine) on a cluster: from the bytes every rank
 // sends to every rank and the figures of the two link classes, the time of each stage of the flat
-// and the hierarchical exchange (comm/src/communicator.cc), and a lower bound that no algorithm
-// beats.
+// and the hierarchical exchange, and a lower bound that no algorithm beats. The stages' transfers
+// are not re-derived here: predict() builds every rank's ExchangePlan with comm's own rule
+// (locmoe/comm/plan.h: build_plan, what Communicator::prepare runs, the same schedule
+// ExchangeStats counts) and charges each send of its schedule to the resources below.
 //
 // Resources (each full duplex, a send and a receive direction of `bw` bytes/s each):
 //   * intra: every rank's path to the other ranks of its node (NVLink port; shared memory when
