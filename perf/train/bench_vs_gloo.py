@@ -102,7 +102,7 @@ def locmoe_layer(g, d, x, idx, w, w1, w2, L, timings):
     t0 = time.perf_counter()
     plan = lt.plan_from_topk(g, idx, w, L)
     timings["plan"] = timings.get("plan", 0.0) + time.perf_counter() - t0
-    ein, h = lt.dispatch(x, d, plan, timings)
+    ein, h = lt.dispatch(x, d, plan, timings, weight=w)
     t1 = time.perf_counter()
     y = experts(ein, h.expert_offsets, h.expert_counts, w1, w2)
     timings["experts"] = timings.get("experts", 0.0) + time.perf_counter() - t1
@@ -135,7 +135,8 @@ def main():
     w2_0 = torch.randn(L, H, a.ffn, generator=torch.Generator().manual_seed(20 + g.rank)) * a.ffn ** -0.5
     x0 = torch.randn(T, H, generator=torch.Generator().manual_seed(30 + g.rank))
     gy = torch.randn(T, H, generator=torch.Generator().manual_seed(40 + g.rank))
-    d = locmoe.Dispatcher(g, experts_per_rank=L, hidden=H, max_tokens=T, top_k=k)
+    # The weights' gradient behind dispatch_backward's rows: 4 data exchanges per step (MoELayer's default).
+    d = locmoe.Dispatcher(g, experts_per_rank=L, hidden=H, max_tokens=T, top_k=k, weight_grads_with_dispatch_backward=True)
 
     def step(which, timings):
         x = x0.clone().requires_grad_(True)
