@@ -54,6 +54,18 @@ using locmoe::Status;
 
 thread_local std::string g_last_error;
 
+// The refusal locmoe_refuse_next_call left for this thread's next collective call. Each collective
+// entry point takes it first and treats it as a refusal of its own arguments, so a binding's
+// checks (dtype, strides, ...) reach the peers through the same path as the C API's own.
+thread_local bool g_refusal_set = false;
+thread_local std::string g_refusal;
+
+Status take_refusal() {
+  if (!g_refusal_set) return locmoe::ok_status();
+  g_refusal_set = false;
+  return locmoe::error(Code::kInvalidArgument, "{}", std::move(g_refusal));
+}
+
 // Live groups (locmoe_abort_all tells every one of them), and whether any group of this process
 // saw a peer fail or aborted (then exit skips MPI_Finalize, which would wait for the peers).
 std::mutex g_groups_mu;
@@ -211,10 +223,12 @@ Status check_plan_args(int32_t T, int32_t k, int32_t L, const int32_t* expert, c
 
 Status create_plan(locmoe_group_t g, int32_t T, int32_t k, int32_t L, const int32_t* expert,
                    const float* weight, const uint8_t* dropped, locmoe_plan_t* out) {
+  Status refusal = take_refusal();
   LOCMOE_RETURN_IF_ERROR(check_group(g));
   // A rank with bad arguments takes its turn in the collective (finalize_plan's allreduce) as a
   // rejecting rank, so its peers fail at once naming it.
-  if (Status s = check_plan_args(T, k, L, expert, weight, out); !s.ok()) return g->bootstrap->reject(s);
+  if (refusal.ok()) refusal = check_plan_args(T, k, L, expert, weight, out);
+  if (!refusal.ok()) return g->bootstrap->reject(refusal);
   auto p = std::make_unique<locmoe_plan_s>();
   locmoe::RoutingPlan& plan = p->plan;
   const int R = g->cluster.size();
@@ -272,17 +286,31 @@ Status check_pair(locmoe_dispatcher_t d, locmoe_handle_t h) {
 }
 
 // A dispatch that this rank refused before its first exchange (its own arguments: plan, handle,
-// buffers) takes its turn in the metadata round its peers wait in, as a rejecting rank: they fail
-// at once naming it and its reason, and the group stays usable. combine and both backwards have
-// no metadata round (they execute the dispatch's plans): the Dispatcher itself takes part in
-// their exchanges with a bad argument and refuses the next dispatch instead; only a handle that
-// is NULL or another dispatcher's (nothing to exchange with) leaves their peers to the deadline.
+// buffers, or its binding's refusal) takes its turn in the metadata round its peers wait in, as a
+// rejecting rank: they fail at once naming it and its reason, and the group stays usable.
+// combine and both backwards have no metadata round (they execute the dispatch's plans): the
+// Dispatcher itself takes part in their exchanges with a bad argument or a binding's refusal
+// (Dispatcher::refuse_next) and refuses the next dispatch on every rank. A handle that is NULL or
+// another dispatcher's gives this rank no exchange to take part in: it aborts the group's
+// communicator (Communicator::abort), so the peers' pending exchange fails at once naming this
+// rank and the reason; the communicator is unusable afterwards on every rank.
 template <typename F>
 Status dispatcher_call(locmoe_dispatcher_t d, locmoe_handle_t h, bool negotiates, F&& f) {
+  Status refusal = take_refusal();
   LOCMOE_RETURN_IF_ERROR(check_dispatcher(d));
   locmoe::Communicator& comm = *d->group->comm;
   const uint64_t before = comm.exchanges();
   Status s = check_pair(d, h);
+  if (!s.ok() && !negotiates) {
+    comm.abort(s.message());
+    std::lock_guard<std::mutex> lock(g_groups_mu);
+    g_group_failed = true;  // as locmoe_group_abort: the peers leave without MPI_Finalize
+    return s;
+  }
+  if (s.ok() && !refusal.ok()) {
+    if (negotiates) s = refusal;
+    else d->d->refuse_next(refusal);
+  }
   if (s.ok()) s = f();
   if (s.ok() || !negotiates || comm.exchanges() != before) return s;
   return comm.reject(s);
@@ -293,6 +321,14 @@ Status dispatcher_call(locmoe_dispatcher_t d, locmoe_handle_t h, bool negotiates
 extern "C" {
 
 const char* locmoe_last_error(void) { return g_last_error.c_str(); }
+
+void locmoe_refuse_next_call(const char* message) {
+  try {
+    g_refusal = message != nullptr && *message != '\0' ? message : "(no reason given)";
+    g_refusal_set = true;
+  } catch (...) {  // out of memory: the next call runs with its own arguments
+  }
+}
 
 const char* locmoe_status_name(locmoe_status_t status) {
   if (status < 0 || status > LOCMOE_ERR_INTERNAL) return "unknown status";
@@ -370,8 +406,11 @@ locmoe_status_t locmoe_group_node_of(locmoe_group_t g, int32_t rank, int32_t* no
 }
 locmoe_status_t locmoe_group_allreduce_sum(locmoe_group_t g, double* values, int64_t count) {
   return guarded("locmoe_group_allreduce_sum", [&] {
+    Status refusal = take_refusal();
     LOCMOE_RETURN_IF_ERROR(check_group(g));
-    LOCMOE_CHECK_ARG(count >= 0 && (count == 0 || values != nullptr), "values NULL or count {} < 0", count);
+    if (refusal.ok() && !(count >= 0 && (count == 0 || values != nullptr)))
+      refusal = locmoe::error(Code::kInvalidArgument, "values NULL or count {} < 0", count);
+    if (!refusal.ok()) return g->bootstrap->reject(refusal);
     return g->bootstrap->allreduce(values, values, static_cast<size_t>(count), locmoe::DataType::kFloat64,
                                    locmoe::ReduceOp::kSum);
   });
@@ -459,10 +498,12 @@ namespace {
 // gate_rows < 0: the caller of locmoe_route vouches for [E, hidden] (nothing to check it against).
 Status route(locmoe_router_t router, locmoe_group_t group, const float* features, int32_t num_tokens, int64_t hidden,
              const float* gate, int64_t gate_rows, int64_t gate_hidden, int32_t experts_per_rank, locmoe_plan_t* out) {
+  Status refusal = take_refusal();
   LOCMOE_RETURN_IF_ERROR(check_group(group));
   // Everything this rank can refuse alone is refused in its turn of the routing collective, so its
   // peers fail at once naming it (Bootstrap::reject) instead of waiting for it.
   auto placement = [&]() -> locmoe::Result<locmoe::ExpertPlacement> {
+    LOCMOE_RETURN_IF_ERROR(refusal);
     LOCMOE_CHECK_ARG(router != nullptr && router->router != nullptr, "router is NULL");
     LOCMOE_CHECK_ARG(out != nullptr && gate != nullptr, "out or gate is NULL");
     LOCMOE_CHECK_ARG(num_tokens >= 0 && hidden > 0 && (num_tokens == 0 || features != nullptr),
@@ -579,9 +620,20 @@ locmoe_status_t locmoe_plan_weight_backward(locmoe_plan_t plan, const float* log
 locmoe_status_t locmoe_dispatcher_create(locmoe_group_t group, const locmoe_dispatcher_config_t* config,
                                          locmoe_dispatcher_t* out) {
   return guarded("locmoe_dispatcher_create", [&] {
+    Status refusal = take_refusal();
     LOCMOE_RETURN_IF_ERROR(check_group(group));
-    LOCMOE_CHECK_ARG(config != nullptr && out != nullptr, "config or out is NULL");
-    LOCMOE_ASSIGN_OR_RETURN(const locmoe::DispatcherConfig dc, dispatcher_config(config));
+    // What this rank can refuse alone (its binding's refusal, its config) takes its turn in the
+    // first collective check its peers wait in, as a rejecting rank.
+    locmoe::DispatcherConfig dc;
+    if (refusal.ok() && (config == nullptr || out == nullptr))
+      refusal = locmoe::error(Code::kInvalidArgument, "config or out is NULL");
+    if (refusal.ok()) {
+      locmoe::Result<locmoe::DispatcherConfig> r = dispatcher_config(config);
+      if (r.ok()) dc = *r;
+      if (r.ok()) refusal = locmoe::Dispatcher::query_sizes(dc, group->comm->size()).status();
+      else refusal = r.status();
+    }
+    if (!refusal.ok()) return group->bootstrap->reject(refusal);
     auto d = std::make_unique<locmoe_dispatcher_s>();
     d->group = group;
     LOCMOE_ASSIGN_OR_RETURN(d->d, locmoe::Dispatcher::create(*group->bootstrap, *group->comm, dc));

@@ -61,6 +61,8 @@ struct Dispatcher::Work {
   // A combine-family call this rank refused after taking part in its exchange (which has no
   // metadata round to refuse it in): the next dispatch rejects with it, so the peers learn of it.
   Status refused;
+  // refuse_next(): the caller's refusal of the next combine-family call's arguments.
+  Status next_refusal;
   // weight_grads_with_dispatch_backward: the handle whose weight gradients combine_backward left
   // in dw_recv for its dispatch_backward (nullptr: none).
   const DispatchHandle* dw_for = nullptr;
@@ -244,14 +246,25 @@ Result<std::unique_ptr<DispatchHandle>> Dispatcher::make_handle() const {
 }
 
 Status Dispatcher::check_handle(const DispatchHandle& h, const char* op) const {
-  LOCMOE_CHECK_ARG(h.valid_ && h.impl_ != nullptr,
-                   "{}: the handle holds no dispatch (dispatch() must succeed on it first)", op);
-  LOCMOE_CHECK_ARG(h.impl_->recv_rank_count.size() == static_cast<size_t>(comm_->size()) &&
-                       h.expert_count_.size() == static_cast<size_t>(config_.experts_per_rank) &&
-                       h.impl_->send.max_copies == work_->max_copies && h.impl_->recv.max_recv == work_->max_recv,
-                   "{}: the handle was made by another dispatcher", op);
+  // A foreign handle gives this rank no plan to take part in its peers' exchange with: abort the
+  // communicator, so their pending exchange fails at once naming this rank, instead of at the
+  // deadline. The refusal a caller left for this call goes with it.
+  if (!(h.impl_ != nullptr && h.impl_->recv_rank_count.size() == static_cast<size_t>(comm_->size()) &&
+        h.expert_count_.size() == static_cast<size_t>(config_.experts_per_rank) &&
+        h.impl_->send.max_copies == work_->max_copies && h.impl_->recv.max_recv == work_->max_recv)) {
+    work_->next_refusal = ok_status();
+    Status s = error(Code::kInvalidArgument, "{}: the handle was made by another dispatcher", op);
+    comm_->abort(s.message());
+    return s;
+  }
+  if (!h.valid_) {
+    work_->next_refusal = ok_status();
+    return error(Code::kInvalidArgument, "{}: the handle holds no dispatch (dispatch() must succeed on it first)", op);
+  }
   return ok_status();
 }
+
+void Dispatcher::refuse_next(Status why) { work_->next_refusal = std::move(why); }
 
 namespace {
 // Rows this rank can take in one dispatch without overflowing expert_in, whatever their slots:
@@ -275,6 +288,8 @@ Status Dispatcher::dispatch(const void* x, const RoutingPlan& plan, DispatchHand
   const size_t slots = static_cast<size_t>(std::max(plan.num_tokens, 0)) * static_cast<size_t>(std::max(k, 0));
   const size_t E = static_cast<size_t>(R) * L;
 
+  Status refusal = std::move(w.next_refusal);
+  w.next_refusal = ok_status();
   // 1. Everything this rank can check by itself: arguments, the send layout (on the device from
   // a device copy of the plan's expert ids and weights) and its token conservation. A failure
   // takes this rank's turn in the dispatch's one metadata round as a rejection
@@ -284,6 +299,7 @@ Status Dispatcher::dispatch(const void* x, const RoutingPlan& plan, DispatchHand
                          h.impl_->send.max_copies == w.max_copies && h.impl_->recv.max_recv == w.max_recv,
                      "dispatch: the handle was made by another dispatcher");
     h.valid_ = false;
+    if (!refusal.ok()) return refusal.with_context("dispatch");  // refuse_next
     LOCMOE_CHECK_ARG(plan.num_ranks == R && plan.rank == comm_->rank(),
                      "dispatch: plan is for rank {} of {}, this is rank {} of {}", plan.rank, plan.num_ranks,
                      comm_->rank(), R);
@@ -496,8 +512,15 @@ Status Dispatcher::reduce_and_return(const void* rows, const DispatchHandle& h, 
   // metadata round to refuse in): missing expert rows go out as NaN rows, so no peer's result is
   // silently wrong, and the next dispatch refuses on every rank naming this one (Work::refused).
   const bool have_dw = with_dw && w.dw_for == &h;
-  Status bad;
-  if (M > 0 && rows == nullptr) bad = error(Code::kInvalidArgument, "{}: expert rows are null", op);
+  Status bad = std::move(w.next_refusal);
+  w.next_refusal = ok_status();
+  if (!bad.ok()) {  // refused by the caller: read and write none of its buffers
+    rows = nullptr;
+    out = nullptr;
+    grad_weights = nullptr;
+  }
+  if (!bad.ok()) bad.with_context(op);
+  else if (M > 0 && rows == nullptr) bad = error(Code::kInvalidArgument, "{}: expert rows are null", op);
   else if (h.T_ > 0 && out == nullptr) bad = error(Code::kInvalidArgument, "{}: output is null with {} tokens", op, h.T_);
   else if (with_dw && !have_dw)
     bad = error(Code::kInvalidArgument,
@@ -572,8 +595,15 @@ Status Dispatcher::combine_backward(const void* grad_out, const DispatchHandle& 
   // Bad arguments take part in both exchanges as in reduce_and_return: what they cannot
   // compute goes out as NaN, the next dispatch refuses on every rank.
   const bool dw_later = config_.weight_grads_with_dispatch_backward;
-  Status bad;
-  if (h.T_ > 0 && grad_out == nullptr) bad = error(Code::kInvalidArgument, "combine_backward: grad_out is null");
+  Status bad = std::move(w.next_refusal);
+  w.next_refusal = ok_status();
+  if (!bad.ok()) {  // refused by the caller: read and write none of its buffers
+    bad.with_context("combine_backward");
+    grad_out = nullptr;
+    expert_out = nullptr;
+    grad_expert_out = nullptr;
+    grad_weights = nullptr;
+  } else if (h.T_ > 0 && grad_out == nullptr) bad = error(Code::kInvalidArgument, "combine_backward: grad_out is null");
   else if (M > 0 && expert_out == nullptr)
     bad = error(Code::kInvalidArgument, "combine_backward: expert_out is null (the weight gradient needs it)");
   const bool computable = bad.ok();

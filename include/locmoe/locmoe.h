@@ -13,10 +13,13 @@
  *  - Collective: functions marked so must be called by every rank of the group in the same order
  *    (a rank with no tokens too); a rank that never arrives makes the others fail with
  *    LOCMOE_ERR_TIMEOUT after LOCMOE_TIMEOUT_S seconds instead of hanging. A rank that refuses
- *    its own arguments to locmoe_plan_create, locmoe_route(_ex) or locmoe_group_create still
- *    takes its turn: the other ranks fail at once with LOCMOE_ERR_MISMATCH naming that rank and
- *    its reason, and the group stays usable. A rank calling a different collective of the group
- *    than its peers is LOCMOE_ERR_MISMATCH on every rank, naming it and both calls.
+ *    its own arguments (or a binding's refusal, locmoe_refuse_next_call) to locmoe_group_create,
+ *    locmoe_group_allreduce_sum, locmoe_plan_create, locmoe_route(_ex), locmoe_dispatcher_create
+ *    or locmoe_dispatch still takes its turn: the other ranks fail at once with
+ *    LOCMOE_ERR_MISMATCH naming that rank and its reason, and the group stays usable.
+ *    locmoe_combine and the backwards: see locmoe_dispatch. A rank calling a different
+ *    collective of the group than its peers is LOCMOE_ERR_MISMATCH on every rank, naming it and
+ *    both calls.
  *  - Rows: a [rows, hidden] block of tokens is contiguous, row-major, of the dispatcher's dtype
  *    (LOCMOE_DTYPE_F32: float; LOCMOE_DTYPE_BF16: bfloat16 as uint16_t bits). Buffers are owned
  *    by the caller and live in the dispatcher's memory kind (host memory for LOCMOE_MEMORY_HOST,
@@ -49,6 +52,15 @@ typedef int32_t locmoe_status_t;
 
 /* Message of the last failing call on this thread ("" when none). Owned by the library. */
 const char* locmoe_last_error(void);
+/* Local, for bindings that check arguments the C API cannot see (an array's dtype, strides,
+ * memory): this thread's next collective call (the functions listed under Collective in the
+ * conventions, locmoe_combine and the backwards included) refuses with `message` (UTF-8, cut at
+ * 480 bytes for the peers; NULL = "(no reason given)") instead of using its arguments: it takes
+ * its turn exactly as it does when it refuses an argument of its own, so the other ranks learn of
+ * it as they do then, and it returns LOCMOE_ERR_INVALID_ARGUMENT with `message`. The group,
+ * dispatcher and handle arguments of that call must still be valid (a NULL one is refused as
+ * usual and the refusal is dropped). */
+void locmoe_refuse_next_call(const char* message);
 /* Short name of a status ("ok", "invalid argument", ...). Static string. */
 const char* locmoe_status_name(locmoe_status_t status);
 /* Library version, "MAJOR.MINOR.PATCH". Static string. */
@@ -329,10 +341,17 @@ locmoe_status_t locmoe_handle_expert_counts(locmoe_handle_t handle, int64_t* cou
  * N * top_k + L * (align - 1) (max_expert_rows always suffices): it is checked, with
  * max_recv_rows, in the dispatch's one count exchange, so a rank short of it fails every rank
  * (LOCMOE_ERR_OUT_OF_RANGE naming it) before any row moves. Fills `handle`. Bad arguments of one
- * rank fail every rank at once. combine and the backwards negotiate nothing (they reuse the
- * dispatch's counts): a NULL buffer there fails its rank at once, which still takes part in the
- * exchange (sending NaN where it lacks data) so its peers finish, and the next dispatch then
- * fails on every rank naming it. */
+ * rank fail every rank at once (LOCMOE_ERR_MISMATCH naming it), and the group stays usable.
+ * combine and the backwards negotiate nothing (they reuse the dispatch's counts): a NULL buffer
+ * there (or a locmoe_refuse_next_call refusal) fails its rank at once, which still takes part in
+ * the exchange (sending NaN where it lacks data: a peer's rows that depend on it are NaN, the
+ * others exact) so its peers finish, and the next dispatch then fails on every rank at once
+ * naming it; the group stays usable. A NULL handle or one of another dispatcher there gives its
+ * rank nothing to take part with: it aborts the group's communicator, so the peers' pending
+ * exchange fails at once with LOCMOE_ERR_PEER_FAILURE naming it (a peer that exchanges nothing
+ * with it in that call fails in its next one instead); dispatch and combine are then
+ * unusable on every rank (destroy the group). A handle that holds no dispatch fails its rank only
+ * (its peers, if they dispatched on theirs, wait until the deadline). */
 locmoe_status_t locmoe_dispatch(locmoe_dispatcher_t dispatcher, const void* x, locmoe_plan_t plan,
                                 locmoe_handle_t handle, void* expert_in, int64_t expert_in_rows,
                                 void* stream);

@@ -4,7 +4,11 @@
 // with numpy allocation). Every array is checked here (rank, shape against the other arguments,
 // dtype, strides, memory, writability of outputs, overlap) before its pointer reaches the library,
 // and never converted: a refusal raises ValueError naming the argument, what it got and what was
-// expected. A failing library call raises locmoe.Error.
+// expected. A failing library call raises locmoe.Error. A refusal of a collective call's arguments
+// still takes this rank's turn in the call (locmoe_refuse_next_call): the other ranks learn of it
+// as of the C API's own checks (include/locmoe/locmoe.h: at once, naming this rank and the reason,
+// for Plan, route, Dispatcher, dispatch and allreduce_sum; combine and the backwards send NaN and
+// the next dispatch fails on every rank naming it).
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
 #include <nanobind/stl/string.h>
@@ -201,6 +205,28 @@ void check_no_overlap(std::initializer_list<Span> outputs, std::initializer_list
   }
 }
 
+// This rank's refusal of a collective call's arguments ("" when `checks` refuses nothing). The
+// peers wait in the collective: a refused call still takes its turn, as a refusal passed to the
+// C API (locmoe_refuse_next_call) before the call itself, so the peers learn of it exactly as of
+// the C API's own argument checks (at once, naming this rank and the reason, where the call has a
+// metadata round); then raise_refusal raises the ValueError here.
+template <class F>
+std::string refusal_of(F&& checks) {
+  try {
+    checks();
+  } catch (const nb::builtin_exception& e) {
+    if (e.type() != nb::exception_type::value_error) throw;
+    return e.what();
+  }
+  return {};
+}
+template <class Call>
+void refuse(const std::string& why, Call&& call) {
+  locmoe_refuse_next_call(why.c_str());
+  (void)call();  // fails with `why`: the C API's message, the peers' verdict
+  bad(why);
+}
+
 locmoe_bootstrap_t parse_bootstrap(const std::string& s) {
   if (s == "auto") return LOCMOE_BOOTSTRAP_AUTO;
   if (s == "mpi") return LOCMOE_BOOTSTRAP_MPI;
@@ -233,9 +259,13 @@ class Group {
   int num_nodes() const { int32_t v; check(locmoe_group_num_nodes(g_, &v)); return v; }
   int node_of(int r) const { int32_t v; check(locmoe_group_node_of(g_, r, &v)); return v; }
   void allreduce_sum(nb::object values) {
-    const OutArray a = output_array(values, "values");
-    if (!f64(a.dtype()) || !c_contiguous(a) || a.device_type() != kDlCpu)
-      bad("values: expected a float64 contiguous array (any shape) in host memory, got " + describe(a));
+    OutArray a;
+    const std::string why = refusal_of([&] {
+      a = output_array(values, "values");
+      if (!f64(a.dtype()) || !c_contiguous(a) || a.device_type() != kDlCpu)
+        bad("values: expected a float64 contiguous array (any shape) in host memory, got " + describe(a));
+    });
+    if (!why.empty()) refuse(why, [&] { return locmoe_group_allreduce_sum(g_, nullptr, 0); });
     check(locmoe_group_allreduce_sum(g_, static_cast<double*>(a.data()), static_cast<int64_t>(a.size())));
   }
 
@@ -246,41 +276,49 @@ class Group {
 class Plan {
  public:
   Plan(Group& g, nb::object expert_obj, nb::object weight_obj, int experts_per_rank, nb::object slot_dropped) {
-    const InArray expert = input_array(expert_obj, "expert");
-    Want we;
-    we.dtype = "int32 or int64";
-    we.dtype_ok = i32_or_i64;
-    check_array(expert, "expert", we);
-    const int64_t T = static_cast<int64_t>(expert.shape(0)), k = static_cast<int64_t>(expert.shape(1));
-    if (T > std::numeric_limits<int32_t>::max() || k > std::numeric_limits<int32_t>::max())
-      bad("expert is [" + std::to_string(T) + ", " + std::to_string(k) + "]: at most 2^31 - 1 tokens and slots");
-    const InArray weight = input_array(weight_obj, "weight");
-    check_array(weight, "weight", Want{T, k});
+    InArray expert, weight, d;
+    int64_t T = 0, k = 0;
     const uint8_t* dropped = nullptr;
-    InArray d;
-    if (!slot_dropped.is_none()) {
-      d = input_array(slot_dropped, "slot_dropped");
-      Want wd{T, k};
-      wd.dtype = "uint8 or bool";
-      wd.dtype_ok = u8;
-      check_array(d, "slot_dropped", wd);
-      dropped = static_cast<const uint8_t*>(d.data());
-    }
-    // int64 ids (what torch.topk returns) are narrowed here, each checked first: a value outside
-    // int32 would otherwise wrap into a valid-looking id.
-    const int32_t* ids = static_cast<const int32_t*>(expert.data());
+    const int32_t* ids = nullptr;
     std::vector<int32_t> narrowed;
-    if (!i32(expert.dtype())) {
-      const auto* wide = static_cast<const int64_t*>(expert.data());
-      const int64_t E = static_cast<int64_t>(experts_per_rank) * g.size();
-      narrowed.resize(static_cast<size_t>(T * k));
-      for (int64_t i = 0; i < T * k; ++i) {
-        if (wide[i] < -1 || wide[i] >= std::max<int64_t>(E, 0))
-          bad("expert[" + std::to_string(i / k) + ", " + std::to_string(i % k) + "] = " + std::to_string(wide[i]) +
-              " is out of range [-1, " + std::to_string(E) + ") (E = experts_per_rank x group size)");
-        narrowed[static_cast<size_t>(i)] = static_cast<int32_t>(wide[i]);
+    const std::string why = refusal_of([&] {
+      expert = input_array(expert_obj, "expert");
+      Want we;
+      we.dtype = "int32 or int64";
+      we.dtype_ok = i32_or_i64;
+      check_array(expert, "expert", we);
+      T = static_cast<int64_t>(expert.shape(0));
+      k = static_cast<int64_t>(expert.shape(1));
+      if (T > std::numeric_limits<int32_t>::max() || k > std::numeric_limits<int32_t>::max())
+        bad("expert is [" + std::to_string(T) + ", " + std::to_string(k) + "]: at most 2^31 - 1 tokens and slots");
+      weight = input_array(weight_obj, "weight");
+      check_array(weight, "weight", Want{T, k});
+      if (!slot_dropped.is_none()) {
+        d = input_array(slot_dropped, "slot_dropped");
+        Want wd{T, k};
+        wd.dtype = "uint8 or bool";
+        wd.dtype_ok = u8;
+        check_array(d, "slot_dropped", wd);
+        dropped = static_cast<const uint8_t*>(d.data());
       }
-      ids = narrowed.data();
+      // int64 ids (what torch.topk returns) are narrowed here, each checked first: a value outside
+      // int32 would otherwise wrap into a valid-looking id.
+      ids = static_cast<const int32_t*>(expert.data());
+      if (!i32(expert.dtype())) {
+        const auto* wide = static_cast<const int64_t*>(expert.data());
+        const int64_t E = static_cast<int64_t>(experts_per_rank) * g.size();
+        narrowed.resize(static_cast<size_t>(T * k));
+        for (int64_t i = 0; i < T * k; ++i) {
+          if (wide[i] < -1 || wide[i] >= std::max<int64_t>(E, 0))
+            bad("expert[" + std::to_string(i / k) + ", " + std::to_string(i % k) + "] = " + std::to_string(wide[i]) +
+                " is out of range [-1, " + std::to_string(E) + ") (E = experts_per_rank x group size)");
+          narrowed[static_cast<size_t>(i)] = static_cast<int32_t>(wide[i]);
+        }
+        ids = narrowed.data();
+      }
+    });
+    if (!why.empty()) {
+      refuse(why, [&] { return locmoe_plan_create(g.get(), 0, 1, 1, nullptr, nullptr, nullptr, &p_); });
     }
     check(locmoe_plan_create(g.get(), static_cast<int32_t>(T), static_cast<int32_t>(k), experts_per_rank, ids,
                              static_cast<const float*>(weight.data()), dropped, &p_));
@@ -346,19 +384,28 @@ class Router {
   Router& operator=(const Router&) = delete;
   Plan* route(Group& g, nb::object features_obj, nb::object gate_obj, int experts_per_rank) {
     // What only this rank can see (not an array, rank, dtype, layout, memory, more rows than int32)
-    // is refused here, before the collective. The shapes the C API is told (experts_per_rank, the
+    // is refused here and passed to the C API as this rank's refusal. The shapes the C API is told (experts_per_rank, the
     // gate's rows against E and its hidden size against the features') go to locmoe_route_ex even
     // when wrong: it refuses them in this rank's turn of the routing collective, so the peers fail
     // at once naming this rank and the reason instead of waiting for it until the timeout.
-    const InArray features = input_array(features_obj, "features");
-    check_array(features, "features", Want{});
-    const int64_t T = static_cast<int64_t>(features.shape(0)), H = static_cast<int64_t>(features.shape(1));
-    if (T > std::numeric_limits<int32_t>::max()) bad("features has " + std::to_string(T) + " rows: at most 2^31 - 1");
-    const InArray gate = input_array(gate_obj, "gate");
+    InArray features, gate;
+    int64_t T = 0, H = 0;
     const int64_t E = static_cast<int64_t>(experts_per_rank) * g.size();
-    Want want_gate{experts_per_rank > 0 ? E : -1, H};
-    want_gate.check_shape = false;
-    check_array(gate, "gate", want_gate);
+    const std::string why = refusal_of([&] {
+      features = input_array(features_obj, "features");
+      check_array(features, "features", Want{});
+      T = static_cast<int64_t>(features.shape(0));
+      H = static_cast<int64_t>(features.shape(1));
+      if (T > std::numeric_limits<int32_t>::max()) bad("features has " + std::to_string(T) + " rows: at most 2^31 - 1");
+      gate = input_array(gate_obj, "gate");
+      Want want_gate{experts_per_rank > 0 ? E : -1, H};
+      want_gate.check_shape = false;
+      check_array(gate, "gate", want_gate);
+    });
+    if (!why.empty()) {
+      locmoe_plan_t none = nullptr;
+      refuse(why, [&] { return locmoe_route_ex(r_, g.get(), nullptr, 0, 1, nullptr, 0, 0, experts_per_rank, &none); });
+    }
     // This rank's own refusal of a shape, in the words of every other array refusal of the module;
     // raised (ValueError) once the C API has told the peers.
     std::string shape_problem;
@@ -477,12 +524,15 @@ class Dispatcher {
     cfg_.align = align;
     cfg_.max_recv_rows = max_recv_rows;
     cfg_.weight_grads_with_dispatch_backward = weight_grads_with_dispatch_backward ? 1 : 0;
-    if (dtype == "float32") cfg_.dtype = LOCMOE_DTYPE_F32;
-    else if (dtype == "bfloat16") cfg_.dtype = LOCMOE_DTYPE_BF16;
-    else bad("dtype must be 'float32' or 'bfloat16', got '" + dtype + "'");
-    if (device == "cpu") cfg_.memory = LOCMOE_MEMORY_HOST;
-    else if (device == "cuda") cfg_.memory = LOCMOE_MEMORY_DEVICE;
-    else bad("device must be 'cpu' or 'cuda', got '" + device + "'");
+    const std::string why = refusal_of([&] {
+      if (dtype == "float32") cfg_.dtype = LOCMOE_DTYPE_F32;
+      else if (dtype == "bfloat16") cfg_.dtype = LOCMOE_DTYPE_BF16;
+      else bad("dtype must be 'float32' or 'bfloat16', got '" + dtype + "'");
+      if (device == "cpu") cfg_.memory = LOCMOE_MEMORY_HOST;
+      else if (device == "cuda") cfg_.memory = LOCMOE_MEMORY_DEVICE;
+      else bad("device must be 'cpu' or 'cuda', got '" + device + "'");
+    });
+    if (!why.empty()) refuse(why, [&] { return locmoe_dispatcher_create(g.get(), &cfg_, &d_); });
     check(locmoe_dispatcher_create(g.get(), &cfg_, &d_));
     check(locmoe_dispatcher_max_expert_rows(d_, &max_rows_));
   }
@@ -505,11 +555,17 @@ class Dispatcher {
   Handle* make_handle() { return new Handle(d_); }
 
   int64_t dispatch(nb::object x_obj, Plan& plan, Handle& h, nb::object expert_in_obj, uintptr_t stream) {
-    const InArray x = input_array(x_obj, "x");
-    const OutArray expert_in = output_array(expert_in_obj, "expert_in");
-    check_array(x, "x", rows(plan.info().num_tokens));
-    check_array(expert_in, "expert_in", rows(-1));
-    check_no_overlap({span(expert_in, "expert_in")}, {span(x, "x")});
+    InArray x;
+    OutArray expert_in;
+    const std::string why = refusal_of([&] {
+      x = input_array(x_obj, "x");
+      expert_in = output_array(expert_in_obj, "expert_in");
+      check_array(x, "x", rows(plan.info().num_tokens));
+      check_array(expert_in, "expert_in", rows(-1));
+      check_no_overlap({span(expert_in, "expert_in")}, {span(x, "x")});
+    });
+    void* st = reinterpret_cast<void*>(stream);
+    if (!why.empty()) refuse(why, [&] { return locmoe_dispatch(d_, nullptr, plan.get(), h.get(), nullptr, 0, st); });
     h.next_generation();
     check(locmoe_dispatch(d_, x.data(), plan.get(), h.get(), expert_in.data(),
                           static_cast<int64_t>(expert_in.shape(0)), reinterpret_cast<void*>(stream)));
@@ -517,63 +573,80 @@ class Dispatcher {
   }
   void combine(nb::object expert_out_obj, Handle& h, nb::object out_obj, uintptr_t stream) {
     const locmoe_handle_info_t i = h.info();
-    const InArray expert_out = input_array(expert_out_obj, "expert_out");
-    const OutArray out = output_array(out_obj, "out");
-    check_array(expert_out, "expert_out", rows(i.expert_rows, true));
-    check_array(out, "out", rows(i.num_tokens));
-    check_no_overlap({span(out, "out")}, {span(expert_out, "expert_out")});
+    InArray expert_out;
+    OutArray out;
+    const std::string why = refusal_of([&] {
+      expert_out = input_array(expert_out_obj, "expert_out");
+      out = output_array(out_obj, "out");
+      check_array(expert_out, "expert_out", rows(i.expert_rows, true));
+      check_array(out, "out", rows(i.num_tokens));
+      check_no_overlap({span(out, "out")}, {span(expert_out, "expert_out")});
+    });
+    void* st = reinterpret_cast<void*>(stream);
+    if (!why.empty()) refuse(why, [&] { return locmoe_combine(d_, nullptr, h.get(), nullptr, st); });
     check(locmoe_combine(d_, expert_out.data(), h.get(), out.data(), reinterpret_cast<void*>(stream)));
   }
   void dispatch_backward(nb::object grad_expert_in_obj, Handle& h, nb::object grad_x_obj, nb::object grad_weights,
                          uintptr_t stream) {
     const locmoe_handle_info_t i = h.info();
-    const InArray grad_expert_in = input_array(grad_expert_in_obj, "grad_expert_in");
-    const OutArray grad_x = output_array(grad_x_obj, "grad_x");
-    check_array(grad_expert_in, "grad_expert_in", rows(i.expert_rows, true));
-    check_array(grad_x, "grad_x", rows(i.num_tokens));
+    InArray grad_expert_in;
+    OutArray grad_x;
     float* gw = nullptr;
     OutArray gwa;
-    Span gws{"", 0, 0};
-    if (!grad_weights.is_none()) {
-      gwa = output_array(grad_weights, "grad_weights");
-      check_array(gwa, "grad_weights", weight_grads(i));
-      gw = static_cast<float*>(gwa.data());
-      gws = span(gwa, "grad_weights");
-    }
-    check_no_overlap({span(grad_x, "grad_x"), gws}, {span(grad_expert_in, "grad_expert_in"), span(grad_x, "grad_x"), gws});
+    const std::string why = refusal_of([&] {
+      grad_expert_in = input_array(grad_expert_in_obj, "grad_expert_in");
+      grad_x = output_array(grad_x_obj, "grad_x");
+      check_array(grad_expert_in, "grad_expert_in", rows(i.expert_rows, true));
+      check_array(grad_x, "grad_x", rows(i.num_tokens));
+      Span gws{"", 0, 0};
+      if (!grad_weights.is_none()) {
+        gwa = output_array(grad_weights, "grad_weights");
+        check_array(gwa, "grad_weights", weight_grads(i));
+        gw = static_cast<float*>(gwa.data());
+        gws = span(gwa, "grad_weights");
+      }
+      check_no_overlap({span(grad_x, "grad_x"), gws},
+                       {span(grad_expert_in, "grad_expert_in"), span(grad_x, "grad_x"), gws});
+    });
+    void* st = reinterpret_cast<void*>(stream);
+    if (!why.empty()) refuse(why, [&] { return locmoe_dispatch_backward(d_, nullptr, h.get(), nullptr, st); });
     if (gw == nullptr)
-      check(locmoe_dispatch_backward(d_, grad_expert_in.data(), h.get(), grad_x.data(),
-                                     reinterpret_cast<void*>(stream)));
+      check(locmoe_dispatch_backward(d_, grad_expert_in.data(), h.get(), grad_x.data(), st));
     else
-      check(locmoe_dispatch_backward_weights(d_, grad_expert_in.data(), h.get(), grad_x.data(), gw,
-                                             reinterpret_cast<void*>(stream)));
+      check(locmoe_dispatch_backward_weights(d_, grad_expert_in.data(), h.get(), grad_x.data(), gw, st));
   }
   void combine_backward(nb::object grad_out_obj, Handle& h, nb::object expert_out_obj, nb::object grad_expert_out,
                         nb::object grad_weights, uintptr_t stream) {
     const locmoe_handle_info_t i = h.info();
-    const InArray grad_out = input_array(grad_out_obj, "grad_out");
-    const InArray expert_out = input_array(expert_out_obj, "expert_out");
-    check_array(grad_out, "grad_out", rows(i.num_tokens));
-    check_array(expert_out, "expert_out", rows(i.expert_rows, true));
+    InArray grad_out, expert_out;
     void* gy = nullptr;
     float* gw = nullptr;
     OutArray gya, gwa;
-    Span none{"", 0, 0};
-    Span gys = none, gws = none;
-    if (!grad_expert_out.is_none()) {
-      gya = output_array(grad_expert_out, "grad_expert_out");
-      check_array(gya, "grad_expert_out", rows(i.expert_rows, true));
-      gy = gya.data();
-      gys = span(gya, "grad_expert_out");
-    }
-    if (!grad_weights.is_none()) {
-      gwa = output_array(grad_weights, "grad_weights");
-      check_array(gwa, "grad_weights", weight_grads(i));
-      gw = static_cast<float*>(gwa.data());
-      gws = span(gwa, "grad_weights");
-    }
-    const Span ins[] = {span(grad_out, "grad_out"), span(expert_out, "expert_out")};
-    check_no_overlap({gys, gws}, {ins[0], ins[1], gys, gws});
+    const std::string why = refusal_of([&] {
+      grad_out = input_array(grad_out_obj, "grad_out");
+      expert_out = input_array(expert_out_obj, "expert_out");
+      check_array(grad_out, "grad_out", rows(i.num_tokens));
+      check_array(expert_out, "expert_out", rows(i.expert_rows, true));
+      Span none{"", 0, 0};
+      Span gys = none, gws = none;
+      if (!grad_expert_out.is_none()) {
+        gya = output_array(grad_expert_out, "grad_expert_out");
+        check_array(gya, "grad_expert_out", rows(i.expert_rows, true));
+        gy = gya.data();
+        gys = span(gya, "grad_expert_out");
+      }
+      if (!grad_weights.is_none()) {
+        gwa = output_array(grad_weights, "grad_weights");
+        check_array(gwa, "grad_weights", weight_grads(i));
+        gw = static_cast<float*>(gwa.data());
+        gws = span(gwa, "grad_weights");
+      }
+      const Span ins[] = {span(grad_out, "grad_out"), span(expert_out, "expert_out")};
+      check_no_overlap({gys, gws}, {ins[0], ins[1], gys, gws});
+    });
+    void* st = reinterpret_cast<void*>(stream);
+    if (!why.empty())
+      refuse(why, [&] { return locmoe_combine_backward(d_, nullptr, h.get(), nullptr, nullptr, nullptr, st); });
     check(locmoe_combine_backward(d_, grad_out.data(), h.get(), expert_out.data(), gy, gw,
                                   reinterpret_cast<void*>(stream)));
   }
@@ -713,10 +786,9 @@ NB_MODULE(_locmoe, m) {
            nb::arg("experts_per_rank"), nb::rv_policy::take_ownership, nb::keep_alive<0, 2>(),
            "Collective. features float32 [T, H] (this rank's tokens), gate float32 [E, H] (same on "
            "every rank) -> this rank's Plan. A wrong shape (gate rows != E = experts_per_rank x group "
-           "size, gate columns != H, experts_per_rank <= 0) raises ValueError here and locmoe.Error at "
-           "once on every other rank, naming this rank and the reason; the group stays usable. A wrong "
-           "dtype, layout or memory raises ValueError before the collective: the peers learn of it "
-           "when the exception ends the script (the exit hook), else at the timeout.");
+           "size, gate columns != H, experts_per_rank <= 0) or a wrong dtype, layout or memory raises "
+           "ValueError here and locmoe.Error at once on every other rank, naming this rank and the reason; "
+           "the group stays usable.");
 
   // dynamic_attr: locmoe.torch keeps the link between a dispatch and its combine on the handle.
   nb::class_<Handle>(m, "Handle", nb::dynamic_attr(), "Layouts of one dispatch, reused by combine and the backwards.")

@@ -241,6 +241,150 @@ TEST(Disagree, BadDispatchOrCombineArgumentOnOneRankFailsEveryRankAtOnce) {
   locmoe_group_destroy(g);
 }
 
+// A binding's refusal of arguments the C API cannot see (locmoe_refuse_next_call) takes the same
+// path as the C API's own refusals: the refusing rank gets its message back, every other rank
+// fails at once naming it and the message, and the group stays usable.
+TEST(Disagree, BindingRefusalOnOneRankFailsEveryRankAtOnce) {
+  locmoe_group_t g = make_group();
+  const int me = rank_of(g), R = size_of(g), bad = R - 1;
+  const bool is_bad = me == bad;
+  auto expect_refused = [&](const char* what, locmoe_status_t st, std::chrono::duration<double> took) {
+    const std::string msg = last();
+    EXPECT_LT(took.count(), kFast) << what << ": " << msg;
+    EXPECT_TRUE(has(msg, std::string(what) + " has dtype float64")) << msg;
+    if (is_bad) {
+      EXPECT_EQ(st, LOCMOE_ERR_INVALID_ARGUMENT) << msg;
+    } else {
+      EXPECT_EQ(st, LOCMOE_ERR_MISMATCH) << msg;
+      EXPECT_TRUE(has(msg, "rank " + std::to_string(bad))) << msg;
+      EXPECT_TRUE(has(msg, "rejected its input")) << msg;
+    }
+  };
+  PlanArgs a(me, R);
+  locmoe_plan_t plan = nullptr;
+  auto t0 = Clock::now();
+  if (is_bad) locmoe_refuse_next_call("weight has dtype float64");
+  locmoe_status_t st = locmoe_plan_create(g, a.T, a.k, a.L, a.expert.data(), a.weight.data(), nullptr, &plan);
+  expect_refused("weight", st, Clock::now() - t0);
+  EXPECT_EQ(plan, nullptr);
+  double v[2] = {1, 2};
+  t0 = Clock::now();
+  if (is_bad) locmoe_refuse_next_call("values has dtype float64");
+  st = locmoe_group_allreduce_sum(g, v, 2);
+  expect_refused("values", st, Clock::now() - t0);
+  ASSERT_EQ(locmoe_plan_create(g, a.T, a.k, a.L, a.expert.data(), a.weight.data(), nullptr, &plan), LOCMOE_OK)
+      << last();
+  locmoe_dispatcher_config_t dc = LOCMOE_DISPATCHER_CONFIG_INIT;
+  dc.experts_per_rank = a.L;
+  dc.hidden = 3;
+  dc.max_tokens = a.T;
+  dc.top_k = a.k;
+  locmoe_dispatcher_t d = nullptr;
+  t0 = Clock::now();
+  if (is_bad) locmoe_refuse_next_call("config has dtype float64");
+  st = locmoe_dispatcher_create(g, &dc, &d);
+  expect_refused("config", st, Clock::now() - t0);
+  EXPECT_EQ(d, nullptr);
+  ASSERT_EQ(locmoe_dispatcher_create(g, &dc, &d), LOCMOE_OK) << last();
+  locmoe_handle_t h = nullptr;
+  ASSERT_EQ(locmoe_handle_create(d, &h), LOCMOE_OK) << last();
+  int64_t rows = 0;
+  ASSERT_EQ(locmoe_dispatcher_max_expert_rows(d, &rows), LOCMOE_OK);
+  std::vector<float> x(a.T * 3), ein(rows * 3), out(a.T * 3, -1.0f);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i % 5) + static_cast<float>(me);
+  t0 = Clock::now();
+  if (is_bad) locmoe_refuse_next_call("x has dtype float64");
+  st = locmoe_dispatch(d, x.data(), plan, h, ein.data(), rows, nullptr);
+  expect_refused("x", st, Clock::now() - t0);
+  // The group still works, and the refusal was taken by that one call only.
+  ASSERT_EQ(locmoe_dispatch(d, x.data(), plan, h, ein.data(), rows, nullptr), LOCMOE_OK) << last();
+  ASSERT_EQ(locmoe_combine(d, ein.data(), h, out.data(), nullptr), LOCMOE_OK) << last();
+  for (size_t i = 0; i < x.size(); ++i) EXPECT_FLOAT_EQ(out[i], x[i]) << i;  // one slot, weight 1
+  // combine: the refusing rank takes part (NaN where the peers need its rows) and its next
+  // dispatch fails on every rank naming it, as for a NULL buffer of its own.
+  t0 = Clock::now();
+  if (is_bad) locmoe_refuse_next_call("out has dtype float64");
+  st = locmoe_combine(d, ein.data(), h, out.data(), nullptr);
+  EXPECT_LT(since(t0), kFast) << last();
+  EXPECT_EQ(st, is_bad ? LOCMOE_ERR_INVALID_ARGUMENT : LOCMOE_OK) << last();
+  t0 = Clock::now();
+  st = locmoe_dispatch(d, x.data(), plan, h, ein.data(), rows, nullptr);
+  expect_refused("out", st, Clock::now() - t0);
+  ASSERT_EQ(locmoe_dispatch(d, x.data(), plan, h, ein.data(), rows, nullptr), LOCMOE_OK) << last();
+  locmoe_handle_destroy(h);
+  locmoe_dispatcher_destroy(d);
+  locmoe_plan_destroy(plan);
+  locmoe_group_destroy(g);
+}
+
+// A NULL handle, or one of another dispatcher, in combine or a backward: that rank has no plan to
+// take part in the exchange with, so it aborts the communicator and its peers' pending exchange
+// fails at once naming it (instead of at the deadline; a peer that exchanges nothing with it then
+// fails in its next exchange). The communicator is unusable afterwards.
+void bad_handle_in(int which, bool foreign) {
+  locmoe_group_t g = make_group();
+  const int me = rank_of(g), R = size_of(g), bad = R - 1;
+  if (R == 1) {
+    locmoe_group_destroy(g);
+    GTEST_SKIP() << "needs 2 ranks";
+  }
+  PlanArgs a(me, R);
+  locmoe_plan_t plan = nullptr;
+  ASSERT_EQ(locmoe_plan_create(g, a.T, a.k, a.L, a.expert.data(), a.weight.data(), nullptr, &plan), LOCMOE_OK)
+      << last();
+  locmoe_dispatcher_config_t dc = LOCMOE_DISPATCHER_CONFIG_INIT;
+  dc.experts_per_rank = a.L;
+  dc.hidden = 3;
+  dc.max_tokens = a.T;
+  dc.top_k = a.k;
+  locmoe_dispatcher_t d = nullptr, d2 = nullptr;
+  locmoe_handle_t h = nullptr, h2 = nullptr;
+  ASSERT_EQ(locmoe_dispatcher_create(g, &dc, &d), LOCMOE_OK) << last();
+  ASSERT_EQ(locmoe_dispatcher_create(g, &dc, &d2), LOCMOE_OK) << last();
+  ASSERT_EQ(locmoe_handle_create(d, &h), LOCMOE_OK) << last();
+  ASSERT_EQ(locmoe_handle_create(d2, &h2), LOCMOE_OK) << last();
+  int64_t rows = 0;
+  ASSERT_EQ(locmoe_dispatcher_max_expert_rows(d, &rows), LOCMOE_OK);
+  std::vector<float> x(a.T * 3, 1.0f), ein(rows * 3), out(a.T * 3), gw(a.T * a.k);
+  ASSERT_EQ(locmoe_dispatch(d, x.data(), plan, h, ein.data(), rows, nullptr), LOCMOE_OK) << last();
+  double v = 0;  // every rank is past the dispatch (the abort notice is asynchronous)
+  ASSERT_EQ(locmoe_group_allreduce_sum(g, &v, 1), LOCMOE_OK) << last();
+  locmoe_handle_t use = me != bad ? h : (foreign ? h2 : nullptr);
+  const auto t0 = Clock::now();
+  locmoe_status_t st = LOCMOE_OK;
+  if (which == 0) st = locmoe_combine(d, ein.data(), use, out.data(), nullptr);
+  if (which == 1) st = locmoe_dispatch_backward(d, ein.data(), use, out.data(), nullptr);
+  if (which == 2) st = locmoe_combine_backward(d, x.data(), use, ein.data(), ein.data(), gw.data(), nullptr);
+  std::string msg = last();
+  EXPECT_LT(since(t0), kFast) << msg;
+  const std::string why = foreign ? "the handle belongs to another dispatcher" : "handle is NULL";
+  // Unusable afterwards on every rank, at once; the plans and the bootstrap still work. A peer that
+  // exchanges nothing with the bad rank in this call (its result does not depend on it) completes
+  // it and learns of the abort in its next exchange.
+  const auto t1 = Clock::now();
+  const locmoe_status_t next = locmoe_dispatch(d, x.data(), plan, h, ein.data(), rows, nullptr);
+  EXPECT_EQ(next, LOCMOE_ERR_PEER_FAILURE) << last();
+  EXPECT_LT(since(t1), kFast) << last();
+  if (me != bad && st == LOCMOE_OK) msg = last();
+  EXPECT_TRUE(has(msg, why)) << msg;
+  if (me == bad) {
+    EXPECT_EQ(st, LOCMOE_ERR_INVALID_ARGUMENT) << msg;
+  } else {
+    EXPECT_TRUE(st == LOCMOE_OK || st == LOCMOE_ERR_PEER_FAILURE) << st << ": " << msg;
+    EXPECT_TRUE(has(msg, "rank " + std::to_string(bad))) << msg;
+  }
+  expect_group_works(g);
+  locmoe_handle_destroy(h);
+  locmoe_handle_destroy(h2);
+  locmoe_dispatcher_destroy(d);
+  locmoe_dispatcher_destroy(d2);
+  locmoe_plan_destroy(plan);
+  locmoe_group_destroy(g);
+}
+TEST(Disagree, NullHandleInCombineFailsPeersAtOnce) { bad_handle_in(0, false); }
+TEST(Disagree, ForeignHandleInDispatchBackwardFailsPeersAtOnce) { bad_handle_in(1, true); }
+TEST(Disagree, NullHandleInCombineBackwardFailsPeersAtOnce) { bad_handle_in(2, false); }
+
 // A rank in another collective than its peers: every rank fails at once naming it and both
 // calls; the group is unusable afterwards (its ranks are out of step), and closing it is quick.
 TEST(Disagree, RankInAnotherCollectiveIsNamedOnEveryRank) {

@@ -29,15 +29,25 @@
 // dispatch_backward's rows). Every
 // dispatch prepares and derives into the handle's plans, reusing their storage.
 //
-// Errors. What a rank can refuse by itself in dispatch() (handle, plan, buffers, the send
-// layout's token conservation) takes its turn in the metadata round as a rejection
-// (Communicator::reject): every peer fails at once with kMismatch naming the rank and its reason.
-// combine() and both backwards have no metadata round to refuse in: a bad buffer argument there
-// (null with rows to read or write) fails at once on its rank, which still takes part in the
-// exchanges (sending NaN rows / gradients where it cannot compute them, so no peer result that
-// depends on it is silently wrong), and its next dispatch() fails on every rank naming it and the
-// reason. A handle that holds no dispatch or is another dispatcher's fails on its rank only
-// (there is no exchange to take part in: peers wait until the deadline).
+// Errors: what a rank sees when another rank's input is bad (docs/ARCHITECTURE.md, failure model).
+//  - dispatch(): what a rank refuses by itself (handle, plan, buffers, the send layout's token
+//    conservation, a refuse_next() refusal) takes its turn in the metadata round as a rejection
+//    (Communicator::reject): every peer fails at once with kMismatch naming the rank and its
+//    reason, every handle of that dispatch is invalid, and the group stays usable.
+//  - combine(), dispatch_backward(), combine_backward() have no metadata round to refuse in. A bad
+//    buffer argument (null with rows to read or write) or a refuse_next() refusal fails at once on
+//    its rank, which still takes part in the exchanges, sending NaN rows / gradients where it
+//    cannot compute them: a peer's result that depends on it is NaN (never silently wrong), the
+//    others exact; the peers' call succeeds, and the rank's next dispatch() fails on every rank
+//    at once naming it and the reason (kMismatch). The group stays usable.
+//  - A handle made by another dispatcher (the C API: also a NULL handle) gives its rank no
+//    exchange to take part in: it aborts the communicator (Communicator::abort), so the peers'
+//    pending or next exchange fails at once with kPeerFailure naming the rank and the reason. The
+//    communicator is unusable afterwards on every rank (the bootstrap, plans and routing still
+//    work); destroy it.
+//  - A handle of this dispatcher that holds no dispatch (dispatch() never succeeded on it) fails
+//    on its rank only: on a rank whose peers dispatched and now wait in combine, they wait until
+//    the deadline (kTimeout naming it). The ranks' calls already diverged before this call.
 //
 // Synchronization. kHost: every call is synchronous (outputs are written when it returns).
 // kDevice: every call enqueues its kernels and copies on `stream` and returns once its exchanges
@@ -214,6 +224,13 @@ class Dispatcher {
   // dispatch_backward on this handle returns them (one exchange here instead of two).
   Status combine_backward(const void* grad_out, const DispatchHandle& handle, const void* expert_out,
                           void* grad_expert_out, float* grad_weights, void* stream = nullptr);
+
+  // Not collective: this rank's next call of this dispatcher (dispatch, combine or a backward)
+  // refuses with `why` (a kInvalidArgument: a binding's check of an argument this layer cannot
+  // see, e.g. a dtype or strides) instead of using its buffers, and takes its turn as that call
+  // does for a bad argument of its own (see Errors above): the peers learn of it at once in
+  // dispatch, and in its next dispatch for the others. The next call returns `why`.
+  void refuse_next(Status why);
 
  private:
   Dispatcher() = default;
