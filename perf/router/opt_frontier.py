@@ -56,6 +56,8 @@ class Input:
         self.node_e = self.rank_e // a.ranks_per_node
         self.cross = self.node_t[:, None] != self.node_e[None, :]
         self.k = a.k
+        self.lp_pairs = a.lp_pairs
+        self.lp_log = []
         self.topk = np.sort(self.p, axis=1)[:, -a.k:].sum()
         keep = self.p >= a.prune
         self.pruned_mass = self.p[~keep].sum()
@@ -65,7 +67,7 @@ class Input:
         n = len(self.pv)
         cols = np.arange(n)
         self.A = sp.vstack([sp.csr_matrix((np.ones(n), (self.ti, cols)), shape=(self.T, n)),
-                            sp.csr_matrix((np.ones(n), (self.ei, cols)), shape=(self.E, n))]).tocsr()
+                            sp.csr_matrix((np.ones(n), (self.ei, cols)), shape=(self.E, n))]).tocsc()
 
     def measure(self, experts):
         ex = experts.reshape(self.T, -1)
@@ -80,13 +82,51 @@ class Input:
         return np.r_[np.full(self.T, self.k, dtype=np.float64), np.full(self.E, cap, dtype=np.float64)]
 
     def min_cross(self, mass, cap):
-        """Fewest cross-node pairs keeping >= mass (fraction of the top-k mass) under capacity cap."""
-        A = sp.vstack([self.A, sp.csr_matrix(-self.pv[None, :])]).tocsr()
+        """Fewest cross-node pairs keeping >= mass (fraction of the top-k mass) under capacity cap.
+
+        Column generation, exact: the LP over a subset of the pairs (each token's --lp-pairs most
+        probable experts on its node and as many overall), then every pair left out is priced with
+        the restricted LP's duals; pairs whose reduced cost is negative join and the LP is solved
+        again. When none is negative the restricted optimum is the optimum over every pair."""
+        if self.lp_pairs <= 0:
+            return self.solve_lp(np.arange(len(self.pv)), mass, cap)[0]
+        L = min(self.lp_pairs, self.E)
+        score = np.where(self.cross, -1.0, self.p)  # same-node experts first, by p
+        cand = np.concatenate([np.argpartition(-self.p, L - 1, axis=1)[:, :L],
+                               np.argpartition(-score, L - 1, axis=1)[:, :L]], axis=1)
+        member = np.zeros((self.T, self.E), dtype=bool)
+        member[np.repeat(np.arange(self.T), cand.shape[1]), cand.ravel()] = True
+        index = np.full((self.T, self.E), -1, dtype=np.int64)
+        index[self.ti, self.ei] = np.arange(len(self.pv))
+        cols = index[member]
+        cols = np.sort(cols[cols >= 0])
+        for rnd in range(50):
+            fun, y = self.solve_lp(cols, mass, cap)
+            if fun is None:
+                return None
+            # reduced cost of every pair: c - y_t - y_e + p y_mass (duals <= 0 for <= rows)
+            d = self.cv - y[self.ti] - y[self.T + self.ei] + self.pv * y[-1]
+            d[cols] = 0.0
+            bad = np.nonzero(d < 0.0)[0]
+            # Lagrangian bound: the optimum over every pair is >= fun + sum of the negative reduced
+            # costs (each x <= 1), so `gap` bounds how far the restricted optimum can be above it.
+            gap = float(-d[bad].sum())
+            self.lp_log.append({"mass": mass, "cap": int(cap), "round": rnd, "columns": int(len(cols)),
+                                "objective": fun, "negative_reduced_costs": int(len(bad)), "gap": gap})
+            print(f"  LP mass {mass:.4f} cap {cap}: round {rnd}, {len(cols)} columns, objective {fun:.3f}, "
+                  f"{len(bad)} columns with negative reduced cost, gap <= {gap:.2e}", flush=True)
+            if gap <= 1e-3:
+                return fun
+            cols = np.union1d(cols, bad)
+        return None
+
+    def solve_lp(self, cols, mass, cap):
+        A = sp.vstack([self.A[:, cols], sp.csr_matrix(-self.pv[None, cols])]).tocsr()
         b = np.r_[self.b(cap), -mass * self.topk]
-        r = linprog(self.cv, A_ub=A, b_ub=b, bounds=(0, 1), method="highs")
+        r = linprog(self.cv[cols], A_ub=A, b_ub=b, bounds=(0, 1), method="highs")
         if r.status != 0:
-            return None
-        return float(r.fun)
+            return None, None
+        return float(r.fun), r.ineqlin.marginals
 
 
 def main():
@@ -102,7 +142,12 @@ def main():
                     help="locmoe-opt's capacity factor (1.125: 0.90x GShard's capacity at 1.25)")
     ap.add_argument("--mu", default="0.01,0.02,0.05,0.1,0.2")
     ap.add_argument("--tau", default="0.9,0.7,0.6,0.5")
+    ap.add_argument("--opt-tau", default="", help="locmoe-opt points with --opt-tau-capacity at these tau (at --opt-tau-mu)")
+    ap.add_argument("--opt-tau-mu", type=float, default=0.05)
     ap.add_argument("--prune", type=float, default=1e-6)
+    ap.add_argument("--lp-pairs", type=int, default=8,
+                    help="column generation's first columns: each token's L most probable experts and its L most "
+                         "probable on its node (0: one LP over every pair)")
     ap.add_argument("--extra", default="", help="more locmoe-route flags for every run (space separated)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--plot")
@@ -117,14 +162,21 @@ def main():
         out["gshard"] = inp.measure(ex)
         print("gshard", out["gshard"], flush=True)
         rows = []
-        for mu in a.mu.split(","):
+        for mu in filter(None, a.mu.split(",")):
             m, ex = run_route(a, ["--router", "locmoe-opt", "--cross-node-cost", mu,
                                   "--capacity-factor", str(a.opt_capacity_factor), *extra], tmp)
             pt = inp.measure(ex)
             pt.update(router="locmoe-opt", mu=float(mu), iterations=m["steps"][-1]["opt_iterations"],
                       converged=m["steps"][-1]["opt_converged"])
             rows.append(pt)
-        for tau in a.tau.split(","):
+        for tau in filter(None, a.opt_tau.split(",")):
+            m, ex = run_route(a, ["--router", "locmoe-opt", "--cross-node-cost", str(a.opt_tau_mu), "--opt-tau-capacity",
+                                  "--tau", tau, *extra], tmp)
+            pt = inp.measure(ex)
+            pt.update(router="locmoe-opt", mu=a.opt_tau_mu, tau=float(tau), capacity=m["steps"][-1]["capacity"],
+                      iterations=m["steps"][-1]["opt_iterations"], converged=m["steps"][-1]["opt_converged"])
+            rows.append(pt)
+        for tau in filter(None, a.tau.split(",")):
             m, ex = run_route(a, ["--router", "locmoe+", "--tau", tau, *extra], tmp)
             pt = inp.measure(ex)
             pt.update(router="locmoe+", tau=float(tau))
@@ -134,10 +186,11 @@ def main():
         pt["vs_lp"] = pt["cross_pairs"] / pt["lp_cross_pairs"] if pt["lp_cross_pairs"] else None
         print(pt, flush=True)
     out["points"] = rows
-    cap = max(pt["max_load"] for pt in rows if pt["router"] == "locmoe-opt")
+    out["lp_log"] = inp.lp_log
+    cap = max((pt["max_load"] for pt in rows if pt["router"] == "locmoe-opt" and "tau" not in pt), default=None)
     out["exact_capacity"] = cap
     out["exact"] = [{"kept_mass": p["kept_mass"], "cross_pairs": p["lp_cross_pairs"]} for p in rows
-                    if p["router"] == "locmoe-opt" and p["lp_cross_pairs"] is not None]
+                    if p["router"] == "locmoe-opt" and "tau" not in p and p["lp_cross_pairs"] is not None]
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)
     if a.plot:
@@ -147,9 +200,13 @@ def main():
         gs = out["gshard"]
         fig, ax = plt.subplots(figsize=(6.4, 4.4))
         for name, marker in (("locmoe-opt", "o-"), ("locmoe+", "s-")):
-            pts = [p for p in rows if p["router"] == name]
+            pts = [p for p in rows if p["router"] == name and (name != "locmoe-opt" or "tau" not in p)]
             ax.plot([p["cross_pairs"] / gs["cross_pairs"] for p in pts], [p["kept_mass"] / gs["kept_mass"] for p in pts],
                     marker, label=f"{name} (over {'mu' if name == 'locmoe-opt' else 'tau'})")
+        tp = [p for p in rows if p["router"] == "locmoe-opt" and "tau" in p]
+        if tp:
+            ax.plot([p["cross_pairs"] / gs["cross_pairs"] for p in tp], [p["kept_mass"] / gs["kept_mass"] for p in tp],
+                    "^:", label=f"locmoe-opt mu {a.opt_tau_mu} (C from tau)")
         ex_pts = out["exact"]
         ax.plot([p["cross_pairs"] / gs["cross_pairs"] for p in ex_pts], [p["kept_mass"] / gs["kept_mass"] for p in ex_pts],
                 "k--", label=f"exact LP optimum (C = {cap})")
