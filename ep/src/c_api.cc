@@ -483,6 +483,7 @@ locmoe_status_t locmoe_router_create(const locmoe_router_config_t* config, locmo
     if (c.group_score != nullptr) rc.group_score = c.group_score;
     rc.routed_scaling_factor = c.routed_scaling_factor;
     rc.bias_update_rate = c.bias_update_rate;
+    rc.opt_tau_capacity = c.opt_tau_capacity != 0;
     LOCMOE_ASSIGN_OR_RETURN(locmoe::Router r, locmoe::Router::create(rc));
     auto h = std::make_unique<locmoe_router_s>();
     h->router = std::make_unique<locmoe::Router>(std::move(r));

@@ -191,10 +191,13 @@ typedef struct locmoe_router_config_t {
   const char* group_score;      /* deepseek-v3: "top2-sum" (V3) | "max" (V2) */
   double routed_scaling_factor; /* deepseek-v3: combine weights times this, > 0 (1) */
   double bias_update_rate;      /* deepseek-v3: expert bias step per route call, >= 0 (0.001) */
+  /* Added in the fourth version (a shorter struct gets 0). */
+  int32_t opt_tau_capacity;     /* locmoe-opt: 1 = capacity by LocMoE+'s rule (tau, beta, capacity_floor,
+                                   C_cf the ceiling) from its allreduced lower bound; 0 = C_cf (0) */
 } locmoe_router_config_t;
 #define LOCMOE_ROUTER_CONFIG_INIT                                                                \
   { (uint32_t)sizeof(locmoe_router_config_t), NULL, 2, 1.25, 0.9, 0.1, 1, 0, 0.9, 1, 0, 0.05, 0.0, \
-    40, 0, 0, NULL, NULL, 0.0, NULL, 0, 0, NULL, 1.0, 0.001 }
+    40, 0, 0, NULL, NULL, 0.0, NULL, 0, 0, NULL, 1.0, 0.001, 0 }
 
 /* A router (keeps LocMoE+'s smoothed capacity across calls: one per MoE layer). */
 locmoe_status_t locmoe_router_create(const locmoe_router_config_t* config, locmoe_router_t* out);

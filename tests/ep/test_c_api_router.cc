@@ -128,6 +128,8 @@ TEST(CApiRouter, ThirdVersionFieldsReachTheRouter) {
       {"cross_node_cost", "locmoe-opt", [](C& c, P& p) { c.cross_node_cost = p.cross_node_cost = 0.6; }, true},
       {"same_node_cost", "locmoe-opt", [](C& c, P& p) { c.same_node_cost = p.same_node_cost = 0.3; }, true},
       {"opt_iterations", "locmoe-opt", [](C& c, P& p) { c.opt_iterations = p.opt_iterations = 1; }},
+      {"opt_tau_capacity", "locmoe-opt",
+       [](C& c, P& p) { c.opt_tau_capacity = 1, p.opt_tau_capacity = true, c.tau = p.tau = 0.3; }},
       {"min_capacity", "gshard", [](C& c, P& p) { c.min_capacity = p.min_capacity = 20; }},
       {"drop_policy", "gshard",
        [](C& c, P& p) { c.drop_policy = "probs", p.drop_policy = locmoe::DropPolicy::kProbs; }},
