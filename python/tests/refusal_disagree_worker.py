@@ -3,7 +3,7 @@
 As a rank (no arguments): rank 1 passes, in turn, arguments the module refuses before the C API sees
 them (a dtype, a read-only output, a non-contiguous array, a bad device string), to each collective
 call, while every other rank passes good input:
-  - Plan, Router.route, Dispatcher, dispatch_into, Group.allreduce_sum: rank 1 gets ValueError naming
+  - Plan (and an int32 expert id out of range, which the C API refuses), Router.route, Dispatcher, dispatch_into, Group.allreduce_sum: rank 1 gets ValueError naming
     its argument, every other rank locmoe.Error naming rank 1 and the same reason, both within
     LIMIT_S (far below the group's timeout: a rank that refused alone would leave its peers waiting
     until it); the group stays usable.
@@ -42,9 +42,9 @@ def rank_main():
     E = L * R
     failures = []
 
-    def expect(what, call, own, peer=None):
+    def expect(what, call, own, peer=None, own_kind=ValueError):
         """call(bad): the collective, with rank BAD's bad arguments when bad. own: the text rank BAD's
-        ValueError must hold; every other rank's locmoe.Error must hold `peer` (default: rank BAD
+        ValueError (own_kind) must hold; every other rank's locmoe.Error must hold `peer` (default: rank BAD
         named and `own`). Returns what call returned on a rank where it succeeded."""
         t0 = time.monotonic()
         try:
@@ -56,7 +56,7 @@ def rank_main():
         if elapsed >= LIMIT_S:
             failures.append(f"{what}: {elapsed:.2f} s (limit {LIMIT_S} s): {text}")
         if rank == BAD:
-            want_kind, texts = ValueError, [own]
+            want_kind, texts = own_kind, [own]
         else:
             want_kind, texts = locmoe.Error, peer or [f"rank {BAD}", "rejected its input", own]
         if kind is not want_kind or not all(t in text for t in texts):
@@ -74,6 +74,10 @@ def rank_main():
     expect("Plan slot_dropped", lambda bad: locmoe.Plan(g, expert, weight, L,
                                                         slot_dropped=np.zeros((T, k), np.int32) if bad else None),
            "slot_dropped has dtype int32: expected uint8 or bool")
+    wrong = expert.copy()
+    wrong[1, 0] = 13 + E  # an int32 id out of range: refused by the C API itself, in its turn
+    expect("Plan id", lambda bad: locmoe.Plan(g, wrong if bad else expert, weight, L), f"expert id {13 + E}",
+           own_kind=locmoe.Error)
     plan = locmoe.Plan(g, expert, weight, L)  # the group is still usable
 
     gate = np.cos(np.arange(E * H, dtype=np.float32)).reshape(E, H)

@@ -413,6 +413,20 @@ TEST_P(A2ATest, ChunkAlgorithmOrTimeoutDifferingAcrossRanksIsAnErrorOnEveryRank)
   ASSERT_FALSE(negative.ok());
   EXPECT_EQ(negative.status().code(), Code::kInvalidArgument);
   EXPECT_NE(negative.status().message().find("timeout_s = -1"), std::string::npos) << negative.status().message();
+  // The transports too: a rank on another transport would wait for messages that never come.
+  const std::string other = GetParam() == "mpi" ? "ucx" : "mpi";
+  if (transport_available(other)) {
+    cfg.timeout_s = 60;
+    cfg.transport = me == n - 1 ? other : GetParam();
+    auto transports = Communicator::create(*f.boot, f.cluster, cfg);
+    ASSERT_FALSE(transports.ok());
+    EXPECT_EQ(transports.status().code(), Code::kMismatch);
+    EXPECT_NE(transports.status().message().find(fmt::format("the transports (LOCMOE_TRANSPORT / "
+                                                             "LOCMOE_INTRA_TRANSPORT or CommConfig) differ between "
+                                                             "rank 0 and rank {}", n - 1)),
+              std::string::npos)
+        << transports.status().message();
+  }
   // Agreeing ranks still make a communicator afterwards.
   EXPECT_TRUE(create(A2AAlgo::kHierarchical, 4096).ok());
 }
