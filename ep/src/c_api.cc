@@ -162,6 +162,8 @@ Status ensure_mpi() {
 }
 
 Status create_group(const locmoe_group_config_t* config, locmoe_group_t* out) {
+  // A binding's refusal takes this rank's turn in the first collective, as a bad timeout does.
+  Status refusal = take_refusal();
   LOCMOE_CHECK_ARG(out != nullptr, "out is NULL");
   locmoe_group_config_t c = LOCMOE_GROUP_CONFIG_INIT;
   LOCMOE_RETURN_IF_ERROR(read_config(config, c, sizeof(uint32_t) + sizeof(int32_t), "config"));
@@ -190,6 +192,7 @@ Status create_group(const locmoe_group_config_t* config, locmoe_group_t* out) {
       LOCMOE_ASSIGN_OR_RETURN(g->bootstrap, locmoe::make_bootstrap_from_env(boot_timeout));
     }
   }
+  if (!refusal.ok()) return g->bootstrap->reject(refusal);
   if (!timeout_ok.ok()) return g->bootstrap->reject(timeout_ok.with_context("config.timeout_s"));
   // Each rank's place on its node (GPU, rail NIC, CPUs; LOCMOE_BIND) from its node's topology.
   locmoe::topo::PlaceOverride place;

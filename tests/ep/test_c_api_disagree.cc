@@ -260,11 +260,19 @@ TEST(Disagree, BindingRefusalOnOneRankFailsEveryRankAtOnce) {
       EXPECT_TRUE(has(msg, "rejected its input")) << msg;
     }
   };
+  locmoe_group_config_t gc = LOCMOE_GROUP_CONFIG_INIT;
+  gc.timeout_s = kDeadline;
+  locmoe_group_t g2 = nullptr;
+  auto t0 = Clock::now();
+  if (is_bad) locmoe_refuse_next_call("config has dtype float64");
+  locmoe_status_t st = locmoe_group_create(&gc, &g2);
+  expect_refused("config", st, Clock::now() - t0);
+  EXPECT_EQ(g2, nullptr);
   PlanArgs a(me, R);
   locmoe_plan_t plan = nullptr;
-  auto t0 = Clock::now();
+  t0 = Clock::now();
   if (is_bad) locmoe_refuse_next_call("weight has dtype float64");
-  locmoe_status_t st = locmoe_plan_create(g, a.T, a.k, a.L, a.expert.data(), a.weight.data(), nullptr, &plan);
+  st = locmoe_plan_create(g, a.T, a.k, a.L, a.expert.data(), a.weight.data(), nullptr, &plan);
   expect_refused("weight", st, Clock::now() - t0);
   EXPECT_EQ(plan, nullptr);
   double v[2] = {1, 2};
