@@ -279,7 +279,8 @@ class Router(nn.Module):
     capacity_factor, tau, locality_margin, renormalize, candidates, beta, capacity_floor,
     max_nodes, and by keyword the rest of ``locmoe.Router``'s: cross_node_cost, same_node_cost,
     opt_iterations, normalize_before_drop, min_capacity, drop_policy, ecr_order, candidate_mass,
-    score_function, groups, topk_groups, group_score, routed_scaling_factor, bias_update_rate;
+    score_function, groups, topk_groups, group_score, routed_scaling_factor, bias_update_rate,
+    opt_tau_capacity;
     an unknown keyword is a TypeError). coefs: weights of the auxiliary losses in ``aux_loss``
     (0 leaves a loss out of the sum; it is still computed and reported). The gate float32 [E, H] starts as
     N(0, init_std^2) from ``seed`` (the same on every rank). One instance per MoE layer (LocMoE+

@@ -739,7 +739,8 @@ NB_MODULE(_locmoe, m) {
              double cross_node_cost, double same_node_cost, int opt_iterations, bool normalize_before_drop,
              int64_t min_capacity, const std::string& drop_policy, const std::string& ecr_order,
              double candidate_mass, const std::string& score_function, int groups, int topk_groups,
-             const std::string& group_score, double routed_scaling_factor, double bias_update_rate) {
+             const std::string& group_score, double routed_scaling_factor, double bias_update_rate,
+             bool opt_tau_capacity) {
             locmoe_router_config_t c = LOCMOE_ROUTER_CONFIG_INIT;
             c.name = name.c_str();  // the strings are copied by locmoe_router_create
             c.k = k;
@@ -765,6 +766,7 @@ NB_MODULE(_locmoe, m) {
             c.group_score = group_score.c_str();
             c.routed_scaling_factor = routed_scaling_factor;
             c.bias_update_rate = bias_update_rate;
+            c.opt_tau_capacity = opt_tau_capacity ? 1 : 0;
             new (self) Router(c);
           },
           nb::arg("name") = "locmoe+", nb::arg("k") = 2, nb::arg("capacity_factor") = 1.25, nb::arg("tau") = 0.9,
@@ -775,6 +777,7 @@ NB_MODULE(_locmoe, m) {
           nb::arg("ecr_order") = "affinity", nb::arg("candidate_mass") = 0.0, nb::arg("score_function") = "sigmoid",
           nb::arg("groups") = 0, nb::arg("topk_groups") = 0, nb::arg("group_score") = "top2-sum",
           nb::arg("routed_scaling_factor") = 1.0, nb::arg("bias_update_rate") = 0.001,
+          nb::arg("opt_tau_capacity") = false,
           "Parameters as locmoe_router_config_t (include/locmoe/locmoe.h; what each does: RouterConfig in "
           "router/include/locmoe/router/router.h); a bad value raises Error naming it.")
       .def_prop_ro("name", &Router::name)

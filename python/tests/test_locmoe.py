@@ -279,6 +279,27 @@ class RouterConventions(unittest.TestCase):
         self.assertLessEqual(max(counts), c_cf + 3)
         self.assertGreater(max(counts), c_cf, "min_capacity let no expert take more: the test would not see it")
 
+    def test_opt_tau_capacity_is_locmoe_plus_lower_bound(self):
+        # locmoe-opt's capacity by LocMoE+'s rule: the smallest C in [1, C_cf] at which the tokens'
+        # top-k experts by p, each expert keeping its C most probable, keep tau of the top-k mass,
+        # over the whole group (the ranks' p gathered here through an allreduce of zero-padded rows).
+        R, T, E, k, tau = self.g.size, self.T, self.E, self.k, 0.8
+        allp = np.zeros((R * T, E))
+        allp[self.g.rank * T:(self.g.rank + 1) * T] = self.p
+        self.g.allreduce_sum(allp)
+        top = np.argsort(-allp, axis=1, kind="stable")[:, :k]
+        per_expert = [np.sort([allp[t, e] for t in range(R * T) for e in top[t] if e == ex])[::-1] for ex in range(E)]
+        total = sum(float(v.sum()) for v in per_expert)
+        c_cf = int(np.ceil(4.0 * k * R * T / E))
+        want = next(c for c in range(1, c_cf + 1) if sum(float(v[:c].sum()) for v in per_expert) >= tau * total)
+        router, _ = self.route("locmoe-opt", capacity_factor=4.0, tau=tau, opt_tau_capacity=True)
+        st = router.last_stats()
+        self.assertEqual(st["capacity_lower_bound"], want)
+        self.assertEqual(st["capacity"], want)  # first call: the smoothed capacity is the bound
+        self.assertLess(want, c_cf, "the bound equals C_cf: the test would not tell the rules apart")
+        router, _ = self.route("locmoe-opt", capacity_factor=4.0, tau=tau)
+        self.assertEqual(router.last_stats()["capacity"], c_cf)
+
     def test_routed_scaling_factor_scales_the_weights(self):
         _, base = self.route("deepseek-v3", capacity_factor=4.0)
         _, scaled = self.route("deepseek-v3", capacity_factor=4.0, routed_scaling_factor=2.5)
