@@ -57,16 +57,42 @@ int resolve_threads(int32_t configured) { return host_threads(configured); }
 
 // Row norms of `m` (double), rejecting NaN/Inf and zero rows. `what` names the matrix; row i is
 // reported as "<what> row i" plus `label` (i + label_base), e.g. its global token id.
+// The sum of squares runs over 8 interleaved double partial sums combined in a fixed order, with
+// no branch in the loop (so the compiler vectorizes it; it was 1.5x the logit GEMM's time when it
+// checked every element): a row's norm has the same bits for any thread count and on any rank. A
+// NaN or Inf element makes the sum non-finite (squares of finite floats cannot overflow a double
+// sum of fewer than 2^900 of them), and only then is the row rescanned to name the column. Rows
+// are split over `threads` threads in contiguous ranges.
 Status row_norms(MatrixView m, std::string_view what, std::string_view label, int64_t label_base,
-                 std::vector<double>& norms) {
+                 std::vector<double>& norms, int threads = 1) {
   norms.assign(static_cast<size_t>(m.rows), 0.0);
-  for (int64_t i = 0; i < m.rows; ++i) {
+  auto sum_sq = [&](int64_t i) {
     const float* row = m.data + i * m.cols;
-    double ss = 0.0;
-    for (int64_t j = 0; j < m.cols; ++j) {
-      LOCMOE_CHECK_ARG(std::isfinite(row[j]), "{} row {} ({} {}) column {} is {}", what, i, label,
-                       i + label_base, j, row[j]);
-      ss += static_cast<double>(row[j]) * row[j];
+    double acc[8] = {};
+    int64_t j = 0;
+    for (; j + 8 <= m.cols; j += 8)
+      for (int u = 0; u < 8; ++u) acc[u] += static_cast<double>(row[j + u]) * row[j + u];
+    for (int u = 0; j < m.cols; ++j, ++u) acc[u] += static_cast<double>(row[j]) * row[j];
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  };
+  auto range = [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) norms[static_cast<size_t>(i)] = sum_sq(i);
+  };
+  const int64_t n = std::min<int64_t>(std::max(threads, 1), std::max<int64_t>(1, m.rows / 256));
+  if (n <= 1) {
+    range(0, m.rows);
+  } else {
+    std::vector<std::thread> pool;
+    for (int64_t t = 0; t < n; ++t) pool.emplace_back(range, m.rows * t / n, m.rows * (t + 1) / n);
+    for (auto& th : pool) th.join();
+  }
+  for (int64_t i = 0; i < m.rows; ++i) {
+    const double ss = norms[static_cast<size_t>(i)];
+    if (!std::isfinite(ss)) {
+      const float* row = m.data + i * m.cols;
+      for (int64_t j = 0; j < m.cols; ++j)
+        LOCMOE_CHECK_ARG(std::isfinite(row[j]), "{} row {} ({} {}) column {} is {}", what, i, label,
+                         i + label_base, j, row[j]);
     }
     LOCMOE_CHECK_ARG(ss > 0.0, "{} row {} ({} {}) has zero norm (affinity needs |x| > 0)", what, i,
                      label, i + label_base);
@@ -289,7 +315,7 @@ struct RouterImpl {
                                         int src_rank, int64_t gid0, int64_t T_global,
                                         const std::vector<double>& bias) {
     std::vector<double> xnorm;
-    LOCMOE_RETURN_IF_ERROR(row_norms(x, "features", "global token", gid0, xnorm));
+    LOCMOE_RETURN_IF_ERROR(row_norms(x, "features", "global token", gid0, xnorm, resolve_threads(c.num_threads)));
     const Kind kind = kind_of(c.name);
     const Scores sc = compute_scores(x, w, xnorm, wnorm, gid0, resolve_threads(c.num_threads),
                                      kind == Kind::kDeepseek && c.score_function == "sigmoid");
@@ -648,7 +674,7 @@ struct RouterImpl {
     for (const Segment& sg : segments) {
       const MatrixView part{x.data + sg.lo * x.cols, sg.hi - sg.lo, x.cols};
       std::vector<double> xnorm;
-      local = row_norms(part, "features", "global token", gid0 + sg.lo, xnorm);
+      local = row_norms(part, "features", "global token", gid0 + sg.lo, xnorm, threads);
       if (!local.ok()) break;
       Scores s = compute_scores(part, w, xnorm, wnorm, gid0 + sg.lo, threads);
       sc.p.insert(sc.p.end(), s.p.begin(), s.p.end());
