@@ -21,11 +21,10 @@ As the launcher: refusal_disagree_worker.py mpi N MPIEXEC   (mpirun --enable-rec
 Exits 0 when all N ranks printed OK.
 """
 import os
-import re
-import socket
-import subprocess
 import sys
 import time
+
+from rank_launch import ranks_ok, run_ranks  # beside this script (sys.path[0])
 
 TIMEOUT_S = 20.0
 LIMIT_S = 5.0  # "at once": well below TIMEOUT_S, with room for a loaded machine
@@ -158,28 +157,10 @@ def rank_main():
 
 
 def launch(mode, n, mpiexec=None):
-    me = os.path.abspath(__file__)
-    env = dict(os.environ, LOCMOE_TIMEOUT_S=str(TIMEOUT_S))
-    if mode == "mpi":
-        cmd = [mpiexec, "--enable-recovery", "--oversubscribe", "--bind-to", "none", "-x", "PYTHONPATH",
-               "-x", "LOCMOE_TIMEOUT_S", "-np", str(n), sys.executable, me]
-        out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             timeout=240).stdout
-    else:
-        env = {k: v for k, v in env.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_"))}
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(n), LOCMOE_BOOTSTRAP="tcp")
-        procs = [subprocess.Popen([sys.executable, me], env=dict(env, RANK=str(r)), stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for r in range(n)]
-        out = "".join(p.communicate(timeout=240)[0] for p in procs)
-    print(out)
-    # Counted anywhere in the output: mpirun may join two ranks' lines.
-    ok = len({r for r, verdict in re.findall(r"REFUSAL rank (\d+) (OK|FAIL)", out) if verdict == "OK"})
+    out = run_ranks(os.path.abspath(__file__), mode, n, mpiexec, TIMEOUT_S)
+    ok = len(ranks_ok(out, "REFUSAL"))
     print(f"refusal_disagree_worker: {ok} of {n} ranks OK")
     return 0 if ok == n else 1
-
 
 if __name__ == "__main__":
     if len(sys.argv) == 1:
