@@ -62,6 +62,29 @@ def _host_f32(t: torch.Tensor, name: str) -> torch.Tensor:
     return t.detach().contiguous()
 
 
+def _refuse(why: str, take_turn) -> None:
+    """This rank refuses a collective call for `why` (an argument locmoe.torch checks itself): it
+    still takes its turn in the call, as a refusal the library passes to the other ranks
+    (locmoe_refuse_next_call), so they fail at once naming this rank and `why` instead of waiting
+    for it until the deadline; then ValueError(why) here. `take_turn` makes the module call with
+    placeholder arguments of the right shapes (the library refuses without reading them)."""
+    _locmoe._refuse_next_call(why)
+    try:
+        take_turn()
+    except _locmoe.Error:
+        pass
+    raise ValueError(why)
+
+
+def _refusal(check) -> Optional[str]:
+    """The message of the ValueError/TypeError `check()` raises, None when it passes."""
+    try:
+        check()
+    except (ValueError, TypeError) as e:
+        return str(e)
+    return None
+
+
 def _stage(timings: Optional[Dict[str, float]], key: str, t0: float) -> None:
     if timings is not None:
         timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
@@ -154,14 +177,22 @@ def dispatch(x: torch.Tensor, dispatcher, plan, timings: Optional[Dict[str, floa
     otherwise.
     """
     with_weights = dispatcher.weight_grads_with_dispatch_backward
-    if with_weights:
-        if not isinstance(weight, torch.Tensor):
-            raise ValueError("weight: the dispatcher has weight_grads_with_dispatch_backward=True, so dispatch needs "
-                             f"the combine weights [{plan.num_tokens}, {plan.k}] (got {type(weight).__name__})")
-        if tuple(weight.shape) != (plan.num_tokens, plan.k):
-            raise ValueError(f"weight has shape {tuple(weight.shape)}, expected [{plan.num_tokens}, {plan.k}] "
-                             "(the plan's tokens x slots)")
+
+    def check():
+        _host_f32(x, "x")
+        if with_weights:
+            if not isinstance(weight, torch.Tensor):
+                raise ValueError("weight: the dispatcher has weight_grads_with_dispatch_backward=True, so dispatch "
+                                 f"needs the combine weights [{plan.num_tokens}, {plan.k}] (got {type(weight).__name__})")
+            if tuple(weight.shape) != (plan.num_tokens, plan.k):
+                raise ValueError(f"weight has shape {tuple(weight.shape)}, expected [{plan.num_tokens}, {plan.k}] "
+                                 "(the plan's tokens x slots)")
+
     handle = dispatcher.make_handle()
+    why = _refusal(check)
+    if why is not None:
+        _refuse(why, lambda: dispatcher.dispatch_into(torch.zeros(plan.num_tokens, dispatcher.hidden), plan, handle,
+                                                      torch.zeros(dispatcher.max_expert_rows, dispatcher.hidden)))
     expert_in, link = _Dispatch.apply(x, weight if with_weights else None, dispatcher, plan, handle, timings)
     if with_weights:
         # What combine consumes in place of `weight` (checked there to be this call's weight).
@@ -180,20 +211,31 @@ def combine(expert_out: torch.Tensor, weight: torch.Tensor, dispatcher, handle,
     slots without an expert). Returns out float32 [T, H]; tokens with no accepted slot get 0.
     ``timings`` accumulates "combine" / "combine_backward".
     """
-    if weight.shape != (handle.num_tokens, handle.k):
-        raise ValueError(f"weight has shape {tuple(weight.shape)}, expected [{handle.num_tokens}, {handle.k}] "
-                         "(the plan's tokens x slots)")
-    if dispatcher.weight_grads_with_dispatch_backward:
-        # The weights' gradient comes out of dispatch's backward: combine consumes dispatch's
-        # stand-in for them. Taken off the handle (one combine per dispatch; no reference cycle
-        # handle -> graph -> handle left behind).
-        given, link = handle.__dict__.get("_weight_link", (None, None))
-        if given is not weight:
+    with_weights = dispatcher.weight_grads_with_dispatch_backward
+    # The weights' gradient comes out of dispatch's backward in that mode: combine consumes
+    # dispatch's stand-in for them, kept on the handle.
+    given, link = handle.__dict__.get("_weight_link", (None, None))
+
+    def check():
+        _host_f32(expert_out, "expert_out")
+        if not isinstance(weight, torch.Tensor) or tuple(weight.shape) != (handle.num_tokens, handle.k):
+            got = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+            raise ValueError(f"weight has shape {got}, expected [{handle.num_tokens}, {handle.k}] "
+                             "(the plan's tokens x slots)")
+        if with_weights and given is not weight:
             raise ValueError("weight must be the tensor given to this handle's dispatch(weight=...) (the dispatcher "
                              "has weight_grads_with_dispatch_backward=True; "
                              + ("this handle's dispatch got another tensor)" if given is not None else
                                 "no dispatch of this handle took weights, or it was combined already)"))
-        del handle._weight_link
+
+    why = _refusal(check)
+    if why is not None:
+        # combine has no metadata round: the peers' combine completes (NaN where it depends on this
+        # rank) and their next dispatch fails naming this rank (locmoe.h, locmoe_refuse_next_call).
+        _refuse(why, lambda: dispatcher.combine_into(torch.zeros(handle.expert_rows, dispatcher.hidden), handle,
+                                                     torch.zeros(handle.num_tokens, dispatcher.hidden)))
+    if with_weights:
+        del handle._weight_link  # one combine per dispatch; no cycle handle -> graph -> handle left
         weight = link
     return _Combine.apply(expert_out, weight, dispatcher, handle, timings)
 
@@ -208,17 +250,26 @@ def plan_from_topk(group, expert: torch.Tensor, weight: torch.Tensor, experts_pe
     uint8 [T, k]. The values are copied; pass the same ``weight`` tensor to ``combine`` to get its
     gradient.
     """
-    if expert.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"expert must be int32 or int64, got {expert.dtype}")
-    if expert.dim() != 2:
-        raise ValueError(f"expert must be [T, k], got {expert.dim()}-D")
     E = experts_per_rank * group.size
-    if expert.numel():
-        lo, hi = int(expert.min()), int(expert.max())
-        if lo < -1 or hi >= E:
-            bad = lo if lo < -1 else hi
-            raise ValueError(f"expert id {bad} is outside [-1, {E}) (E = experts_per_rank {experts_per_rank} "
-                             f"x {group.size} ranks)")
+
+    def check():
+        if not isinstance(expert, torch.Tensor) or expert.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"expert must be int32 or int64, got {getattr(expert, 'dtype', type(expert).__name__)}")
+        if expert.dim() != 2:
+            raise ValueError(f"expert must be [T, k], got {expert.dim()}-D")
+        if expert.numel():
+            lo, hi = int(expert.min()), int(expert.max())
+            if lo < -1 or hi >= E:
+                bad = lo if lo < -1 else hi
+                raise ValueError(f"expert id {bad} is outside [-1, {E}) (E = experts_per_rank {experts_per_rank} "
+                                 f"x {group.size} ranks)")
+        _host_f32(weight, "weight")
+
+    why = _refusal(check)
+    if why is not None:
+        k = expert.shape[1] if isinstance(expert, torch.Tensor) and expert.dim() == 2 and expert.shape[1] else 1
+        _refuse(why, lambda: _locmoe.Plan(group, torch.zeros(0, k, dtype=torch.int32), torch.zeros(0, k),
+                                          max(experts_per_rank, 1), None))
     dropped = None if slot_dropped is None else slot_dropped.detach().to(torch.uint8).contiguous()
     return _locmoe.Plan(group, expert.detach().contiguous(), _host_f32(weight, "weight"), experts_per_rank, dropped)
 
@@ -319,10 +370,16 @@ class Router(nn.Module):
         other nodes] token copies over the group), "global_tokens", "step". With collect_stats=False
         only the router's own (allreduce-free) numbers are filled.
         """
-        xd = _host_f32(x, "x")
-        if xd.dim() != 2 or xd.shape[1] != self.hidden:
-            raise ValueError(f"x must be [T, {self.hidden}], got {list(xd.shape)}")
+        def check():
+            xd = _host_f32(x, "x")
+            if xd.dim() != 2 or xd.shape[1] != self.hidden:
+                raise ValueError(f"x must be [T, {self.hidden}], got {list(xd.shape)}")
+
         gate = self.gate.detach().contiguous()
+        why = _refusal(check)
+        if why is not None:
+            self._refuse(why)
+        xd = _host_f32(x, "x")
         plan = self.router.route(self.group, xd, gate, self.experts_per_rank)
         logits = x @ self.gate.t()
         weight = _PlanWeight.apply(logits, plan, self.router.renormalize)
@@ -333,6 +390,12 @@ class Router(nn.Module):
             if c:
                 aux_loss = aux_loss + c * aux[kind]
         return RouterOutput(plan, expert, weight, logits, aux, aux_loss, self._stats(plan))
+
+    def _refuse(self, why: str) -> None:
+        """Refuses this rank's forward (its first collective is the routing) so that the peers
+        fail at once naming this rank and `why`; raises ValueError(why)."""
+        _refuse(why, lambda: self.router.route(self.group, torch.zeros(0, self.hidden), self.gate.detach().contiguous(),
+                                               self.experts_per_rank))
 
     def _stats(self, plan) -> Dict[str, object]:
         s = self.router.last_stats()
@@ -425,12 +488,20 @@ class MoELayer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Collective. x: float32 [..., H] on the CPU -> float32 [..., H]."""
+        def check():
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+            if x.shape[-1] != self.hidden:
+                raise ValueError(f"x has {x.shape[-1]} features in its last dimension, expected hidden {self.hidden}")
+            if x.numel() // self.hidden > self.max_tokens:
+                raise ValueError(f"x has {x.numel() // self.hidden} tokens, more than max_tokens {self.max_tokens} "
+                                 "of this MoELayer")
+
+        why = _refusal(check)
+        if why is not None:
+            self.router._refuse(why)  # the forward's first collective is the routing
         shape = x.shape
-        if shape[-1] != self.hidden:
-            raise ValueError(f"x has {shape[-1]} features in its last dimension, expected hidden {self.hidden}")
         x2 = x.reshape(-1, self.hidden)
-        if x2.shape[0] > self.max_tokens:
-            raise ValueError(f"x has {x2.shape[0]} tokens, more than max_tokens {self.max_tokens} of this MoELayer")
         self.timings = t = {}
         t0 = time.perf_counter()
         r = self.router(x2)

@@ -684,6 +684,10 @@ NB_MODULE(_locmoe, m) {
   m.doc() = "locmoe: expert-parallel dispatch/combine of MoE tokens (C API through DLPack)";
   m.attr("__version__") = LOCMOE_VERSION;
   nb::exception<LocmoeError>(m, "Error");
+  m.def("_refuse_next_call", [](const std::string& message) { locmoe_refuse_next_call(message.c_str()); },
+        nb::arg("message"),
+        "Local: this thread's next collective call refuses with `message` in its turn (locmoe_refuse_next_call); "
+        "used by locmoe.torch for the arguments it checks itself, so the peers learn of them at once.");
   m.def("_abort_all", [](const std::string& message) { locmoe_abort_all(message.c_str()); }, nb::arg("message"),
         "Not collective: tells the other ranks of every live group that this rank gives up (locmoe_abort_all); "
         "used by the unhandled-exception hook of `import locmoe`.");
