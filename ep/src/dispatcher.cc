@@ -258,8 +258,12 @@ Status Dispatcher::check_handle(const DispatchHandle& h, const char* op) const {
     return s;
   }
   if (!h.valid_) {
+    // Neither has a handle that holds no dispatch (a fresh one, or one whose dispatch failed): the
+    // same abort, rather than peers that did dispatch waiting for this rank until the deadline.
     work_->next_refusal = ok_status();
-    return error(Code::kInvalidArgument, "{}: the handle holds no dispatch (dispatch() must succeed on it first)", op);
+    Status s = error(Code::kInvalidArgument, "{}: the handle holds no dispatch (dispatch() must succeed on it first)", op);
+    comm_->abort(s.message());
+    return s;
   }
   return ok_status();
 }

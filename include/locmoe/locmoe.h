@@ -353,8 +353,8 @@ locmoe_status_t locmoe_handle_expert_counts(locmoe_handle_t handle, int64_t* cou
  * rank nothing to take part with: it aborts the group's communicator, so the peers' pending
  * exchange fails at once with LOCMOE_ERR_PEER_FAILURE naming it (a peer that exchanges nothing
  * with it in that call fails in its next one instead); dispatch and combine are then
- * unusable on every rank (destroy the group). A handle that holds no dispatch fails its rank only
- * (its peers, if they dispatched on theirs, wait until the deadline). */
+ * unusable on every rank (destroy the group). So does a handle that holds no dispatch (its peers,
+ * if they dispatched on theirs, would otherwise wait for it until the deadline). */
 locmoe_status_t locmoe_dispatch(locmoe_dispatcher_t dispatcher, const void* x, locmoe_plan_t plan,
                                 locmoe_handle_t handle, void* expert_in, int64_t expert_in_rows,
                                 void* stream);

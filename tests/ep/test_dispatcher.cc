@@ -695,6 +695,50 @@ TEST_F(DispatcherTest, ForeignHandleInCombineFailsPeersAtOnce) {
   }
 }
 
+// A handle of the right dispatcher that holds no dispatch (never dispatched on this rank) in
+// combine: this rank has no plan to take part with, so it aborts the communicator and the peers
+// fail at once naming it, instead of waiting for it until the deadline.
+TEST_F(DispatcherTest, HandleWithoutDispatchInCombineFailsPeersAtOnce) {
+  if (g_.size < 2) GTEST_SKIP() << "needs 2 ranks";
+  const int R = g_.size, bad = R - 1, L = 2, H = 4, T = 6;
+  CommConfig cc;
+  cc.timeout_s = 30;
+  auto comm = Communicator::create(*g_.bootstrap, g_.comm->cluster(), cc);
+  ASSERT_TRUE(comm.ok()) << comm.status().to_string();
+  DispatcherConfig cfg;
+  cfg.experts_per_rank = L; cfg.hidden = H; cfg.max_tokens = T; cfg.top_k = 1;
+  auto d = Dispatcher::create(*g_.bootstrap, **comm, cfg);
+  ASSERT_TRUE(d.ok());
+  auto h = (*d)->make_handle();
+  auto fresh = (*d)->make_handle();
+  ASSERT_TRUE(h.ok() && fresh.ok());
+  RoutingPlan p = test::random_plan(g_.rank, g_.comm->cluster(), L, T, 1, 0.0, 3);
+  for (int t = 0; t < T; ++t) {
+    p.expert[t] = (t + g_.rank) % (L * R);
+    p.weight[t] = 1.0f;
+  }
+  ASSERT_TRUE(finalize_plan(p, g_.bootstrap.get()).ok());
+  const int64_t cap = (*d)->max_expert_rows();
+  std::vector<float> x(T * H, 1.0f), ein(cap * H), out(T * H);
+  ASSERT_TRUE((*d)->dispatch(x.data(), p, **h, ein.data(), cap).ok());
+  ASSERT_TRUE(g_.bootstrap->barrier().ok());
+  const auto t0 = std::chrono::steady_clock::now();
+  Status s = (*d)->combine(ein.data(), g_.rank == bad ? **fresh : **h, out.data());
+  Status next = (*d)->dispatch(x.data(), p, **h, ein.data(), cap);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_LT(secs, 8.0) << s.to_string() << " / " << next.to_string();
+  EXPECT_EQ(next.code(), Code::kPeerFailure) << next.to_string();
+  if (g_.rank == bad) {
+    EXPECT_EQ(s.code(), Code::kInvalidArgument) << s.to_string();
+    EXPECT_NE(s.message().find("the handle holds no dispatch"), std::string::npos) << s.to_string();
+  } else {
+    const Status& seen = s.ok() ? next : s;  // ok: this rank exchanged nothing with rank `bad`
+    EXPECT_TRUE(s.ok() || s.code() == Code::kPeerFailure) << s.to_string();
+    EXPECT_NE(seen.message().find("rank " + std::to_string(bad)), std::string::npos) << seen.to_string();
+    EXPECT_NE(seen.message().find("holds no dispatch"), std::string::npos) << seen.to_string();
+  }
+}
+
 // The device path (NCCL communicator, kernels on the GPU) against the host path on the same data.
 TEST_F(DispatcherTest, DeviceMatchesHost) {
   if (kernels::cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";

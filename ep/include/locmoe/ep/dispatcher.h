@@ -45,9 +45,9 @@
 //    pending or next exchange fails at once with kPeerFailure naming the rank and the reason. The
 //    communicator is unusable afterwards on every rank (the bootstrap, plans and routing still
 //    work); destroy it.
-//  - A handle of this dispatcher that holds no dispatch (dispatch() never succeeded on it) fails
-//    on its rank only: on a rank whose peers dispatched and now wait in combine, they wait until
-//    the deadline (kTimeout naming it). The ranks' calls already diverged before this call.
+//  - A handle of this dispatcher that holds no dispatch (dispatch() never succeeded on it) is
+//    the same: the peers that dispatched would otherwise wait for this rank until the deadline,
+//    so it aborts the communicator too (kInvalidArgument here, kPeerFailure naming it there).
 //
 // Synchronization. kHost: every call is synchronous (outputs are written when it returns).
 // kDevice: every call enqueues its kernels and copies on `stream` and returns once its exchanges
