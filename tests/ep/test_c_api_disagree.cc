@@ -113,7 +113,9 @@ TEST(Disagree, NullArgumentOnOneRankFailsEveryRankAtOnce) {
   EXPECT_LT(since(t0), kFast) << msg;
   EXPECT_NE(st, LOCMOE_OK);
   EXPECT_TRUE(has(msg, "expert or weight is NULL")) << msg;
-  if (me != 0) EXPECT_TRUE(has(msg, "rank 0 rejected its input")) << msg;
+  if (me != 0) {
+    EXPECT_TRUE(has(msg, "rank 0 rejected its input")) << msg;
+  }
   expect_group_works(g);
   locmoe_group_destroy(g);
 }
@@ -560,7 +562,9 @@ TEST(Disagree, NegativeTimeoutOnOneRankFailsEveryRankAtOnce) {
   EXPECT_LT(since(t0), kFast) << msg;
   EXPECT_NE(st, LOCMOE_OK) << msg;
   EXPECT_TRUE(has(msg, "timeout_s = -5")) << msg;
-  if (me != R - 1) EXPECT_TRUE(has(msg, "rank " + std::to_string(R - 1) + " rejected its input")) << msg;
+  if (me != R - 1) {
+    EXPECT_TRUE(has(msg, "rank " + std::to_string(R - 1) + " rejected its input")) << msg;
+  }
 }
 
 }  // namespace

@@ -138,9 +138,10 @@ TEST(RouterMpi, BadInputOnOneRankFailsEveryRank) {
   ASSERT_FALSE(plan.ok());
   // Every rank learns the reason too, not only that a rank rejected.
   EXPECT_NE(plan.status().message().find("is nan"), std::string::npos) << plan.status().to_string();
-  if (rank != R - 1)
+  if (rank != R - 1) {
     EXPECT_NE(plan.status().message().find(fmt::format("rank {} rejected its input", R - 1)), std::string::npos)
         << plan.status().to_string();
+  }
 }
 
 }  // namespace
