@@ -1,7 +1,5 @@
 #include "locmoe/topology/cluster.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <array>
 #include <cstdint>
@@ -10,7 +8,6 @@
 #include <tuple>
 
 #include "locmoe/core/check.h"
-#include "locmoe/core/params.h"
 
 namespace locmoe {
 namespace {
@@ -39,15 +36,6 @@ std::string unpack_field(const std::array<char, N>& src) {
 }
 
 }  // namespace
-
-Result<std::string> local_host_id() {
-  LOCMOE_ASSIGN_OR_RETURN(std::string id, params::get_string(params::Id::hostid));
-  if (!id.empty()) return id;
-  char buf[256] = {0};
-  LOCMOE_CHECK(gethostname(buf, sizeof(buf) - 1) == 0, Code::kSystemError, "gethostname failed: {}",
-               std::strerror(errno));
-  return std::string(buf);
-}
 
 Result<ClusterMap> cluster_map_from_descriptors(std::span<const RankDescriptor> descriptors,
                                                 int my_rank) {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "locmoe/core/bootstrap.h"
+#include "locmoe/core/host.h"  // local_host_id, used with the cluster map
 #include "locmoe/core/status.h"
 #include "locmoe/topology/cluster_map.h"
 
@@ -29,9 +30,6 @@ struct ClusterFindings {
   bool clean() const { return nodes_differing.empty() && shared_gpus.empty() && shared_nics.empty(); }
 };
 ClusterFindings cluster_findings(const ClusterMap& map);
-
-// This process's host identity: LOCMOE_HOSTID when set, else the hostname.
-Result<std::string> local_host_id();
 
 // Builds the map from every rank's descriptor (indexed by rank). Fails on an empty host id or
 // a my_rank outside [0, descriptors.size()).
