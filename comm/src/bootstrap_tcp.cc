@@ -11,9 +11,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -21,6 +23,7 @@
 #include "locmoe/core/check.h"
 #include "locmoe/core/params.h"
 #include "bootstrap_frame.h"
+#include "bootstrap_tcp.h"
 
 namespace locmoe {
 namespace {
@@ -65,9 +68,10 @@ class TcpBootstrap final : public Bootstrap {
   int size() const override { return size_; }
   const char* name() const override { return "tcp"; }
 
-  Status connect_all(const std::string& addr, int port) {
+  // Rank 0 accepts on `listener`; every other rank connects to addr:port (listener unused).
+  Status connect_all(const tcp_detail::Listener* listener, const std::string& addr, int port) {
     const TimePoint deadline = make_deadline();
-    if (rank_ == 0) return accept_all(port, deadline);
+    if (rank_ == 0) return accept_all(*listener, deadline);
     // Resolve, then connect with retries: rank 0 may not be listening yet.
     addrinfo hints{}, *res = nullptr;
     hints.ai_family = AF_INET;
@@ -156,9 +160,16 @@ class TcpBootstrap final : public Bootstrap {
     LOCMOE_CHECK(dead_.empty(), Code::kPeerFailure, "TCP bootstrap on rank {} is unusable: {}", rank_, dead_);
     h.seq = ++seq_;
     if (size_ == 1) return ok_status();
-    const TimePoint deadline = make_deadline();
+    // A rank waiting on rank 0 waits a little longer than rank 0 waits on anyone (a quarter more,
+    // at most 2 s): when a rank is missing, rank 0's verdict, which names it, arrives first,
+    // instead of each rank's own deadline racing rank 0's and naming only rank 0.
+    const TimePoint deadline =
+        make_deadline() + (rank_ == 0 ? std::chrono::steady_clock::duration::zero()
+                                      : std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                            std::chrono::duration<double>(std::min(0.25 * timeout_s_, 2.0))));
     if (rank_ != 0) {
-      LOCMOE_RETURN_IF_ERROR(send_frame(0, kCall, h, part, part_bytes));
+      if (Status sent = send_frame(0, kCall, h, part, part_bytes); !sent.ok())
+        return dead_if_error(last_word_of_root(h, std::move(sent)));
       Frame f;
       LOCMOE_RETURN_IF_ERROR(dead_if_error(recv_header(0, f, deadline)));
       if (f.kind == kResult && f.h == h && f.payload == result_bytes)
@@ -258,25 +269,28 @@ class TcpBootstrap final : public Bootstrap {
                          s.message().size());
     return s;
   }
+  // Rank 0 may have given up (or aborted) and exited before this rank sent its part: its verdict
+  // is still in this socket's receive queue (Linux keeps it readable after the peer's close), and
+  // it names the rank at fault, where the failed send names only rank 0.
+  Status last_word_of_root(const Header& h, Status send_failure) {
+    pollfd p{fds_[0], POLLIN, 0};
+    if (::poll(&p, 1, 0) <= 0 || !(p.revents & POLLIN)) return send_failure;
+    const TimePoint soon = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+    Frame f;
+    std::string text;
+    if (!recv_header(0, f, soon).ok() || (f.kind != kError && f.kind != kAbort) || !recv_text(0, f, text, soon).ok())
+      return send_failure;
+    if (f.kind == kAbort) return error(Code::kPeerFailure, "TCP bootstrap {} on rank {}: {}", describe(h), rank_, text);
+    return error(static_cast<Code>(f.h.op), "{}", text);
+  }
   Status dead_if_error(Status s) {
     if (!s.ok() && dead_.empty()) dead_ = s.message();
     return s;
   }
 
-  Status accept_all(int port, TimePoint deadline) {
-    int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
-    LOCMOE_CHECK(lfd >= 0, Code::kSystemError, "socket: {}", std::strerror(errno));
+  Status accept_all(const tcp_detail::Listener& listener, TimePoint deadline) {
+    const int lfd = listener.fd(), port = listener.port();
     int one = 1;
-    setsockopt(lfd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    sockaddr_in sa{};
-    sa.sin_family = AF_INET;
-    sa.sin_addr.s_addr = htonl(INADDR_ANY);
-    sa.sin_port = htons(static_cast<uint16_t>(port));
-    if (::bind(lfd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || ::listen(lfd, size_) != 0) {
-      const int e = errno;
-      ::close(lfd);
-      return error(Code::kSystemError, "rank 0 cannot listen on port {}: {}", port, std::strerror(e));
-    }
     int joined = 1;
     Status status;
     while (joined < size_ && status.ok()) {
@@ -311,9 +325,28 @@ class TcpBootstrap final : public Bootstrap {
       fds_[hello[0]] = fd;
       ++joined;
     }
-    ::close(lfd);
+    // The ranks that did join learn why at once (in their first collective), not at their deadline.
+    if (!status.ok()) (void)give_up(status);
     return status;
   }
+
+ public:
+  // Rank != 0: the IPv4 address of this rank's end of its socket to rank 0, an address of this
+  // host on the interface that reaches rank 0 (so peers on this host can connect to it too).
+  Result<std::string> address_towards_root() const {
+    LOCMOE_CHECK(rank_ != 0 && fds_[0] >= 0, Code::kInternal, "address_towards_root: rank {} has no socket to rank 0",
+                 rank_);
+    sockaddr_in sa{};
+    socklen_t len = sizeof sa;
+    LOCMOE_CHECK(::getsockname(fds_[0], reinterpret_cast<sockaddr*>(&sa), &len) == 0, Code::kSystemError,
+                 "getsockname: {}", std::strerror(errno));
+    char text[INET_ADDRSTRLEN] = {0};
+    LOCMOE_CHECK(::inet_ntop(AF_INET, &sa.sin_addr, text, sizeof text) != nullptr, Code::kSystemError, "inet_ntop: {}",
+                 std::strerror(errno));
+    return std::string(text);
+  }
+
+ private:
 
   Status send_frame(int peer, uint32_t kind, const Header& h, const void* data, size_t bytes) {
     Frame f;
@@ -409,15 +442,65 @@ Result<int> int_env(const char* name) {
 
 }  // namespace
 
+namespace tcp_detail {
+
+Result<Listener> Listener::open(int port) {
+  LOCMOE_CHECK_RANGE(port >= 0 && port < 65536, "port {} out of range [0, 65536)", port);
+  Listener l;
+  l.fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+  LOCMOE_CHECK(l.fd_ >= 0, Code::kSystemError, "socket: {}", std::strerror(errno));
+  int one = 1;
+  setsockopt(l.fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_ANY);
+  sa.sin_port = htons(static_cast<uint16_t>(port));
+  // The backlog holds every rank that connects before accept_all runs (they may all arrive at once).
+  if (::bind(l.fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 || ::listen(l.fd_, SOMAXCONN) != 0)
+    return error(Code::kSystemError, "cannot listen on port {}: {}", port, std::strerror(errno));
+  socklen_t len = sizeof sa;
+  LOCMOE_CHECK(::getsockname(l.fd_, reinterpret_cast<sockaddr*>(&sa), &len) == 0, Code::kSystemError,
+               "getsockname: {}", std::strerror(errno));
+  l.port_ = ntohs(sa.sin_port);
+  return l;
+}
+
+Listener::~Listener() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Result<std::unique_ptr<Bootstrap>> make_star(const Listener* listener, const std::string& addr, int port, int rank,
+                                             int size, double timeout_s) {
+  LOCMOE_CHECK(rank != 0 || size == 1 || listener != nullptr, Code::kInternal, "make_star: rank 0 needs a listener");
+  auto b = std::make_unique<TcpBootstrap>(rank, size, timeout_s);
+  if (size > 1) LOCMOE_RETURN_IF_ERROR(b->connect_all(listener, addr, port));
+  return std::unique_ptr<Bootstrap>(std::move(b));
+}
+
+Result<std::string> address_towards_root(const Bootstrap& star) {
+  const auto* tcp = dynamic_cast<const TcpBootstrap*>(&star);
+  LOCMOE_CHECK(tcp != nullptr, Code::kInternal, "address_towards_root: a {} bootstrap is not a TCP star", star.name());
+  return tcp->address_towards_root();
+}
+
+}  // namespace tcp_detail
+
 Result<std::unique_ptr<Bootstrap>> make_tcp_bootstrap(const std::string& addr, int port, int rank, int size,
                                                       double timeout_s) {
   LOCMOE_CHECK_ARG(size >= 1, "world size {} must be at least 1", size);
   LOCMOE_CHECK_RANGE(rank >= 0 && rank < size, "rank {} out of range [0, {})", rank, size);
   LOCMOE_CHECK_RANGE(port > 0 && port < 65536, "port {} out of range (0, 65536)", port);
   LOCMOE_ASSIGN_OR_RETURN(timeout_s, resolve_timeout(timeout_s));
-  auto b = std::make_unique<TcpBootstrap>(rank, size, timeout_s);
-  if (size > 1) LOCMOE_RETURN_IF_ERROR(b->connect_all(addr, port));
-  return std::unique_ptr<Bootstrap>(std::move(b));
+  std::optional<tcp_detail::Listener> listener;
+  if (rank == 0 && size > 1) {
+    auto l = tcp_detail::Listener::open(port);
+    if (!l.ok()) return error(l.status().code(), "rank 0: {}", l.status().message());
+    listener.emplace(std::move(*l));
+  }
+  LOCMOE_ASSIGN_OR_RETURN(std::unique_ptr<Bootstrap> star,
+                          tcp_detail::make_star(listener ? &*listener : nullptr, addr, port, rank, size, timeout_s));
+  listener.reset();  // every rank has joined: nothing more connects to this port
+  return tcp_detail::make_two_level(std::move(star), addr, timeout_s);
 }
 
 Result<std::unique_ptr<Bootstrap>> make_bootstrap_from_env(double timeout_s) {

@@ -20,12 +20,21 @@ Result<std::unique_ptr<Bootstrap>> make_mpi_bootstrap(MPI_Comm comm, double time
 
 // TCP rendezvous, for jobs started without MPI (torchrun and the like). Rank 0 listens on
 // `addr`:`port` (a host name or IPv4 address of rank 0's machine; rank 0 binds all interfaces)
-// and every other rank connects to it, retrying until LOCMOE_TIMEOUT_S. Collectives go through
-// rank 0 (a star: fine for the small messages a bootstrap carries). Every connect, accept and
-// receive has the LOCMOE_TIMEOUT_S deadline; a peer that closes its socket gives
-// Code::kPeerFailure naming it, one that stays silent Code::kTimeout naming it, and a peer that
-// calls a different collective or size Code::kMismatch on every rank. `rank` in [0, size).
-// `timeout_s` as for make_mpi_bootstrap.
+// and every other rank connects to it, retrying until LOCMOE_TIMEOUT_S. Small collectives go
+// through rank 0 (a star). On a job spanning several hosts (LOCMOE_HOSTID, else the hostname)
+// with more than one rank on some host, collectives whose result is at least
+// LOCMOE_BOOTSTRAP_TREE_BYTES (default 16 KiB; the same on every rank, checked here) go through
+// one leader per host (its lowest rank): inside the host, among the leaders, inside the host
+// again, so a host's link carries about one copy of the result each way instead of one per rank
+// on the other hosts (the router's candidate allgather, a trainer's gradient allreduce); name()
+// is then "tcp-tree" (else "tcp"). The leaders listen on ports the kernel picks and connect
+// over the addresses the star already uses. Every connect, accept and receive has the
+// LOCMOE_TIMEOUT_S deadline; a peer that closes its socket gives Code::kPeerFailure naming it,
+// one that stays silent Code::kTimeout naming it, and a peer that calls a different collective
+// or size Code::kMismatch on every rank (on both paths: a large collective's header is checked
+// on the star before any byte moves). A peer lost in a leaders' phase makes the rank that sees
+// it abort every group it is in, so the others fail at once too. Collective (all `size` ranks).
+// `rank` in [0, size). `timeout_s` as for make_mpi_bootstrap.
 Result<std::unique_ptr<Bootstrap>> make_tcp_bootstrap(const std::string& addr, int port, int rank, int size,
                                                       double timeout_s = 0);
 
