@@ -102,10 +102,11 @@ class TcpBootstrap final : public Bootstrap {
   Status allgather(const void* send, void* recv, size_t bytes) override {
     auto* out = static_cast<char*>(recv);
     if (send != recv) std::memmove(out + rank_ * bytes, send, bytes);
+    // Each rank has its own part already: rank 0 sends it the others' (bytes * (size - 1)).
     return collective({kAllgather, 0, 0, bytes}, out + rank_ * bytes, bytes, out, bytes * size_,
                       [&](std::vector<std::vector<char>>& in) {
                         for (int r = 1; r < size_; ++r) std::memcpy(out + r * bytes, in[r].data(), bytes);
-                      });
+                      }, bytes);
   }
 
   Status allreduce(const void* send, void* recv, size_t count, DataType type, ReduceOp op) override {
@@ -154,9 +155,11 @@ class TcpBootstrap final : public Bootstrap {
 
   // One collective. `part`: this rank's contribution (to rank 0); `result`: where the answer goes
   // (rank 0 computes it with combine(parts), parts[r] = rank r's contribution).
+  // `own`: each rank's own part is in `result` at rank * own already (an allgather's), so the
+  // answer to rank r leaves those bytes out.
   template <typename Combine>
   Status collective(Header h, const void* part, size_t part_bytes, void* result, size_t result_bytes,
-                    Combine&& combine) {
+                    Combine&& combine, size_t own = 0) {
     LOCMOE_CHECK(dead_.empty(), Code::kPeerFailure, "TCP bootstrap on rank {} is unusable: {}", rank_, dead_);
     h.seq = ++seq_;
     if (size_ == 1) return ok_status();
@@ -172,8 +175,12 @@ class TcpBootstrap final : public Bootstrap {
         return dead_if_error(last_word_of_root(h, std::move(sent)));
       Frame f;
       LOCMOE_RETURN_IF_ERROR(dead_if_error(recv_header(0, f, deadline)));
-      if (f.kind == kResult && f.h == h && f.payload == result_bytes)
-        return dead_if_error(recv_raw(fds_[0], result, result_bytes, deadline, "rank 0"));
+      if (f.kind == kResult && f.h == h && f.payload == result_bytes - own) {
+        char* out = static_cast<char*>(result);
+        const size_t before = static_cast<size_t>(rank_) * own;
+        LOCMOE_RETURN_IF_ERROR(dead_if_error(recv_raw(fds_[0], out, before, deadline, "rank 0")));
+        return dead_if_error(recv_raw(fds_[0], out + before + own, result_bytes - before - own, deadline, "rank 0"));
+      }
       std::string text;
       LOCMOE_RETURN_IF_ERROR(dead_if_error(recv_text(0, f, text, deadline)));
       if (f.kind == kAbort) {
@@ -250,7 +257,7 @@ class TcpBootstrap final : public Bootstrap {
     if (!mine.ok() && first_reject(all) < 0) dead_ = mine.message();
     for (int r = 1; r < size_; ++r) {
       Status theirs = mine.ok() ? ok_status() : verdict(r);
-      Status s = theirs.ok() ? send_frame(r, kResult, all[r], result, result_bytes)
+      Status s = theirs.ok() ? send_result(r, all[r], static_cast<const char*>(result), result_bytes, own)
                              : send_frame(r, kError,
                                           Header{static_cast<uint32_t>(theirs.code()), first_reject(all) >= 0 ? 1u : 0u, 0, 0},
                                           theirs.message().data(), theirs.message().size());
@@ -348,6 +355,17 @@ class TcpBootstrap final : public Bootstrap {
 
  private:
 
+  // The result of a collective for `peer`, less its own `own` bytes at peer * own.
+  Status send_result(int peer, const Header& h, const char* result, size_t bytes, size_t own) {
+    Frame f;
+    f.kind = kResult;
+    f.h = h;
+    f.payload = bytes - own;
+    const size_t before = static_cast<size_t>(peer) * own;
+    LOCMOE_RETURN_IF_ERROR(send_raw(peer, &f, sizeof f));
+    LOCMOE_RETURN_IF_ERROR(send_raw(peer, result, before));
+    return send_raw(peer, result + before + own, bytes - before - own);
+  }
   Status send_frame(int peer, uint32_t kind, const Header& h, const void* data, size_t bytes) {
     Frame f;
     f.kind = kind;
