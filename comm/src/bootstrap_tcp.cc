@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -24,6 +25,7 @@
 #include "locmoe/core/params.h"
 #include "bootstrap_frame.h"
 #include "bootstrap_tcp.h"
+#include "torchrun_store.h"
 
 namespace locmoe {
 namespace {
@@ -521,6 +523,43 @@ Result<std::unique_ptr<Bootstrap>> make_tcp_bootstrap(const std::string& addr, i
   return tcp_detail::make_two_level(std::move(star), addr, timeout_s);
 }
 
+// Under torchrun MASTER_ADDR:MASTER_PORT is the agent's store: rank 0 listens on a port of its own
+// and publishes it there (torchrun_store.h). A rank 0 that cannot listen publishes its reason
+// instead (a value starting with '!'), so the others fail at once, naming it.
+static Result<std::unique_ptr<Bootstrap>> torchrun_bootstrap(const std::string& store_host, int store_port, int rank,
+                                                             int size, double timeout_s) {
+  static std::atomic<int> groups{0};  // every rank makes its groups in the same order
+  LOCMOE_CHECK_RANGE(rank >= 0 && rank < size, "rank {} out of range [0, {})", rank, size);
+  LOCMOE_ASSIGN_OR_RETURN(timeout_s, resolve_timeout(timeout_s));
+  const std::string key = tcp_detail::store_key(groups++);
+  std::optional<tcp_detail::Listener> listener;
+  std::string root;
+  if (rank == 0) {
+    Status bad = ok_status();
+    std::string me;
+    if (auto l = tcp_detail::Listener::open(0); l.ok()) listener.emplace(std::move(*l)); else bad = l.status();
+    if (bad.ok()) {
+      if (auto a = tcp_detail::address_towards(store_host); a.ok()) me = *a; else bad = a.status();
+    }
+    root = bad.ok() ? fmt::format("{}:{}", me, listener->port()) : "!" + bad.message();
+    LOCMOE_RETURN_IF_ERROR(tcp_detail::store_set(store_host, store_port, key, root, timeout_s));
+    if (!bad.ok()) return error(bad.code(), "rank 0 cannot open the TCP rendezvous: {}", bad.message());
+  } else {
+    LOCMOE_ASSIGN_OR_RETURN(root, tcp_detail::store_get(store_host, store_port, key, timeout_s));
+    LOCMOE_CHECK(root.empty() || root[0] != '!', Code::kPeerFailure, "rank 0 cannot open the TCP rendezvous: {}",
+                 root.substr(1));
+  }
+  const size_t colon = root.rfind(':');
+  LOCMOE_CHECK(colon != std::string::npos, Code::kMismatch, "torchrun's store holds '{}' for key '{}', not host:port",
+               root, key);
+  const std::string host = root.substr(0, colon);
+  const int port = std::atoi(root.c_str() + colon + 1);
+  LOCMOE_ASSIGN_OR_RETURN(std::unique_ptr<Bootstrap> star, tcp_detail::make_star(listener ? &*listener : nullptr, host,
+                                                                                 port, rank, size, timeout_s));
+  listener.reset();
+  return tcp_detail::make_two_level(std::move(star), host, timeout_s);
+}
+
 Result<std::unique_ptr<Bootstrap>> make_bootstrap_from_env(double timeout_s) {
   auto requested = params::get_string(params::Id::bootstrap);
   if (!requested.ok()) return requested.status();
@@ -555,6 +594,11 @@ Result<std::unique_ptr<Bootstrap>> make_bootstrap_from_env(double timeout_s) {
     LOCMOE_CHECK_ARG(master && *master, "the TCP bootstrap needs LOCMOE_BOOTSTRAP_ADDR=host:port or MASTER_ADDR and MASTER_PORT");
     addr = master;
     LOCMOE_ASSIGN_OR_RETURN(port, int_env("MASTER_PORT"));
+    LOCMOE_ASSIGN_OR_RETURN(int rank, int_env("RANK"));
+    LOCMOE_ASSIGN_OR_RETURN(int size, int_env("WORLD_SIZE"));
+    if (tcp_detail::started_by_torchrun_agent() && size > 1)
+      return torchrun_bootstrap(addr, port, rank, size, timeout_s);
+    return make_tcp_bootstrap(addr, port, rank, size, timeout_s);
   }
   LOCMOE_ASSIGN_OR_RETURN(int rank, int_env("RANK"));
   LOCMOE_ASSIGN_OR_RETURN(int size, int_env("WORLD_SIZE"));

@@ -41,7 +41,11 @@ Result<std::unique_ptr<Bootstrap>> make_tcp_bootstrap(const std::string& addr, i
 // The bootstrap the environment asks for, by LOCMOE_BOOTSTRAP:
 //   mpi  - MPI_COMM_WORLD (MPI_Init is called if the caller has not; the caller finalizes);
 //   tcp  - make_tcp_bootstrap with LOCMOE_BOOTSTRAP_ADDR=host:port, else MASTER_ADDR and
-//          MASTER_PORT, and RANK and WORLD_SIZE (torchrun's variables);
+//          MASTER_PORT, and RANK and WORLD_SIZE (torchrun's variables). Started by torchrun's
+//          agent (TORCHELASTIC_USE_AGENT_STORE=True), MASTER_ADDR:MASTER_PORT is torchrun's own
+//          store: rank 0 listens on a port the kernel picks and publishes it in that store
+//          (torch's TCPStore protocol, spoken here: no torch needed), so a C or C++ program under
+//          `torchrun --no-python` needs no extra variable;
 //   self - one process;
 //   auto - mpi when OMPI_COMM_WORLD_SIZE is set (started by Open MPI's mpirun), else tcp when
 //          RANK and WORLD_SIZE are set, else self.
