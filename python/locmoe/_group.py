@@ -3,10 +3,10 @@
 The library makes a group from MPI_COMM_WORLD or from a TCP rendezvous whose parameters it reads
 from the environment (LOCMOE_BOOTSTRAP, LOCMOE_BOOTSTRAP_ADDR, RANK, WORLD_SIZE; see
 include/locmoe/locmoe.h). This module decides those parameters where the launcher alone does not
-give them: under torchrun (whose own store holds MASTER_PORT), for a torch.distributed process
-group, and for a split of a group. In every such case the new group's rank 0 reserves a port of its
-own and tells its peers ``host:port`` through a channel they already share (torchrun's store, the
-process group, or the parent group).
+give them: for a torch.distributed process group, and for a split of a group. In both the new
+group's rank 0 reserves a port of its own and tells its peers ``host:port`` through a channel they
+already share (the process group, or the parent group). Under torchrun (whose own store holds
+MASTER_PORT) the library itself publishes rank 0's port in torchrun's store.
 """
 import contextlib
 import os
@@ -19,7 +19,6 @@ __all__ = ["Group"]
 
 _BOOTSTRAPS = ("auto", "mpi", "tcp", "self")
 _MPI_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
-_store_groups = 0  # groups made through torchrun's store by this process (the same order on every rank)
 
 
 @contextlib.contextmanager
@@ -112,36 +111,6 @@ def _wants_tcp(bootstrap):
     return not _launched_by_mpi() and "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
-def _torchrun_store_rendezvous(rank, size, timeout):
-    """Rank 0 publishes its listener's host:port in torchrun's store (MASTER_ADDR:MASTER_PORT,
-    which torchrun's agent serves for the whole job), the others read it there."""
-    global _store_groups
-    import datetime
-
-    try:
-        from torch.distributed import TCPStore
-    except ImportError as e:
-        raise RuntimeError("locmoe.Group: under torchrun MASTER_PORT is torchrun's own store; locmoe reaches it "
-                           "through torch (not importable here: %s), or set LOCMOE_BOOTSTRAP_ADDR=host:port" % e)
-    master, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
-    key = "locmoe/%s/%s/group%d" % (os.environ.get("TORCHELASTIC_RUN_ID", ""),
-                                     os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"), _store_groups)
-    _store_groups += 1
-    store = TCPStore(master, port, is_master=False, timeout=datetime.timedelta(seconds=timeout))
-    reservation = None
-    if rank == 0:
-        reservation, mine = _reserve_port()
-        addr = "%s:%d" % (_my_address(), mine)
-        store.set(key, addr)
-    else:
-        try:
-            addr = store.get(key).decode()
-        except Exception as e:  # torch raises its own DistStoreError on timeout
-            raise _locmoe.Error("locmoe.Group: rank %d got no rendezvous address from rank 0 in torchrun's store "
-                                "at %s:%d within %g s (key %s): %s" % (rank, master, port, timeout, key, e))
-    return _tcp_env(addr, rank, size), reservation
-
-
 def _process_group_rendezvous(pg):
     """Rank 0 of the torch.distributed process group `pg` sends its listener's host:port to the
     others over `pg` (collective over pg)."""
@@ -178,7 +147,7 @@ def _tcp_rendezvous(timeout):
         return {}, None
     if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True" and os.environ.get("MASTER_ADDR") \
             and os.environ.get("MASTER_PORT"):
-        return _torchrun_store_rendezvous(rank, size, timeout)
+        return {}, None  # torchrun's store: the library does that rendezvous itself (torchrun_store.cc)
     dist = sys.modules.get("torch.distributed")
     if dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() == size:
         # The default process group's rank 0 may hold MASTER_PORT (its TCPStore server).
