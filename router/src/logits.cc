@@ -1,0 +1,162 @@
+#include "logits.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define LOCMOE_LOGITS_AVX512 1
+#endif
+
+namespace locmoe::logits {
+
+namespace {
+
+// Rows per register tile (6 rows x 4 vectors of 16 experts = 24 accumulators of the 32 registers),
+// and the h range a tile runs over before its accumulators go back to z: a chunk of 256 values of
+// h keeps the gate's slice (256 x 64 floats, 64 KiB) in L2 while the tiles of the caller's block
+// pass over it. The chain of each element is unchanged by the split (stored and reloaded exactly).
+constexpr int kTileRows = 6;
+constexpr int64_t kChunk = 256;
+
+#ifdef LOCMOE_LOGITS_AVX512
+// z[r, 16 v + j] (+)= sum over h in [0, kc) of x[r, h] wt[h, 16 v + j] for the tile's 6 rows and
+// NV vectors of 16 experts: 6 x NV accumulators, one (token, expert) pair per lane.
+template <int NV>
+__attribute__((target("avx512f"))) void tile(const float* x, int64_t ldx, const float* wt, int64_t ldw, int64_t kc,
+                                             float* z, int64_t ldz, bool first) {
+  __m512 acc[kTileRows][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < kTileRows; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) acc[r][v] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(z + r * ldz + 16 * v);
+  for (int64_t h = 0; h < kc; ++h) {
+    __m512 b[NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_ps(wt + h * ldw + 16 * v);
+#pragma GCC unroll 8
+    for (int r = 0; r < kTileRows; ++r) {
+      const __m512 a = _mm512_set1_ps(x[r * ldx + h]);
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_fmadd_ps(a, b[v], acc[r][v]);
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < kTileRows; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(z + r * ldz + 16 * v, acc[r][v]);
+}
+
+// The 8 partial sums of row_sum_sq() of the tile's rows (stride ldx) over x[j] for j in [0, n),
+// n a multiple of 8: lane u of row r's vector is its acc[u], the rows in independent chains. A
+// float's square is exact in double, so the FMA gives the bits of the scalar multiply and add.
+__attribute__((target("avx512f"))) void sum_sq_tile(const float* x, int64_t ldx, int64_t n, double* acc8) {
+  __m512d a[kTileRows];
+#pragma GCC unroll 8
+  for (int r = 0; r < kTileRows; ++r) a[r] = _mm512_loadu_pd(acc8 + 8 * r);
+  for (int64_t j = 0; j < n; j += 8)
+#pragma GCC unroll 8
+    for (int r = 0; r < kTileRows; ++r) {
+      const __m512d v = _mm512_maskz_cvtps_pd(0xFF, _mm256_loadu_ps(x + r * ldx + j));
+      a[r] = _mm512_fmadd_pd(v, v, a[r]);
+    }
+#pragma GCC unroll 8
+  for (int r = 0; r < kTileRows; ++r) _mm512_storeu_pd(acc8 + 8 * r, a[r]);
+}
+
+// `rows` (a multiple of kTileRows) rows of x (stride H) into z (stride Ep), and their 8 partial
+// sums of squares into acc8 ([rows, 8], zeroed by the caller): each h chunk of the gate passes over
+// every tile of the block before the next chunk. The tile's chunk of x goes through the sums of
+// squares first, so the features are read from memory once, not in a pass of their own.
+void rows_avx512(const float* x, int64_t rows, const Gate& g, float* z, double* acc8) {
+  const int64_t H = g.H;
+  for (int64_t h0 = 0; h0 < H; h0 += kChunk) {
+    const int64_t kc = std::min(kChunk, H - h0);
+    const int64_t kc8 = kc / 8 * 8;  // the row's last H % 8 values: the scalar tail below
+    for (int64_t t = 0; t < rows; t += kTileRows) {
+      const float* xt = x + t * H + h0;
+      sum_sq_tile(xt, H, kc8, acc8 + t * 8);
+      for (int r = 0; r < kTileRows; ++r)
+        for (int64_t j = kc8, u = 0; j < kc; ++j, ++u)
+          acc8[(t + r) * 8 + u] += static_cast<double>(xt[r * H + j]) * xt[r * H + j];
+      for (int64_t e0 = 0; e0 < g.Ep; e0 += 64) {
+        const float* wt = g.wt.data() + h0 * g.Ep + e0;
+        float* zt = z + t * g.Ep + e0;
+        switch (std::min<int64_t>(4, (g.Ep - e0) / 16)) {
+          case 4: tile<4>(xt, H, wt, g.Ep, kc, zt, g.Ep, h0 == 0); break;
+          case 3: tile<3>(xt, H, wt, g.Ep, kc, zt, g.Ep, h0 == 0); break;
+          case 2: tile<2>(xt, H, wt, g.Ep, kc, zt, g.Ep, h0 == 0); break;
+          default: tile<1>(xt, H, wt, g.Ep, kc, zt, g.Ep, h0 == 0); break;
+        }
+      }
+    }
+  }
+}
+#endif
+
+double combine8(const double* acc) {
+  return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+}  // namespace
+
+bool has_avx512() {
+#ifdef LOCMOE_LOGITS_AVX512
+  static const bool yes = __builtin_cpu_supports("avx512f");
+  return yes;
+#else
+  return false;
+#endif
+}
+
+Gate prepare(const float* w, int64_t E, int64_t H) {
+  Gate g;
+  g.H = H;
+  g.E = E;
+  g.Ep = (E + 15) / 16 * 16;
+  g.wt.assign(static_cast<size_t>(H * g.Ep), 0.0f);
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t h = 0; h < H; ++h) g.wt[static_cast<size_t>(h * g.Ep + e)] = w[e * H + h];
+  return g;
+}
+
+double row_sum_sq(const float* row, int64_t n) {
+  double acc[8] = {};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int u = 0; u < 8; ++u) acc[u] += static_cast<double>(row[j + u]) * row[j + u];
+  for (int u = 0; j < n; ++j, ++u) acc[u] += static_cast<double>(row[j]) * row[j];
+  return combine8(acc);
+}
+
+void compute(const float* x, int64_t rows, const Gate& g, float* z, double* sum_sq, bool portable) {
+  if (rows <= 0) return;
+  const int64_t H = g.H, Ep = g.Ep;
+#ifdef LOCMOE_LOGITS_AVX512
+  if (!portable && has_avx512()) {
+    const int64_t full = rows / kTileRows * kTileRows;
+    std::vector<double> acc8(static_cast<size_t>((full + kTileRows) * 8), 0.0);
+    rows_avx512(x, full, g, z, acc8.data());
+    if (full < rows) {  // the last rows in a zero-padded tile (a row's chain ignores the others)
+      std::vector<float> xp(static_cast<size_t>(kTileRows * H), 0.0f), zp(static_cast<size_t>(kTileRows * Ep));
+      std::memcpy(xp.data(), x + full * H, static_cast<size_t>((rows - full) * H) * sizeof(float));
+      rows_avx512(xp.data(), kTileRows, g, zp.data(), acc8.data() + full * 8);
+      std::memcpy(z + full * Ep, zp.data(), static_cast<size_t>((rows - full) * Ep) * sizeof(float));
+    }
+    if (sum_sq)
+      for (int64_t t = 0; t < rows; ++t) sum_sq[t] = combine8(acc8.data() + t * 8);
+    return;
+  }
+#endif
+  for (int64_t t = 0; t < rows; ++t) {
+    for (int64_t e = 0; e < Ep; ++e) {
+      float acc = 0.0f;
+      for (int64_t h = 0; h < H; ++h) acc = std::fma(x[t * H + h], g.wt[static_cast<size_t>(h * Ep + e)], acc);
+      z[t * Ep + e] = acc;
+    }
+    if (sum_sq) sum_sq[t] = row_sum_sq(x + t * H, H);
+  }
+}
+
+}  // namespace locmoe::logits
