@@ -1,6 +1,9 @@
 #include "opt_solver.h"
 
 #include <algorithm>
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#endif
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -8,6 +11,7 @@
 #include <thread>
 
 #include "locmoe/core/check.h"
+#include "logits.h"
 
 namespace locmoe::opt {
 
@@ -25,6 +29,10 @@ namespace {
 // token's choice at prices >= 0 usually stops after a few entries.
 constexpr int32_t kPrefix = 16;
 
+// Up to this many experts the prefix is built by counting ranks (E^2 comparisons, vectorized);
+// above it by nth_element and a sort of the prefix.
+constexpr int32_t kRankCountMax = 128;
+
 // Rprop steps for the prices (gate-probability units).
 constexpr double kFirstStep = 0.02, kGrow = 1.5, kShrink = 0.5, kMaxStep = 1.0;
 
@@ -33,6 +41,44 @@ uint64_t pair_key(float value, int64_t gid) {
   uint32_t b = std::bit_cast<uint32_t>(value);
   b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
   return (static_cast<uint64_t>(b) << 32) | (0xFFFFFFFFull - static_cast<uint64_t>(gid));
+}
+
+// The L best of the E values v by (v desc, index asc), in that order, into ord/srt: each index's
+// rank is the count of indices before it (exact integer counts, so both paths agree).
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target("avx512f,avx512bw"))) void prefix_by_rank_avx512(const float* v, int32_t E, int32_t L,
+                                                                       int32_t* ord, float* srt) {
+  for (int32_t e = 0; e < E; ++e) {
+    const __m512 ve = _mm512_set1_ps(v[e]);
+    int32_t r = 0, f = 0;
+    for (; f + 16 <= E; f += 16) {
+      const __m512 vf = _mm512_loadu_ps(v + f);
+      const __mmask16 gt = _mm512_cmp_ps_mask(vf, ve, _CMP_GT_OQ), eq = _mm512_cmp_ps_mask(vf, ve, _CMP_EQ_OQ);
+      const int32_t below = std::clamp(e - f, 0, 16);  // lanes f + i < e
+      const __mmask16 lower = static_cast<__mmask16>(below == 16 ? 0xFFFFu : (1u << below) - 1u);
+      r += std::popcount(static_cast<uint32_t>(gt | (eq & lower)));
+    }
+    for (; f < E; ++f) r += static_cast<int32_t>((v[f] > v[e]) | ((v[f] == v[e]) & (f < e)));
+    if (r < L) {
+      ord[r] = e;
+      srt[r] = v[e];
+    }
+  }
+}
+#endif
+
+void prefix_by_rank(const float* v, int32_t E, int32_t L, int32_t* ord, float* srt) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if (logits::has_avx512()) return prefix_by_rank_avx512(v, E, L, ord, srt);
+#endif
+  for (int32_t e = 0; e < E; ++e) {
+    int32_t r = 0;
+    for (int32_t f = 0; f < E; ++f) r += static_cast<int32_t>((v[f] > v[e]) | ((v[f] == v[e]) & (f < e)));
+    if (r < L) {
+      ord[r] = e;
+      srt[r] = v[e];
+    }
+  }
 }
 
 template <typename Body>
@@ -151,6 +197,15 @@ class Solver {
       std::vector<float> v(static_cast<size_t>(E_));
       for (int64_t t = t0; t < t1; ++t) {
         for (int32_t e = 0; e < E_; ++e) v[static_cast<size_t>(e)] = value(t, e);
+        int32_t* ord = order_.data() + t * L_;
+        float* srt = sorted_.data() + t * L_;
+        if (E_ <= kRankCountMax) {
+          // Each expert's rank in the order, counted without a branch: nth_element and sort spent
+          // ~1 us per token of 64 experts in mispredicted branches. The ranks are a permutation
+          // (the order is total), so the first L_ slots are all filled.
+          prefix_by_rank(v.data(), E_, L_, ord, srt);
+          continue;
+        }
         std::iota(idx.begin(), idx.end(), 0);
         auto before = [&](int32_t a, int32_t b) {
           return v[static_cast<size_t>(a)] != v[static_cast<size_t>(b)] ? v[static_cast<size_t>(a)] > v[static_cast<size_t>(b)]
@@ -159,8 +214,8 @@ class Solver {
         if (L_ < E_) std::nth_element(idx.begin(), idx.begin() + (L_ - 1), idx.end(), before);
         std::sort(idx.begin(), idx.begin() + L_, before);
         for (int32_t i = 0; i < L_; ++i) {
-          order_[static_cast<size_t>(t * L_ + i)] = idx[static_cast<size_t>(i)];
-          sorted_[static_cast<size_t>(t * L_ + i)] = v[static_cast<size_t>(idx[static_cast<size_t>(i)])];
+          ord[i] = idx[static_cast<size_t>(i)];
+          srt[i] = v[static_cast<size_t>(idx[static_cast<size_t>(i)])];
         }
       }
     });
