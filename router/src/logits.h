@@ -1,9 +1,9 @@
 // The router's logits z = x W^T, computed so that an element's bits depend only on its own row of
 // x and of W (docs/ROUTING.md "## Determinism"): z[t, e] is the chain acc = fma(x[t, h], W[e, h],
 // acc) over h = 0 .. H-1 from acc = 0, in that order, whatever the rows around it, the thread
-// count, the split of tokens over ranks or the instruction set. The AVX-512 kernel holds one
-// (token, expert) pair per vector lane, so it computes exactly that chain (no horizontal sums), and
-// the portable path computes it with std::fma; both give the same bits.
+// count, the split of tokens over ranks or the instruction set. The AVX-512 and AVX2 kernels hold
+// one (token, expert) pair per vector lane, so they compute exactly that chain (no horizontal
+// sums), and the portable path computes it with std::fma; all give the same bits.
 //
 // Why not OpenBLAS: its threaded sgemm changes the bits with the thread count, and its
 // single-threaded one, called per fixed block of rows, repacked both operands for every block
@@ -25,8 +25,9 @@ Gate prepare(const float* w, int64_t E, int64_t H);
 
 // z ([rows, g.Ep] row-major; columns >= E are 0) of the rows of x ([rows, H] row-major) and, when
 // sum_sq is not null, each row's row_sum_sq() (in the same pass: the features are read once).
-// `portable` forces the std::fma path (tests compare the two); otherwise AVX-512 where the CPU has it.
-void compute(const float* x, int64_t rows, const Gate& g, float* z, double* sum_sq = nullptr, bool portable = false);
+// kAuto takes the widest kernel the CPU has; tests force each path the CPU has.
+enum class Path { kAuto, kAvx512, kAvx2, kPortable };
+void compute(const float* x, int64_t rows, const Gate& g, float* z, double* sum_sq = nullptr, Path path = Path::kAuto);
 
 // Sum of squares of a row in double, over 8 interleaved partial sums (acc[j % 8], the last n % 8
 // values into acc[0], acc[1], ...) combined as ((0+1)+(2+3))+((4+5)+(6+7)): fixed, so a row's
@@ -35,7 +36,8 @@ void compute(const float* x, int64_t rows, const Gate& g, float* z, double* sum_
 // non-finite (squares of finite floats cannot overflow a double sum of fewer than 2^900 of them).
 double row_sum_sq(const float* row, int64_t n);
 
-// Whether compute() uses the AVX-512 kernel on this CPU.
+// Whether the CPU has the instructions of the AVX-512 (AVX2 and FMA) kernels.
 bool has_avx512();
+bool has_avx2();
 
 }  // namespace locmoe::logits

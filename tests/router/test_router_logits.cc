@@ -1,7 +1,7 @@
 // The router's logit kernel (router/src/logits.h) against its definition written here: each
 // z[t, e] is the chain acc = fma(x[t, h], w[e, h], acc) over h in order from 0, and each row's sum
 // of squares the 8 interleaved double partial sums combined in a fixed order. Bitwise, on the
-// AVX-512 path and on the portable one, for shapes that leave partial tiles, vectors and chunks.
+// AVX-512 and AVX2 paths (those the CPU has) and on the portable one, for shapes that leave partial tiles, vectors and chunks.
 // And the router names the first bad feature row for any thread count (rows are checked by
 // blocks on several threads).
 #include <bit>
@@ -48,23 +48,28 @@ TEST(Logits, BitsAreTheSequentialFmaChainOnEveryPath) {
         for (auto& v : w) v = nd(gen);
         const logits::Gate g = logits::prepare(w.data(), E, H);
         ASSERT_EQ(g.Ep % 16, 0);
-        for (const bool portable : {false, true}) {
+        for (const logits::Path path : {logits::Path::kAuto, logits::Path::kAvx512, logits::Path::kAvx2,
+                                        logits::Path::kPortable}) {
+          if ((path == logits::Path::kAvx512 && !logits::has_avx512()) || (path == logits::Path::kAvx2 && !logits::has_avx2()))
+            continue;
+          const int path_id = static_cast<int>(path);
           std::vector<float> z(static_cast<size_t>(rows * g.Ep), -1.0f);
           std::vector<double> ss(static_cast<size_t>(rows), -1.0);
-          logits::compute(x.data(), rows, g, z.data(), ss.data(), portable);
+          logits::compute(x.data(), rows, g, z.data(), ss.data(), path);
           for (int64_t t = 0; t < rows; ++t) {
             for (int64_t e = 0; e < g.Ep; ++e) {
               const float want = e < E ? chain(x.data() + t * H, w.data() + e * H, H) : 0.0f;
               ASSERT_EQ(std::bit_cast<uint32_t>(z[static_cast<size_t>(t * g.Ep + e)]), std::bit_cast<uint32_t>(want))
-                  << "H " << H << " E " << E << " rows " << rows << " t " << t << " e " << e << " portable " << portable;
+                  << "H " << H << " E " << E << " rows " << rows << " t " << t << " e " << e << " path " << path_id;
             }
             ASSERT_EQ(std::bit_cast<uint64_t>(ss[static_cast<size_t>(t)]), std::bit_cast<uint64_t>(sum_sq(x.data() + t * H, H)))
-                << "H " << H << " rows " << rows << " t " << t << " portable " << portable;
+                << "H " << H << " rows " << rows << " t " << t << " path " << path_id;
             EXPECT_EQ(logits::row_sum_sq(x.data() + t * H, H), sum_sq(x.data() + t * H, H));
           }
         }
       }
-  std::cout << "AVX-512 kernel " << (logits::has_avx512() ? "used" : "not available on this CPU") << "\n";
+  std::cout << "AVX-512 kernel " << (logits::has_avx512() ? "tested" : "not available on this CPU") << ", AVX2 kernel "
+            << (logits::has_avx2() ? "tested" : "not available on this CPU") << "\n";
 }
 
 TEST(Logits, FirstBadFeatureRowIsNamedForAnyThreadCount) {
