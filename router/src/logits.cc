@@ -14,9 +14,9 @@ namespace locmoe::logits {
 namespace {
 
 // Rows per register tile (AVX-512: 6 rows x 4 vectors of 16 experts = 24 accumulators of the 32
-// registers), and the h range a tile runs over before its accumulators go back to z: a chunk of
-// 256 values of h keeps the gate's slice (256 x 64 floats, 64 KiB) in L2 while the tiles of the caller's block
-// pass over it. The chain of each element is unchanged by the split (stored and reloaded exactly).
+// registers), and the h range a tile runs over before its accumulators go back to z (the tile's
+// chunk of x, 6 KiB, stays in L1 from the sums of squares to the FMAs). The chain of each element
+// is unchanged by the split (stored and reloaded exactly).
 constexpr int kTileRows = 6;
 constexpr int64_t kChunk = 256;
 
@@ -141,16 +141,17 @@ struct Avx2 {
 };
 
 // `rows` (a multiple of kTileRows) rows of x (stride H) into z (stride Ep), and their 8 partial
-// sums of squares into acc8 ([rows, 8], zeroed by the caller): each h chunk of the gate passes over
-// every tile of the block before the next chunk. The tile's chunk of x goes through the sums of
-// squares first, so the features are read from memory once, not in a pass of their own.
+// sums of squares into acc8 ([rows, 8], zeroed by the caller), one tile after the other, each over
+// all of h chunk by chunk: the tile's chunk of x goes through the sums of squares and then, from
+// L1, through the FMAs, so the features are read from memory once, as 6 sequential streams the
+// hardware prefetcher follows (going over every tile per chunk instead cost 7% more CPU time).
 template <class K>
 void rows_simd(const float* x, int64_t rows, const Gate& g, float* z, double* acc8) {
   const int64_t H = g.H;
-  for (int64_t h0 = 0; h0 < H; h0 += kChunk) {
-    const int64_t kc = std::min(kChunk, H - h0);
-    const int64_t kc8 = kc / 8 * 8;  // the row's last H % 8 values: the scalar tail below
-    for (int64_t t = 0; t < rows; t += kTileRows) {
+  for (int64_t t = 0; t < rows; t += kTileRows)
+    for (int64_t h0 = 0; h0 < H; h0 += kChunk) {
+      const int64_t kc = std::min(kChunk, H - h0);
+      const int64_t kc8 = kc / 8 * 8;  // the row's last H % 8 values: the scalar tail below
       const float* xt = x + t * H + h0;
       K::sum_sq(xt, H, kc8, acc8 + t * 8);
       for (int r = 0; r < kTileRows; ++r)
@@ -159,7 +160,6 @@ void rows_simd(const float* x, int64_t rows, const Gate& g, float* z, double* ac
       for (int64_t e0 = 0; e0 < g.Ep; e0 += K::kGroup)
         K::group(xt, H, g.wt.data() + h0 * g.Ep + e0, g.Ep, kc, z + t * g.Ep + e0, g.Ep, h0 == 0, g.Ep - e0);
     }
-  }
 }
 
 template <class K>

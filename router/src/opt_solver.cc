@@ -7,6 +7,7 @@
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <thread>
 
@@ -29,10 +30,6 @@ namespace {
 // token's choice at prices >= 0 usually stops after a few entries.
 constexpr int32_t kPrefix = 16;
 
-// Up to this many experts the prefix is built by counting ranks (E^2 comparisons, vectorized);
-// above it by nth_element and a sort of the prefix.
-constexpr int32_t kRankCountMax = 128;
-
 // Rprop steps for the prices (gate-probability units).
 constexpr double kFirstStep = 0.02, kGrow = 1.5, kShrink = 0.5, kMaxStep = 1.0;
 
@@ -44,33 +41,8 @@ uint64_t pair_key(float value, int64_t gid) {
 }
 
 // The L best of the E values v by (v desc, index asc), in that order, into ord/srt: each index's
-// rank is the count of indices before it (exact integer counts, so both paths agree).
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-__attribute__((target("avx512f,avx512bw"))) void prefix_by_rank_avx512(const float* v, int32_t E, int32_t L,
-                                                                       int32_t* ord, float* srt) {
-  for (int32_t e = 0; e < E; ++e) {
-    const __m512 ve = _mm512_set1_ps(v[e]);
-    int32_t r = 0, f = 0;
-    for (; f + 16 <= E; f += 16) {
-      const __m512 vf = _mm512_loadu_ps(v + f);
-      const __mmask16 gt = _mm512_cmp_ps_mask(vf, ve, _CMP_GT_OQ), eq = _mm512_cmp_ps_mask(vf, ve, _CMP_EQ_OQ);
-      const int32_t below = std::clamp(e - f, 0, 16);  // lanes f + i < e
-      const __mmask16 lower = static_cast<__mmask16>(below == 16 ? 0xFFFFu : (1u << below) - 1u);
-      r += std::popcount(static_cast<uint32_t>(gt | (eq & lower)));
-    }
-    for (; f < E; ++f) r += static_cast<int32_t>((v[f] > v[e]) | ((v[f] == v[e]) & (f < e)));
-    if (r < L) {
-      ord[r] = e;
-      srt[r] = v[e];
-    }
-  }
-}
-#endif
-
+// rank in that order is the count of indices before it (exact integer counts).
 void prefix_by_rank(const float* v, int32_t E, int32_t L, int32_t* ord, float* srt) {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  if (logits::has_avx512()) return prefix_by_rank_avx512(v, E, L, ord, srt);
-#endif
   for (int32_t e = 0; e < E; ++e) {
     int32_t r = 0;
     for (int32_t f = 0; f < E; ++f) r += static_cast<int32_t>((v[f] > v[e]) | ((v[f] == v[e]) & (f < e)));
@@ -80,6 +52,46 @@ void prefix_by_rank(const float* v, int32_t E, int32_t L, int32_t* ord, float* s
     }
   }
 }
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// prefix_by_rank for E <= 64 without a branch per comparison: every expert's count of strictly
+// larger values at once (one broadcast and E / 16 masked adds per value), then a scatter by rank.
+// Distinct values make those counts the ranks; a tie (two equal counts) goes to prefix_by_rank.
+__attribute__((target("avx512f"))) void prefix_by_rank_avx512(const float* v, int32_t E, int32_t L, int32_t* ord,
+                                                              float* srt) {
+  alignas(64) float pad[64];
+  alignas(64) int32_t rank[64];
+  std::fill(pad, pad + 64, -std::numeric_limits<float>::infinity());  // lanes >= E only receive counts
+  std::copy(v, v + E, pad);
+  const int32_t nv = (E + 15) / 16;
+  __m512 val[4];
+  __m512i cnt[4];
+  for (int32_t i = 0; i < nv; ++i) {
+    val[i] = _mm512_load_ps(pad + 16 * i);
+    cnt[i] = _mm512_setzero_si512();
+  }
+  const __m512i one = _mm512_set1_epi32(1);
+  for (int32_t f = 0; f < E; ++f) {
+    const __m512 b = _mm512_set1_ps(v[f]);
+    for (int32_t i = 0; i < nv; ++i)
+      cnt[i] = _mm512_mask_add_epi32(cnt[i], _mm512_cmp_ps_mask(b, val[i], _CMP_GT_OQ), cnt[i], one);
+  }
+  for (int32_t i = 0; i < nv; ++i) _mm512_store_si512(reinterpret_cast<__m512i*>(rank + 16 * i), cnt[i]);
+  uint64_t seen = 0, tie = 0;
+  int32_t at[64];
+  for (int32_t e = 0; e < E; ++e) {
+    const uint64_t bit = uint64_t{1} << rank[e];
+    tie |= seen & bit;
+    seen |= bit;
+    at[rank[e]] = e;
+  }
+  if (tie != 0) return prefix_by_rank(v, E, L, ord, srt);
+  for (int32_t i = 0; i < L; ++i) {
+    ord[i] = at[i];
+    srt[i] = v[at[i]];
+  }
+}
+#endif
 
 template <typename Body>
 void parallel_chunks(int64_t n, int threads, Body&& body) {
@@ -199,13 +211,13 @@ class Solver {
         for (int32_t e = 0; e < E_; ++e) v[static_cast<size_t>(e)] = value(t, e);
         int32_t* ord = order_.data() + t * L_;
         float* srt = sorted_.data() + t * L_;
-        if (E_ <= kRankCountMax) {
-          // Each expert's rank in the order, counted without a branch: nth_element and sort spent
-          // ~1 us per token of 64 experts in mispredicted branches. The ranks are a permutation
-          // (the order is total), so the first L_ slots are all filled.
-          prefix_by_rank(v.data(), E_, L_, ord, srt);
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+        if (E_ <= 64 && logits::has_avx512()) {
+          // nth_element and sort spent ~1 us per token of 64 experts in mispredicted branches.
+          prefix_by_rank_avx512(v.data(), E_, L_, ord, srt);
           continue;
         }
+#endif
         std::iota(idx.begin(), idx.end(), 0);
         auto before = [&](int32_t a, int32_t b) {
           return v[static_cast<size_t>(a)] != v[static_cast<size_t>(b)] ? v[static_cast<size_t>(a)] > v[static_cast<size_t>(b)]
