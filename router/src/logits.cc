@@ -15,7 +15,7 @@ namespace {
 
 // Rows per register tile (AVX-512: 6 rows x 4 vectors of 16 experts = 24 accumulators of the 32
 // registers), and the h range a tile runs over before its accumulators go back to z (the tile's
-// chunk of x, 6 KiB, stays in L1 from the sums of squares to the FMAs). The chain of each element
+// chunk of x, 6 KiB, stays in L1 from the FMAs to the sums of squares). The chain of each element
 // is unchanged by the split (stored and reloaded exactly).
 constexpr int kTileRows = 6;
 constexpr int64_t kChunk = 256;
@@ -142,9 +142,10 @@ struct Avx2 {
 
 // `rows` (a multiple of kTileRows) rows of x (stride H) into z (stride Ep), and their 8 partial
 // sums of squares into acc8 ([rows, 8], zeroed by the caller), one tile after the other, each over
-// all of h chunk by chunk: the tile's chunk of x goes through the sums of squares and then, from
-// L1, through the FMAs, so the features are read from memory once, as 6 sequential streams the
-// hardware prefetcher follows (going over every tile per chunk instead cost 7% more CPU time).
+// all of h chunk by chunk: the FMAs read the tile's chunk of x from memory (6 sequential streams
+// the hardware prefetcher follows, their misses hidden among 24 independent chains), and the sums
+// of squares then read it from L1, so the features are read from memory once. Measured (CPU time,
+// T = 16384, H = 4096, E = 64): every tile per chunk instead cost 7% more, the sums first 5% more.
 template <class K>
 void rows_simd(const float* x, int64_t rows, const Gate& g, float* z, double* acc8) {
   const int64_t H = g.H;
@@ -153,12 +154,12 @@ void rows_simd(const float* x, int64_t rows, const Gate& g, float* z, double* ac
       const int64_t kc = std::min(kChunk, H - h0);
       const int64_t kc8 = kc / 8 * 8;  // the row's last H % 8 values: the scalar tail below
       const float* xt = x + t * H + h0;
+      for (int64_t e0 = 0; e0 < g.Ep; e0 += K::kGroup)
+        K::group(xt, H, g.wt.data() + h0 * g.Ep + e0, g.Ep, kc, z + t * g.Ep + e0, g.Ep, h0 == 0, g.Ep - e0);
       K::sum_sq(xt, H, kc8, acc8 + t * 8);
       for (int r = 0; r < kTileRows; ++r)
         for (int64_t j = kc8, u = 0; j < kc; ++j, ++u)
           acc8[(t + r) * 8 + u] += static_cast<double>(xt[r * H + j]) * xt[r * H + j];
-      for (int64_t e0 = 0; e0 < g.Ep; e0 += K::kGroup)
-        K::group(xt, H, g.wt.data() + h0 * g.Ep + e0, g.Ep, kc, z + t * g.Ep + e0, g.Ep, h0 == 0, g.Ep - e0);
     }
 }
 

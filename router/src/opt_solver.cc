@@ -57,28 +57,31 @@ void prefix_by_rank(const float* v, int32_t E, int32_t L, int32_t* ord, float* s
 // prefix_by_rank for E <= 64 without a branch per comparison: every expert's count of strictly
 // larger values at once (one broadcast and E / 16 masked adds per value), then a scatter by rank.
 // Distinct values make those counts the ranks; a tie (two equal counts) goes to prefix_by_rank.
+template <int NV>
 __attribute__((target("avx512f"))) void prefix_by_rank_avx512(const float* v, int32_t E, int32_t L, int32_t* ord,
                                                               float* srt) {
-  alignas(64) float pad[64];
-  alignas(64) int32_t rank[64];
-  std::fill(pad, pad + 64, -std::numeric_limits<float>::infinity());  // lanes >= E only receive counts
+  alignas(64) float pad[16 * NV];
+  alignas(64) int32_t rank[16 * NV];
+  std::fill(pad, pad + 16 * NV, -std::numeric_limits<float>::infinity());  // lanes >= E only receive counts
   std::copy(v, v + E, pad);
-  const int32_t nv = (E + 15) / 16;
-  __m512 val[4];
-  __m512i cnt[4];
-  for (int32_t i = 0; i < nv; ++i) {
+  __m512 val[NV];
+  __m512i cnt[NV];
+#pragma GCC unroll 4
+  for (int i = 0; i < NV; ++i) {
     val[i] = _mm512_load_ps(pad + 16 * i);
     cnt[i] = _mm512_setzero_si512();
   }
   const __m512i one = _mm512_set1_epi32(1);
   for (int32_t f = 0; f < E; ++f) {
     const __m512 b = _mm512_set1_ps(v[f]);
-    for (int32_t i = 0; i < nv; ++i)
+#pragma GCC unroll 4
+    for (int i = 0; i < NV; ++i)
       cnt[i] = _mm512_mask_add_epi32(cnt[i], _mm512_cmp_ps_mask(b, val[i], _CMP_GT_OQ), cnt[i], one);
   }
-  for (int32_t i = 0; i < nv; ++i) _mm512_store_si512(reinterpret_cast<__m512i*>(rank + 16 * i), cnt[i]);
+#pragma GCC unroll 4
+  for (int i = 0; i < NV; ++i) _mm512_store_si512(reinterpret_cast<__m512i*>(rank + 16 * i), cnt[i]);
   uint64_t seen = 0, tie = 0;
-  int32_t at[64];
+  int32_t at[16 * NV];
   for (int32_t e = 0; e < E; ++e) {
     const uint64_t bit = uint64_t{1} << rank[e];
     tie |= seen & bit;
@@ -89,6 +92,15 @@ __attribute__((target("avx512f"))) void prefix_by_rank_avx512(const float* v, in
   for (int32_t i = 0; i < L; ++i) {
     ord[i] = at[i];
     srt[i] = v[at[i]];
+  }
+}
+
+void prefix_by_rank_simd(const float* v, int32_t E, int32_t L, int32_t* ord, float* srt) {
+  switch ((E + 15) / 16) {
+    case 1: return prefix_by_rank_avx512<1>(v, E, L, ord, srt);
+    case 2: return prefix_by_rank_avx512<2>(v, E, L, ord, srt);
+    case 3: return prefix_by_rank_avx512<3>(v, E, L, ord, srt);
+    default: return prefix_by_rank_avx512<4>(v, E, L, ord, srt);
   }
 }
 #endif
@@ -214,7 +226,7 @@ class Solver {
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
         if (E_ <= 64 && logits::has_avx512()) {
           // nth_element and sort spent ~1 us per token of 64 experts in mispredicted branches.
-          prefix_by_rank_avx512(v.data(), E_, L_, ord, srt);
+          prefix_by_rank_simd(v.data(), E_, L_, ord, srt);
           continue;
         }
 #endif
