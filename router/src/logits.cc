@@ -191,15 +191,13 @@ bool has_avx512() {
 #endif
 }
 
-Gate prepare(const float* w, int64_t E, int64_t H) {
-  Gate g;
+void prepare(const float* w, int64_t E, int64_t H, Gate& g) {
   g.H = H;
   g.E = E;
   g.Ep = (E + 15) / 16 * 16;
   g.wt.assign(static_cast<size_t>(H * g.Ep), 0.0f);
   for (int64_t e = 0; e < E; ++e)
     for (int64_t h = 0; h < H; ++h) g.wt[static_cast<size_t>(h * g.Ep + e)] = w[e * H + h];
-  return g;
 }
 
 double row_sum_sq(const float* row, int64_t n) {

@@ -21,7 +21,8 @@ struct Gate {
   int64_t H = 0, E = 0, Ep = 0;
   std::vector<float> wt;
 };
-Gate prepare(const float* w, int64_t E, int64_t H);
+// Into g, reusing the capacity of g.wt.
+void prepare(const float* w, int64_t E, int64_t H, Gate& g);
 
 // z ([rows, g.Ep] row-major; columns >= E are 0) of the rows of x ([rows, H] row-major) and, when
 // sum_sq is not null, each row's row_sum_sq() (in the same pass: the features are read once).

@@ -89,6 +89,19 @@ struct Scores {
   std::vector<float> a;
 };
 
+// Lends a buffer kept in the Router to one call (its capacity survives the call, not its contents).
+class Lend {
+ public:
+  Lend(std::vector<float>& home, std::vector<float>& use) : home_(home), use_(use) { use_.swap(home_); }
+  ~Lend() { use_.swap(home_); }
+  Lend(const Lend&) = delete;
+  Lend& operator=(const Lend&) = delete;
+
+ private:
+  std::vector<float>& home_;
+  std::vector<float>& use_;
+};
+
 // A row that row_is_bad(): its index and sum of squares (row = T: none).
 struct BadRow {
   int64_t row;
@@ -659,7 +672,9 @@ struct RouterImpl {
     // Scores of every segment at once (a row's bits do not depend on the rows around it); a bad
     // row is named within its segment, as the rank holding it would name it.
     Scores sc;
-    const logits::Gate g = logits::prepare(w.data, w.rows, w.cols);
+    logits::Gate g;
+    const Lend lend_p(router.buf_p_, sc.p), lend_a(router.buf_a_, sc.a), lend_wt(router.buf_wt_, g.wt);
+    logits::prepare(w.data, w.rows, w.cols, g);
     const BadRow bad = compute_scores(x, g, wnorm, threads, sc);
     Status local = ok_status();
     for (const Segment& sg : segments)
@@ -975,7 +990,9 @@ Result<RoutingPlan> Router::route(MatrixView features, MatrixView gate, const Ex
     LOCMOE_RETURN_IF_ERROR(finalize_plan(plans[0], g));
     return std::move(plans[0]);
   }
-  const logits::Gate lg = logits::prepare(gate.data, gate.rows, gate.cols);
+  logits::Gate lg;
+  const Lend lend_wt(buf_wt_, lg.wt);
+  logits::prepare(gate.data, gate.rows, gate.cols, lg);
   auto local = RouterImpl::local_phase(config_, features, lg, wnorm, placement, rank, gid0, T_global, bias_);
   LOCMOE_RETURN_IF_ERROR(agree(g, local.ok() ? ok_status() : local.status()));
   std::vector<Candidate> all;
@@ -1013,7 +1030,9 @@ Result<std::vector<RoutingPlan>> Router::route_all_ranks(MatrixView features, Ma
   std::vector<LocalPhase> locals;
   std::vector<Candidate> all;
   std::vector<double> mass;
-  const logits::Gate lg = logits::prepare(gate.data, gate.rows, gate.cols);
+  logits::Gate lg;
+  const Lend lend_wt(buf_wt_, lg.wt);
+  logits::prepare(gate.data, gate.rows, gate.cols, lg);
   for (int r = 0; r < R; ++r) {
     const int64_t lo = T * r / R, hi = T * (r + 1) / R;
     const MatrixView part{features.data + lo * features.cols, hi - lo, features.cols};

@@ -46,7 +46,8 @@ TEST(Logits, BitsAreTheSequentialFmaChainOnEveryPath) {
         std::vector<float> x(static_cast<size_t>(rows * H)), w(static_cast<size_t>(E * H));
         for (auto& v : x) v = nd(gen);
         for (auto& v : w) v = nd(gen);
-        const logits::Gate g = logits::prepare(w.data(), E, H);
+        logits::Gate g;
+        logits::prepare(w.data(), E, H, g);
         ASSERT_EQ(g.Ep % 16, 0);
         for (const logits::Path path : {logits::Path::kAuto, logits::Path::kAvx512, logits::Path::kAvx2,
                                         logits::Path::kPortable}) {
