@@ -8,7 +8,7 @@
 // BM_Gemm: one cblas_sgemm [T, H] x [H, E] with OpenBLAS's own threading (the fastest the logits
 // can be). BM_Route/<router>: route_all_ranks() of the same batch on 2 nodes x 8 ranks (E = 8:
 // 1 node x 8 ranks), k = 2,
-// which includes the router's deterministic GEMM (fixed 128-row single-threaded blocks on
+// which includes the router's deterministic GEMM (its own kernel, router/src/logits.h, on
 // LOCMOE_NUM_THREADS threads), softmax/affinity, nomination, the global selection and the plans.
 #include <cblas.h>
 

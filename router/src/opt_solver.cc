@@ -1,13 +1,18 @@
 #include "opt_solver.h"
 
 #include <algorithm>
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#endif
 #include <bit>
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <thread>
 
 #include "locmoe/core/check.h"
+#include "logits.h"
 
 namespace locmoe::opt {
 
@@ -34,6 +39,71 @@ uint64_t pair_key(float value, int64_t gid) {
   b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
   return (static_cast<uint64_t>(b) << 32) | (0xFFFFFFFFull - static_cast<uint64_t>(gid));
 }
+
+// The L best of the E values v by (v desc, index asc), in that order, into ord/srt: each index's
+// rank in that order is the count of indices before it (exact integer counts).
+void prefix_by_rank(const float* v, int32_t E, int32_t L, int32_t* ord, float* srt) {
+  for (int32_t e = 0; e < E; ++e) {
+    int32_t r = 0;
+    for (int32_t f = 0; f < E; ++f) r += static_cast<int32_t>((v[f] > v[e]) | ((v[f] == v[e]) & (f < e)));
+    if (r < L) {
+      ord[r] = e;
+      srt[r] = v[e];
+    }
+  }
+}
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// prefix_by_rank for E <= 64 without a branch per comparison: every expert's count of strictly
+// larger values at once (one broadcast and E / 16 masked adds per value), then a scatter by rank.
+// Distinct values make those counts the ranks; a tie (two equal counts) goes to prefix_by_rank.
+template <int NV>
+__attribute__((target("avx512f"))) void prefix_by_rank_avx512(const float* v, int32_t E, int32_t L, int32_t* ord,
+                                                              float* srt) {
+  alignas(64) float pad[16 * NV];
+  alignas(64) int32_t rank[16 * NV];
+  std::fill(pad, pad + 16 * NV, -std::numeric_limits<float>::infinity());  // lanes >= E only receive counts
+  std::copy(v, v + E, pad);
+  __m512 val[NV];
+  __m512i cnt[NV];
+#pragma GCC unroll 4
+  for (int i = 0; i < NV; ++i) {
+    val[i] = _mm512_load_ps(pad + 16 * i);
+    cnt[i] = _mm512_setzero_si512();
+  }
+  const __m512i one = _mm512_set1_epi32(1);
+  for (int32_t f = 0; f < E; ++f) {
+    const __m512 b = _mm512_set1_ps(v[f]);
+#pragma GCC unroll 4
+    for (int i = 0; i < NV; ++i)
+      cnt[i] = _mm512_mask_add_epi32(cnt[i], _mm512_cmp_ps_mask(b, val[i], _CMP_GT_OQ), cnt[i], one);
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < NV; ++i) _mm512_store_si512(reinterpret_cast<__m512i*>(rank + 16 * i), cnt[i]);
+  uint64_t seen = 0, tie = 0;
+  int32_t at[16 * NV];
+  for (int32_t e = 0; e < E; ++e) {
+    const uint64_t bit = uint64_t{1} << rank[e];
+    tie |= seen & bit;
+    seen |= bit;
+    at[rank[e]] = e;
+  }
+  if (tie != 0) return prefix_by_rank(v, E, L, ord, srt);
+  for (int32_t i = 0; i < L; ++i) {
+    ord[i] = at[i];
+    srt[i] = v[at[i]];
+  }
+}
+
+void prefix_by_rank_simd(const float* v, int32_t E, int32_t L, int32_t* ord, float* srt) {
+  switch ((E + 15) / 16) {
+    case 1: return prefix_by_rank_avx512<1>(v, E, L, ord, srt);
+    case 2: return prefix_by_rank_avx512<2>(v, E, L, ord, srt);
+    case 3: return prefix_by_rank_avx512<3>(v, E, L, ord, srt);
+    default: return prefix_by_rank_avx512<4>(v, E, L, ord, srt);
+  }
+}
+#endif
 
 template <typename Body>
 void parallel_chunks(int64_t n, int threads, Body&& body) {
@@ -151,6 +221,15 @@ class Solver {
       std::vector<float> v(static_cast<size_t>(E_));
       for (int64_t t = t0; t < t1; ++t) {
         for (int32_t e = 0; e < E_; ++e) v[static_cast<size_t>(e)] = value(t, e);
+        int32_t* ord = order_.data() + t * L_;
+        float* srt = sorted_.data() + t * L_;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+        if (E_ <= 64 && logits::has_avx512()) {
+          // nth_element and sort spent ~1 us per token of 64 experts in mispredicted branches.
+          prefix_by_rank_simd(v.data(), E_, L_, ord, srt);
+          continue;
+        }
+#endif
         std::iota(idx.begin(), idx.end(), 0);
         auto before = [&](int32_t a, int32_t b) {
           return v[static_cast<size_t>(a)] != v[static_cast<size_t>(b)] ? v[static_cast<size_t>(a)] > v[static_cast<size_t>(b)]
@@ -159,8 +238,8 @@ class Solver {
         if (L_ < E_) std::nth_element(idx.begin(), idx.begin() + (L_ - 1), idx.end(), before);
         std::sort(idx.begin(), idx.begin() + L_, before);
         for (int32_t i = 0; i < L_; ++i) {
-          order_[static_cast<size_t>(t * L_ + i)] = idx[static_cast<size_t>(i)];
-          sorted_[static_cast<size_t>(t * L_ + i)] = v[static_cast<size_t>(idx[static_cast<size_t>(i)])];
+          ord[i] = idx[static_cast<size_t>(i)];
+          srt[i] = v[static_cast<size_t>(idx[static_cast<size_t>(i)])];
         }
       }
     });

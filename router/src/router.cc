@@ -1,7 +1,5 @@
 #include "locmoe/router/router.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -13,6 +11,7 @@
 #include "locmoe/core/params.h"
 #include "locmoe/core/threads.h"
 #include "locmoe/router/finalize.h"
+#include "logits.h"
 #include "opt_solver.h"
 
 namespace locmoe {
@@ -47,55 +46,38 @@ bool is_topk_baseline(Kind k) {
          k == Kind::kDeepseek;
 }
 
-// Logits are computed in blocks of this many rows aligned to global token ids, each by one
-// single-threaded sgemm: OpenBLAS gives a row the same bits whatever the block's other rows, but
-// its multi-threaded path and its small-matrix paths do not.
-constexpr int64_t kBlockRows = 128;
+// Rows of features per work item of the scores pass (16 of the logit kernel's 6-row tiles): the
+// item's norms, logits, probabilities and affinities are computed one after the other while its
+// 1.5 MiB of features (H = 4096) are still in cache. Items are only a unit of work: a row's bits
+// do not depend on the item it falls in (logits.h).
+constexpr int64_t kBlockRows = 96;
 
 // 0: LOCMOE_NUM_THREADS, else this rank's share of the node's cores (core/threads.h).
 int resolve_threads(int32_t configured) { return host_threads(configured); }
 
-// Row norms of `m` (double), rejecting NaN/Inf and zero rows. `what` names the matrix; row i is
-// reported as "<what> row i" plus `label` (i + label_base), e.g. its global token id.
-// The sum of squares runs over 8 interleaved double partial sums combined in a fixed order, with
-// no branch in the loop (so the compiler vectorizes it; it was 1.5x the logit GEMM's time when it
-// checked every element): a row's norm has the same bits for any thread count and on any rank. A
-// NaN or Inf element makes the sum non-finite (squares of finite floats cannot overflow a double
-// sum of fewer than 2^900 of them), and only then is the row rescanned to name the column. Rows
-// are split over `threads` threads in contiguous ranges.
-Status row_norms(MatrixView m, std::string_view what, std::string_view label, int64_t label_base,
-                 std::vector<double>& norms, int threads = 1) {
-  norms.assign(static_cast<size_t>(m.rows), 0.0);
-  auto sum_sq = [&](int64_t i) {
+// Whether a row with sum of squares `ss` is rejected (NaN/Inf element, or zero norm).
+bool row_is_bad(double ss) { return !std::isfinite(ss) || !(ss > 0.0); }
+
+// The error for row i of `m`, reported as "<what> row i" plus `label` (i + label_base), e.g. its
+// global token id.
+Status bad_row(MatrixView m, int64_t i, double ss, std::string_view what, std::string_view label, int64_t label_base) {
+  if (!std::isfinite(ss)) {
     const float* row = m.data + i * m.cols;
-    double acc[8] = {};
-    int64_t j = 0;
-    for (; j + 8 <= m.cols; j += 8)
-      for (int u = 0; u < 8; ++u) acc[u] += static_cast<double>(row[j + u]) * row[j + u];
-    for (int u = 0; j < m.cols; ++j, ++u) acc[u] += static_cast<double>(row[j]) * row[j];
-    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-  };
-  auto range = [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) norms[static_cast<size_t>(i)] = sum_sq(i);
-  };
-  const int64_t n = std::min<int64_t>(std::max(threads, 1), std::max<int64_t>(1, m.rows / 256));
-  if (n <= 1) {
-    range(0, m.rows);
-  } else {
-    std::vector<std::thread> pool;
-    for (int64_t t = 0; t < n; ++t) pool.emplace_back(range, m.rows * t / n, m.rows * (t + 1) / n);
-    for (auto& th : pool) th.join();
+    for (int64_t j = 0; j < m.cols; ++j)
+      LOCMOE_CHECK_ARG(std::isfinite(row[j]), "{} row {} ({} {}) column {} is {}", what, i, label, i + label_base, j,
+                       row[j]);
   }
+  return error(Code::kInvalidArgument, "{} row {} ({} {}) has zero norm (affinity needs |x| > 0)", what, i, label,
+               i + label_base);
+}
+
+// Row norms of `m` (double), rejecting NaN/Inf and zero rows (the first such row is named).
+Status row_norms(MatrixView m, std::string_view what, std::string_view label, int64_t label_base,
+                 std::vector<double>& norms) {
+  norms.assign(static_cast<size_t>(m.rows), 0.0);
   for (int64_t i = 0; i < m.rows; ++i) {
-    const double ss = norms[static_cast<size_t>(i)];
-    if (!std::isfinite(ss)) {
-      const float* row = m.data + i * m.cols;
-      for (int64_t j = 0; j < m.cols; ++j)
-        LOCMOE_CHECK_ARG(std::isfinite(row[j]), "{} row {} ({} {}) column {} is {}", what, i, label,
-                         i + label_base, j, row[j]);
-    }
-    LOCMOE_CHECK_ARG(ss > 0.0, "{} row {} ({} {}) has zero norm (affinity needs |x| > 0)", what, i,
-                     label, i + label_base);
+    const double ss = logits::row_sum_sq(m.data + i * m.cols, m.cols);
+    if (row_is_bad(ss)) return bad_row(m, i, ss, what, label, label_base);
     norms[static_cast<size_t>(i)] = std::sqrt(ss);
   }
   return ok_status();
@@ -107,42 +89,55 @@ struct Scores {
   std::vector<float> a;
 };
 
-class OpenblasSingleThread {  // OpenBLAS at one thread for a scope (see kBlockRows)
+// Lends a buffer kept in the Router to one call (its capacity survives the call, not its contents).
+class Lend {
  public:
-  OpenblasSingleThread() : prev_(openblas_get_num_threads()) { openblas_set_num_threads(1); }
-  ~OpenblasSingleThread() { openblas_set_num_threads(prev_); }
+  Lend(std::vector<float>& home, std::vector<float>& use) : home_(home), use_(use) { use_.swap(home_); }
+  ~Lend() { use_.swap(home_); }
+  Lend(const Lend&) = delete;
+  Lend& operator=(const Lend&) = delete;
 
  private:
-  int prev_;
+  std::vector<float>& home_;
+  std::vector<float>& use_;
 };
 
-Scores compute_scores(MatrixView x, MatrixView w, const std::vector<double>& xnorm,
-                      const std::vector<double>& wnorm, int64_t gid0, int threads, bool sigmoid = false) {
-  const int64_t T = x.rows, H = x.cols, E = w.rows;
-  Scores s;
+// A row that row_is_bad(): its index and sum of squares (row = T: none).
+struct BadRow {
+  int64_t row;
+  double ss;
+};
+
+// Norms, logits (logits.h), probabilities and affinities of the rows of x, one kBlockRows item
+// after the other on `threads` threads (items round-robin). Returns the first row that
+// row_is_bad() (then the scores are incomplete).
+BadRow compute_scores(MatrixView x, const logits::Gate& g, const std::vector<double>& wnorm, int threads, Scores& s,
+                      bool sigmoid = false) {
+  const int64_t T = x.rows, H = x.cols, E = g.E, Ep = g.Ep;
   s.p.resize(static_cast<size_t>(T * E));
   s.a.resize(static_cast<size_t>(T * E));
-  if (T == 0) return s;
-  const int64_t first = gid0 / kBlockRows * kBlockRows;
-  const int64_t blocks = (gid0 + T - first + kBlockRows - 1) / kBlockRows;
-  OpenblasSingleThread single;
-  auto worker = [&](int64_t b0, int64_t step) {
-    std::vector<float> buf, z(static_cast<size_t>(kBlockRows * E));
-    for (int64_t b = b0; b < blocks; b += step) {
-      const int64_t bs = first + b * kBlockRows;
-      const int64_t lo = std::max(bs, gid0), hi = std::min(bs + kBlockRows, gid0 + T);
-      const float* a = x.data + (lo - gid0) * H;
-      if (lo != bs || hi != bs + kBlockRows) {  // partial block: zero-padded copy, same position
-        buf.assign(static_cast<size_t>(kBlockRows * H), 0.0f);
-        std::memcpy(buf.data() + (lo - bs) * H, a, static_cast<size_t>((hi - lo) * H) * sizeof(float));
-        a = buf.data();
+  if (T == 0) return {T, 0.0};
+  const int64_t blocks = (T + kBlockRows - 1) / kBlockRows;
+  const int n = static_cast<int>(std::min<int64_t>(std::max(threads, 1), blocks));
+  std::vector<int64_t> first_bad(static_cast<size_t>(n), T);  // per thread
+  std::vector<double> bad_ss(static_cast<size_t>(n), 0.0);
+  auto worker = [&](int id) {
+    std::vector<float> z(static_cast<size_t>(kBlockRows * Ep));
+    double xnorm[kBlockRows];
+    for (int64_t b = id; b < blocks; b += n) {
+      const int64_t lo = b * kBlockRows, hi = std::min(lo + kBlockRows, T);
+      logits::compute(x.data + lo * H, hi - lo, g, z.data(), xnorm);
+      for (int64_t t = lo; t < hi; ++t) {
+        const double ss = xnorm[t - lo];
+        if (row_is_bad(ss)) {
+          first_bad[static_cast<size_t>(id)] = t;  // items ascend within a thread: its first is its lowest
+          bad_ss[static_cast<size_t>(id)] = ss;
+          return;
+        }
+        xnorm[t - lo] = std::sqrt(ss);
       }
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(kBlockRows),
-                  static_cast<int>(E), static_cast<int>(H), 1.0f, a, static_cast<int>(H), w.data,
-                  static_cast<int>(H), 0.0f, z.data(), static_cast<int>(E));
-      for (int64_t g = lo; g < hi; ++g) {
-        const float* zr = z.data() + (g - bs) * E;
-        const int64_t t = g - gid0;
+      for (int64_t t = lo; t < hi; ++t) {
+        const float* zr = z.data() + (t - lo) * Ep;
         float* pr = s.p.data() + t * E;
         float* ar = s.a.data() + t * E;
         const float m = *std::max_element(zr, zr + E);
@@ -154,20 +149,29 @@ Scores compute_scores(MatrixView x, MatrixView w, const std::vector<double>& xno
         for (int64_t e = 0; e < E; ++e) {
           pr[e] = sigmoid ? static_cast<float>(1.0 / (1.0 + std::exp(-static_cast<double>(zr[e]))))
                           : static_cast<float>(pr[e] / sum);
-          ar[e] = static_cast<float>(zr[e] / (xnorm[static_cast<size_t>(t)] * wnorm[static_cast<size_t>(e)]));
+          ar[e] = static_cast<float>(zr[e] / (xnorm[t - lo] * wnorm[static_cast<size_t>(e)]));
         }
       }
     }
   };
-  const int n = static_cast<int>(std::min<int64_t>(threads, blocks));
   if (n <= 1) {
-    worker(0, 1);
+    worker(0);
   } else {
     std::vector<std::thread> pool;
-    for (int i = 0; i < n; ++i) pool.emplace_back(worker, i, n);
+    for (int i = 0; i < n; ++i) pool.emplace_back(worker, i);
     for (auto& th : pool) th.join();
   }
-  return s;
+  // A thread stops at its first bad row and checked every row of its items below it, so the
+  // minimum over the threads is the first bad row of the matrix.
+  const auto it = std::min_element(first_bad.begin(), first_bad.end());
+  return {*it, bad_ss[static_cast<size_t>(it - first_bad.begin())]};
+}
+
+// compute_scores() of one rank's features (global ids from gid0), failing on a bad row.
+Status rank_scores(MatrixView x, const logits::Gate& g, const std::vector<double>& wnorm, int64_t gid0, int threads,
+                   Scores& s, bool sigmoid = false) {
+  const BadRow bad = compute_scores(x, g, wnorm, threads, s, sigmoid);
+  return bad.row < x.rows ? bad_row(x, bad.row, bad.ss, "features", "global token", gid0) : ok_status();
 }
 
 // The first `n` of the allowed experts in (score desc, expert asc) order, written to `out`;
@@ -310,15 +314,14 @@ struct RouterImpl {
     return ok_status();
   }
 
-  static Result<LocalPhase> local_phase(const RouterConfig& c, MatrixView x, MatrixView w,
+  static Result<LocalPhase> local_phase(const RouterConfig& c, MatrixView x, const logits::Gate& w,
                                         const std::vector<double>& wnorm, const ExpertPlacement& pl,
                                         int src_rank, int64_t gid0, int64_t T_global,
                                         const std::vector<double>& bias) {
-    std::vector<double> xnorm;
-    LOCMOE_RETURN_IF_ERROR(row_norms(x, "features", "global token", gid0, xnorm, resolve_threads(c.num_threads)));
     const Kind kind = kind_of(c.name);
-    const Scores sc = compute_scores(x, w, xnorm, wnorm, gid0, resolve_threads(c.num_threads),
-                                     kind == Kind::kDeepseek && c.score_function == "sigmoid");
+    Scores sc;
+    LOCMOE_RETURN_IF_ERROR(rank_scores(x, w, wnorm, gid0, resolve_threads(c.num_threads), sc,
+                                       kind == Kind::kDeepseek && c.score_function == "sigmoid"));
     const int32_t E = pl.num_experts();
     const int32_t k = kind == Kind::kSwitch ? 1 : c.k;
     const int64_t T = x.rows;
@@ -666,20 +669,18 @@ struct RouterImpl {
     const int32_t E = pl.num_experts(), k = c.k, R = pl.num_ranks();
     const int64_t T = x.rows;
     const int threads = resolve_threads(c.num_threads);
-    // Scores per segment, each with its own global ids (the GEMM blocks align to global ids).
+    // Scores of every segment at once (a row's bits do not depend on the rows around it); a bad
+    // row is named within its segment, as the rank holding it would name it.
     Scores sc;
-    sc.p.reserve(static_cast<size_t>(T * E));
-    sc.a.reserve(static_cast<size_t>(T * E));
+    logits::Gate g;
+    const Lend lend_p(router.buf_p_, sc.p), lend_a(router.buf_a_, sc.a), lend_wt(router.buf_wt_, g.wt);
+    logits::prepare(w.data, w.rows, w.cols, g);
+    const BadRow bad = compute_scores(x, g, wnorm, threads, sc);
     Status local = ok_status();
-    for (const Segment& sg : segments) {
-      const MatrixView part{x.data + sg.lo * x.cols, sg.hi - sg.lo, x.cols};
-      std::vector<double> xnorm;
-      local = row_norms(part, "features", "global token", gid0 + sg.lo, xnorm, threads);
-      if (!local.ok()) break;
-      Scores s = compute_scores(part, w, xnorm, wnorm, gid0 + sg.lo, threads);
-      sc.p.insert(sc.p.end(), s.p.begin(), s.p.end());
-      sc.a.insert(sc.a.end(), s.a.begin(), s.a.end());
-    }
+    for (const Segment& sg : segments)
+      if (bad.row >= sg.lo && bad.row < sg.hi)
+        local = bad_row({x.data + sg.lo * x.cols, sg.hi - sg.lo, x.cols}, bad.row - sg.lo, bad.ss, "features",
+                        "global token", gid0 + sg.lo);
     LOCMOE_RETURN_IF_ERROR(agree(group, local));
     LOCMOE_CHECK_ARG(T_global < (int64_t{1} << 32), "locmoe-opt: {} tokens in the EP group; at most 2^32 - 1",
                      T_global);
@@ -744,12 +745,20 @@ struct RouterImpl {
     // Masses as fixed-point integers, so their sums do not depend on how tokens split over ranks.
     constexpr double kFixed = 4294967296.0;  // 2^32 per unit of probability
     std::vector<int64_t> sums(5, 0);  // top-k mass, kept mass, kept affinity, objective, kept slots
-    std::vector<float> row(static_cast<size_t>(E));
+    std::vector<float> top(static_cast<size_t>(k));
     for (int64_t t = 0; t < T; ++t) {
       const float* pr = sc.p.data() + t * E;
-      std::copy(pr, pr + E, row.begin());
-      std::nth_element(row.begin(), row.begin() + (k - 1), row.end(), std::greater<float>());
-      for (int32_t j = 0; j < k; ++j) sums[0] += std::llround(static_cast<double>(row[static_cast<size_t>(j)]) * kFixed);
+      // The k largest values by insertion (a copy and nth_element per token cost 4 ms at
+      // T = 16384, E = 64); the multiset, hence the sum, is the same.
+      int32_t n = 0;
+      for (int32_t e = 0; e < E; ++e) {
+        const float v = pr[e];
+        if (n == k && !(v > top[static_cast<size_t>(k - 1)])) continue;
+        int32_t i = n < k ? n++ : k - 1;
+        for (; i > 0 && top[static_cast<size_t>(i - 1)] < v; --i) top[static_cast<size_t>(i)] = top[static_cast<size_t>(i - 1)];
+        top[static_cast<size_t>(i)] = v;
+      }
+      for (int32_t j = 0; j < k; ++j) sums[0] += std::llround(static_cast<double>(top[static_cast<size_t>(j)]) * kFixed);
       for (int32_t j = 0; j < k; ++j) {
         const int32_t e = sol.expert[static_cast<size_t>(t * k + j)];
         if (e < 0) continue;
@@ -981,7 +990,10 @@ Result<RoutingPlan> Router::route(MatrixView features, MatrixView gate, const Ex
     LOCMOE_RETURN_IF_ERROR(finalize_plan(plans[0], g));
     return std::move(plans[0]);
   }
-  auto local = RouterImpl::local_phase(config_, features, gate, wnorm, placement, rank, gid0, T_global, bias_);
+  logits::Gate lg;
+  const Lend lend_wt(buf_wt_, lg.wt);
+  logits::prepare(gate.data, gate.rows, gate.cols, lg);
+  auto local = RouterImpl::local_phase(config_, features, lg, wnorm, placement, rank, gid0, T_global, bias_);
   LOCMOE_RETURN_IF_ERROR(agree(g, local.ok() ? ok_status() : local.status()));
   std::vector<Candidate> all;
   std::vector<double> mass;
@@ -1018,10 +1030,13 @@ Result<std::vector<RoutingPlan>> Router::route_all_ranks(MatrixView features, Ma
   std::vector<LocalPhase> locals;
   std::vector<Candidate> all;
   std::vector<double> mass;
+  logits::Gate lg;
+  const Lend lend_wt(buf_wt_, lg.wt);
+  logits::prepare(gate.data, gate.rows, gate.cols, lg);
   for (int r = 0; r < R; ++r) {
     const int64_t lo = T * r / R, hi = T * (r + 1) / R;
     const MatrixView part{features.data + lo * features.cols, hi - lo, features.cols};
-    LOCMOE_ASSIGN_OR_RETURN(LocalPhase lp, RouterImpl::local_phase(config_, part, gate, wnorm, placement, r, lo, T, bias_));
+    LOCMOE_ASSIGN_OR_RETURN(LocalPhase lp, RouterImpl::local_phase(config_, part, lg, wnorm, placement, r, lo, T, bias_));
     all.insert(all.end(), lp.cands.begin(), lp.cands.end());
     mass.insert(mass.end(), lp.topk_mass.begin(), lp.topk_mass.end());
     locals.push_back(std::move(lp));

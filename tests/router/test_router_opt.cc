@@ -233,6 +233,38 @@ TEST(LocmoeOpt, LooseCapacityIsEachTokensBestPositiveExperts) {
   }
 }
 
+TEST(LocmoeOpt, LooseCapacityBestExpertsWithTiesAndPartialVectors) {
+  // E = 40 (not a multiple of 16: the sorted prefix's vector lanes past E are padding), and the
+  // same with pairs of identical gate rows, so every value ties with its pair's (the tie order,
+  // lower expert first, must hold exactly).
+  for (const bool ties : {false, true}) {
+    Case cs = make_case(300, 16, 2, 4, 5, 23);
+    if (ties)
+      for (int e = 1; e < cs.pr.E; e += 2)
+        std::copy_n(cs.pr.w.begin() + (e - 1) * cs.pr.H, cs.pr.H, cs.pr.w.begin() + e * cs.pr.H);
+    const refr::Scores sc = refr::scores(cs.pr);
+    for (const double mu : {0.0, 0.2}) {
+      auto router = Router::create(opt_config(2, 100.0, mu));
+      auto plans = router->route_all_ranks({cs.pr.x.data(), cs.pr.T, cs.pr.H}, {cs.pr.w.data(), cs.pr.E, cs.pr.H}, cs.pl);
+      ASSERT_TRUE(plans.ok()) << plans.status().to_string();
+      const std::vector<double> v = values(cs.pr, sc, mu, 0.0);
+      int t = 0;
+      for (const RoutingPlan& p : *plans)
+        for (int i = 0; i < p.num_tokens; ++i, ++t) {
+          std::vector<double> row(v.begin() + t * cs.pr.E, v.begin() + (t + 1) * cs.pr.E);
+          std::vector<int> want = refr::best(row, 2, std::vector<bool>(cs.pr.E, true));
+          want.erase(std::remove_if(want.begin(), want.end(), [&](int e) { return row[e] <= 0; }), want.end());
+          std::vector<int> got;
+          for (int j = 0; j < 2; ++j)
+            if (p.expert[i * 2 + j] >= 0) got.push_back(p.expert[i * 2 + j]);
+          std::sort(want.begin(), want.end());
+          std::sort(got.begin(), got.end());
+          EXPECT_EQ(got, want) << "ties " << ties << " mu " << mu << " token " << t;
+        }
+    }
+  }
+}
+
 TEST(LocmoeOpt, CrossNodeCostTradesMassForLocality) {
   // Larger mu: never more cross-node copies, never more kept gate mass (the optimum's frontier).
   Case cs = make_case(400, 24, 2, 2, 2, 31);
