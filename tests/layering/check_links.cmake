@@ -5,7 +5,7 @@ set(rules
   "locmoe_core|locmoe_(contracts|topology|router|kernels|comm|ep)$"
   "locmoe_kernels|locmoe_(topology|router|comm|ep)$|BLAS|openblas|HWLOC|hwloc|MPI|ucx|nccl"
   "locmoe_comm|locmoe_(topology|router|kernels|ep)$|BLAS|openblas|HWLOC|hwloc|pugixml"
-  "locmoe_router|locmoe_(kernels|comm|ep)$|MPI|ucx|nccl"
+  "locmoe_router|locmoe_(kernels|comm|ep)$|BLAS|openblas|MPI|ucx|nccl"
   "locmoe_topology|locmoe_(router|kernels|comm|ep)$|BLAS|openblas|MPI|ucx|nccl"
   # NCCL is loaded at run time (comm/src/nccl/nccl_api.h): nothing links the library itself.
   "locmoe_comm|libnccl"
